@@ -1,0 +1,369 @@
+//! Storage-only encryption: what a peer holding only an [`EncryptedKey`]
+//! stores and serves, and how holders of the [`DataKey`] make and read it.
+//!
+//! Both schemes are deterministic, so a storage-only peer can still dedupe
+//! and serve deltas without learning anything but equality:
+//!
+//! - **Names**, one path component at a time (so directory structure maps and
+//!   a directory rename renames one ciphertext name): a synthetic nonce
+//!   `N = BLAKE3-keyed(name nonce key, name)[..24]`, then
+//!   XChaCha20-Poly1305 under the name cipher key with nonce `N` and
+//!   associated data `"meshsync v1 name"`. The encrypted name is lower-case
+//!   base32 (no padding) of `N ‖ ciphertext ‖ tag`, a valid file name on
+//!   case-insensitive file systems too. Decryption re-derives `N` from the
+//!   plaintext and refuses a mismatch, so each name has exactly one encrypted
+//!   form. Equal names in different directories encrypt equally (a known,
+//!   accepted leak: it is what lets a rename of a directory leave its children
+//!   untouched). With 40 bytes of overhead and base32's 8/5 growth, a
+//!   component of at most [`NAME_MAX_PLAINTEXT_LEN`] bytes fits the usual
+//!   255-byte limit; longer names are refused.
+//! - **Chunks**: from the chunk's plaintext BLAKE3 hash `H`,
+//!   `K ‖ N = BLAKE3-keyed-XOF(chunk key, H)[..56]` (a 32-byte key and a
+//!   24-byte nonce), then XChaCha20-Poly1305 with associated data
+//!   `"meshsync v1 chunk"`. Identical chunks give identical ciphertext
+//!   (convergent encryption, within one folder only); every chunk has its own
+//!   key, so no nonce is ever reused under one key. A storage-only peer indexes
+//!   and serves chunks by the ciphertext's own BLAKE3 hash.
+//!
+//! The three subkeys are `BLAKE3-derive_key(context, data key)` with the
+//! contexts below. See `docs/keys.md` for the byte-exact description.
+//!
+//! Never: a decrypt method reachable from an [`EncryptedKey`]; returning a
+//! decrypted chunk whose hash was not checked.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use data_encoding::BASE32_NOPAD;
+use zeroize::Zeroizing;
+
+#[cfg(doc)]
+use super::EncryptedKey;
+use super::KeyError;
+use super::folder::DataKey;
+use super::text::base32_len;
+use crate::ids::Hash;
+
+/// `derive_key` context of the key that makes synthetic name nonces.
+pub(crate) const NAME_NONCE_CONTEXT: &str = "meshsync v1 name nonce key";
+/// `derive_key` context of the key that encrypts names.
+pub(crate) const NAME_CIPHER_CONTEXT: &str = "meshsync v1 name cipher key";
+/// `derive_key` context of the key that derives per-chunk keys and nonces.
+pub(crate) const CHUNK_CONTEXT: &str = "meshsync v1 chunk key";
+/// Associated data of every encrypted name.
+pub(crate) const NAME_AAD: &[u8] = b"meshsync v1 name";
+/// Associated data of every encrypted chunk.
+pub(crate) const CHUNK_AAD: &[u8] = b"meshsync v1 chunk";
+
+/// Bytes the encryption adds to a name: a 24-byte nonce and a 16-byte tag.
+const NAME_OVERHEAD: usize = 24 + 16;
+
+/// The longest encrypted name, in bytes (the common file-system limit).
+pub const ENCRYPTED_NAME_MAX_LEN: usize = 255;
+
+/// The longest plaintext name component that can be encrypted, in bytes.
+pub const NAME_MAX_PLAINTEXT_LEN: usize = 119;
+
+const _: () = assert!(base32_len(NAME_OVERHEAD + NAME_MAX_PLAINTEXT_LEN) <= ENCRYPTED_NAME_MAX_LEN);
+const _: () =
+    assert!(base32_len(NAME_OVERHEAD + NAME_MAX_PLAINTEXT_LEN + 1) > ENCRYPTED_NAME_MAX_LEN);
+
+/// One chunk, encrypted for storage-only peers.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptedChunk {
+    /// BLAKE3 of the plaintext: what readers need to decrypt (it selects the
+    /// key). Secret from storage-only peers.
+    pub plain_hash: Hash,
+    /// XChaCha20-Poly1305 ciphertext and tag (plaintext length + 16 bytes).
+    pub ciphertext: Vec<u8>,
+    /// BLAKE3 of `ciphertext`: the name a storage-only peer indexes and
+    /// serves the chunk under.
+    pub cipher_hash: Hash,
+}
+
+impl std::fmt::Debug for EncryptedChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptedChunk")
+            .field("len", &self.ciphertext.len())
+            .field("cipher_hash", &self.cipher_hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataKey {
+    fn subkey(&self, context: &str) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(context, self.as_bytes()))
+    }
+
+    fn name_cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new_from_slice(&self.subkey(NAME_CIPHER_CONTEXT)[..])
+            .expect("32-byte key")
+    }
+
+    fn name_nonce(&self, name: &[u8]) -> [u8; 24] {
+        let hash = blake3::keyed_hash(&self.subkey(NAME_NONCE_CONTEXT), name);
+        hash.as_bytes()[..24].try_into().expect("24 of 32 bytes")
+    }
+
+    /// Encrypts one path component (no `/`). The same name always gives the
+    /// same encrypted name.
+    pub fn encrypt_name(&self, name: &str) -> Result<String, KeyError> {
+        if name.is_empty() || name.contains('/') {
+            return Err(KeyError::InvalidNameComponent);
+        }
+        if name.len() > NAME_MAX_PLAINTEXT_LEN {
+            return Err(KeyError::NameTooLong {
+                len: name.len(),
+                max: NAME_MAX_PLAINTEXT_LEN,
+            });
+        }
+        let nonce = self.name_nonce(name.as_bytes());
+        let sealed = self
+            .name_cipher()
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: name.as_bytes(),
+                    aad: NAME_AAD,
+                },
+            )
+            .expect("XChaCha20-Poly1305 encrypts any name of at most 119 bytes");
+        let mut raw = Vec::with_capacity(NAME_OVERHEAD + name.len());
+        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(&sealed);
+        Ok(BASE32_NOPAD.encode(&raw).to_ascii_lowercase())
+    }
+
+    /// Decrypts one encrypted path component.
+    pub fn decrypt_name(&self, encrypted: &str) -> Result<String, KeyError> {
+        let malformed = || KeyError::MalformedEncryptedName(encrypted.to_owned());
+        if encrypted.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(malformed());
+        }
+        let raw = BASE32_NOPAD
+            .decode(encrypted.to_ascii_uppercase().as_bytes())
+            .map_err(|_| malformed())?;
+        if raw.len() <= NAME_OVERHEAD {
+            return Err(malformed());
+        }
+        let (nonce, sealed) = raw.split_at(24);
+        let plain = Zeroizing::new(
+            self.name_cipher()
+                .decrypt(
+                    &XNonce::try_from(nonce).expect("24 bytes"),
+                    Payload {
+                        msg: sealed,
+                        aad: NAME_AAD,
+                    },
+                )
+                .map_err(|_| KeyError::NameDecryptionFailed)?,
+        );
+        // Only the canonical (synthetic-nonce) form of a name is accepted, so
+        // one name never has two encrypted forms.
+        if self.name_nonce(&plain) != nonce {
+            return Err(KeyError::NameDecryptionFailed);
+        }
+        let name = String::from_utf8(plain.to_vec()).map_err(|_| KeyError::NameDecryptionFailed)?;
+        if name.is_empty() || name.contains('/') {
+            return Err(KeyError::NameDecryptionFailed);
+        }
+        Ok(name)
+    }
+
+    /// Encrypts a relative path (`/`-separated) component by component.
+    pub fn encrypt_path(&self, path: &str) -> Result<String, KeyError> {
+        let parts = path
+            .split('/')
+            .map(|component| self.encrypt_name(component))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(parts.join("/"))
+    }
+
+    /// Decrypts a path made by [`DataKey::encrypt_path`].
+    pub fn decrypt_path(&self, encrypted: &str) -> Result<String, KeyError> {
+        let parts = encrypted
+            .split('/')
+            .map(|component| self.decrypt_name(component))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(parts.join("/"))
+    }
+
+    /// The key and nonce of the chunk whose plaintext hash is `plain_hash`.
+    fn chunk_cipher(&self, plain_hash: &Hash) -> (XChaCha20Poly1305, XNonce) {
+        let mut okm = Zeroizing::new([0u8; 56]);
+        blake3::Hasher::new_keyed(&self.subkey(CHUNK_CONTEXT))
+            .update(&plain_hash.0)
+            .finalize_xof()
+            .fill(&mut okm[..]);
+        let cipher = XChaCha20Poly1305::new_from_slice(&okm[..32]).expect("32-byte key");
+        let nonce = XNonce::try_from(&okm[32..]).expect("24 bytes");
+        (cipher, nonce)
+    }
+
+    /// Encrypts one chunk for storage-only peers.
+    pub fn encrypt_chunk(&self, plaintext: &[u8]) -> EncryptedChunk {
+        let plain_hash = Hash::of(plaintext);
+        let (cipher, nonce) = self.chunk_cipher(&plain_hash);
+        let ciphertext = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: CHUNK_AAD,
+                },
+            )
+            .expect("XChaCha20-Poly1305 encrypts up to 256 GiB");
+        let cipher_hash = Hash::of(&ciphertext);
+        EncryptedChunk {
+            plain_hash,
+            ciphertext,
+            cipher_hash,
+        }
+    }
+
+    /// Decrypts a chunk whose plaintext hash (from the signed index) is
+    /// `plain_hash`, and checks the plaintext against it.
+    pub fn decrypt_chunk(&self, plain_hash: &Hash, ciphertext: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let (cipher, nonce) = self.chunk_cipher(plain_hash);
+        let plaintext = cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: ciphertext,
+                    aad: CHUNK_AAD,
+                },
+            )
+            .map_err(|_| KeyError::ChunkDecryptionFailed)?;
+        if Hash::of(&plaintext) != *plain_hash {
+            return Err(KeyError::ChunkHashMismatch);
+        }
+        Ok(plaintext)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::ReadWriteKey;
+
+    fn data_key(seed: u8) -> DataKey {
+        ReadWriteKey::from_secret(&[seed; 32]).data_key().clone()
+    }
+
+    #[test]
+    fn names_are_deterministic_and_round_trip() {
+        let key = data_key(5);
+        let a = key.encrypt_name("report.pdf").unwrap();
+        assert_eq!(a, key.encrypt_name("report.pdf").unwrap());
+        assert_ne!(a, key.encrypt_name("report.pdF").unwrap());
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+        );
+        assert_eq!(key.decrypt_name(&a).unwrap(), "report.pdf");
+    }
+
+    #[test]
+    fn paths_map_component_by_component() {
+        let key = data_key(5);
+        let enc = key.encrypt_path("docs/2024/report.pdf").unwrap();
+        let parts: Vec<&str> = enc.split('/').collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0], key.encrypt_name("docs").unwrap());
+        assert_eq!(key.decrypt_path(&enc).unwrap(), "docs/2024/report.pdf");
+        assert_eq!(
+            key.encrypt_path("a//b"),
+            Err(KeyError::InvalidNameComponent)
+        );
+    }
+
+    #[test]
+    fn name_length_limit_holds() {
+        let key = data_key(5);
+        let longest = "n".repeat(NAME_MAX_PLAINTEXT_LEN);
+        let enc = key.encrypt_name(&longest).unwrap();
+        assert!(enc.len() <= ENCRYPTED_NAME_MAX_LEN, "{}", enc.len());
+        assert_eq!(
+            key.encrypt_name(&format!("{longest}n")),
+            Err(KeyError::NameTooLong { len: 120, max: 119 })
+        );
+        let multibyte = "é".repeat(59); // 118 bytes
+        assert_eq!(
+            key.decrypt_name(&key.encrypt_name(&multibyte).unwrap())
+                .unwrap(),
+            multibyte
+        );
+    }
+
+    #[test]
+    fn foreign_or_altered_names_are_refused() {
+        let enc = data_key(5).encrypt_name("secret.txt").unwrap();
+        assert_eq!(
+            data_key(6).decrypt_name(&enc),
+            Err(KeyError::NameDecryptionFailed)
+        );
+        let mut altered = enc.clone().into_bytes();
+        altered[60] = if altered[60] == b'a' { b'b' } else { b'a' };
+        let altered = String::from_utf8(altered).unwrap();
+        assert_eq!(
+            data_key(5).decrypt_name(&altered),
+            Err(KeyError::NameDecryptionFailed)
+        );
+        assert!(matches!(
+            data_key(5).decrypt_name(&enc.to_ascii_uppercase()),
+            Err(KeyError::MalformedEncryptedName(_))
+        ));
+        assert!(matches!(
+            data_key(5).decrypt_name("abc"),
+            Err(KeyError::MalformedEncryptedName(_))
+        ));
+    }
+
+    #[test]
+    fn chunks_dedupe_as_ciphertext_and_round_trip() {
+        let key = data_key(5);
+        let chunk = vec![7u8; 4096];
+        let a = key.encrypt_chunk(&chunk);
+        let b = key.encrypt_chunk(&chunk);
+        assert_eq!(a, b);
+        assert_eq!(a.ciphertext.len(), chunk.len() + 16);
+        assert_eq!(a.cipher_hash, Hash::of(&a.ciphertext));
+        assert_ne!(a.cipher_hash, a.plain_hash);
+        assert_eq!(
+            key.decrypt_chunk(&a.plain_hash, &a.ciphertext).unwrap(),
+            chunk
+        );
+        // Another folder's same chunk is different ciphertext.
+        assert_ne!(data_key(6).encrypt_chunk(&chunk).cipher_hash, a.cipher_hash);
+    }
+
+    #[test]
+    fn foreign_altered_or_forged_chunks_are_refused() {
+        let key = data_key(5);
+        let enc = key.encrypt_chunk(b"chunk bytes");
+        assert_eq!(
+            data_key(6).decrypt_chunk(&enc.plain_hash, &enc.ciphertext),
+            Err(KeyError::ChunkDecryptionFailed)
+        );
+        let mut altered = enc.ciphertext.clone();
+        altered[0] ^= 1;
+        assert_eq!(
+            key.decrypt_chunk(&enc.plain_hash, &altered),
+            Err(KeyError::ChunkDecryptionFailed)
+        );
+        // A data-key holder encrypting other bytes under this hash's key:
+        let (cipher, nonce) = key.chunk_cipher(&enc.plain_hash);
+        let forged = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: b"evil bytes!",
+                    aad: CHUNK_AAD,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            key.decrypt_chunk(&enc.plain_hash, &forged),
+            Err(KeyError::ChunkHashMismatch)
+        );
+    }
+}

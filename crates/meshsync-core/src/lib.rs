@@ -1,0 +1,27 @@
+//! meshsync's pure core: every rule of the sync engine, as functions of plain data.
+//!
+//! What lives here decides; the shells (`meshsync-store` for disk, `meshsync-net`
+//! for the network) only carry bytes. Main pieces:
+//!
+//! - [`ids`]: [`ids::DeviceId`], [`ids::ShareId`] and their text forms.
+//! - [`path`]: [`path::RelPath`], a validated, NFC-normalised relative path.
+//! - [`version`]: [`version::VersionVector`] and its partial order.
+//! - [`entry`]: [`entry::FileEntry`], one file's record in an index.
+//! - [`chunking`]: content-defined chunk parameters and a streaming cutter.
+//! - [`ignore`]: `.meshsyncignore` rules (gitignore syntax).
+//! - [`conflict`]: conflict-copy names and the winner rule.
+//! - [`plan`]: the planner that turns two indexes into actions.
+//!
+//! This crate must never do I/O, read a clock, spawn threads or draw random
+//! numbers: time and randomness are passed in, so that every decision can be
+//! replayed by a seeded simulation.
+
+pub mod chunking;
+pub mod conflict;
+pub mod entry;
+pub mod ids;
+pub mod ignore;
+pub mod keys;
+pub mod path;
+pub mod plan;
+pub mod version;

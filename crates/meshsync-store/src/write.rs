@@ -1,0 +1,426 @@
+//! Crash-safe writes into a folder.
+//!
+//! A file is never written in place. New content goes to a temporary file
+//! (`.meshsync-tmp-…`, exclusive create, no symlink followed) in the target's
+//! own directory; permissions and mtime are set on it; the data is made
+//! durable; only then is it renamed over the target, and only if the target
+//! is still what the plan saw (otherwise the write is refused: a change made
+//! during the sync is never overwritten). A crash at any point leaves the old
+//! file or the new one, plus at worst a temporary file that the next run
+//! removes ([`remove_stale_temps`]).
+//!
+//! Durability is batched: callers write many temporary files, call
+//! [`sync_filesystem`] once (one `syncfs(2)` flushes every one of them), then
+//! rename them all. Renames need no flush of their own to be safe: before the
+//! final flush a crash leaves the old files, after it the new ones.
+//!
+//! Parent directories are checked component by component: a path whose
+//! parent is a symlink is refused, so nothing is ever written through a link
+//! out of the folder.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use meshsync_core::entry::Timestamp;
+use meshsync_core::path::{RelPath, TEMP_PREFIX};
+
+use crate::db::StoredEntry;
+use crate::scan::Observed;
+
+/// Why a write did not happen. Every variant names the path concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The file system is full (or over quota); the temporary file was
+    /// removed and the target left untouched.
+    #[error("{path}: no space left on the destination; nothing was replaced")]
+    DiskFull {
+        /// The file being written.
+        path: PathBuf,
+    },
+    /// The target changed since it was scanned: not overwritten.
+    #[error(
+        "{path}: changed since it was scanned; left as it is (sync again to pick up the change)"
+    )]
+    TargetChanged {
+        /// The target.
+        path: PathBuf,
+    },
+    /// The source changed or vanished while it was being copied.
+    #[error("{path}: changed or vanished while being copied; skipped (sync again)")]
+    SourceChanged {
+        /// The source file.
+        path: PathBuf,
+    },
+    /// A parent of the target is a symlink or not a directory.
+    #[error("{path}: a parent directory is a symlink or a file; refusing to write through it")]
+    UnsafeParent {
+        /// The target.
+        path: PathBuf,
+    },
+    /// The assembled file did not hash to the expected content.
+    #[error("{path}: written content does not match its hash; target left untouched")]
+    Verify {
+        /// The target.
+        path: PathBuf,
+    },
+    /// Any other I/O failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path concerned.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl WriteError {
+    /// Wraps an I/O error, recognising a full disk.
+    pub fn io(path: &Path, source: io::Error) -> Self {
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => WriteError::DiskFull { path: path.into() },
+            _ => WriteError::Io {
+                path: path.into(),
+                source,
+            },
+        }
+    }
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary file being filled; removed on drop unless committed.
+pub struct TempFile {
+    file: Option<File>,
+    temp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl TempFile {
+    /// Creates a temporary file beside `target` (whose parent must exist and
+    /// be a real directory).
+    pub fn beside(target: &Path) -> Result<Self, WriteError> {
+        let dir = target.parent().expect("a target has a parent");
+        let name = format!(
+            "{TEMP_PREFIX}{}-{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let temp = dir.join(name);
+        let file = File::options()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| WriteError::io(target, e))?;
+        Ok(TempFile {
+            file: Some(file),
+            temp,
+            target: target.into(),
+            committed: false,
+        })
+    }
+
+    /// The open file.
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("open until finished")
+    }
+
+    /// The target this file will replace.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Sets permissions and mtime and closes the file (no flush yet).
+    pub fn finish(&mut self, permissions: u32, mtime: Timestamp) -> Result<(), WriteError> {
+        let file = self.file.take().expect("finished once");
+        file.set_permissions(fs::Permissions::from_mode(permissions))
+            .map_err(|e| WriteError::io(&self.target, e))?;
+        set_mtime_fd(&file, mtime).map_err(|e| WriteError::io(&self.target, e))?;
+        Ok(())
+    }
+
+    /// Renames the temporary file over the target if the target is still as
+    /// `expected` says (`None`: it must not exist). Returns the new file's facts.
+    pub fn commit(mut self, expected: Option<&StoredEntry>) -> Result<Observed, WriteError> {
+        check_unchanged(&self.target, expected)?;
+        fs::rename(&self.temp, &self.target).map_err(|e| WriteError::io(&self.target, e))?;
+        self.committed = true;
+        match Observed::of(&self.target) {
+            Ok(Some(o)) => Ok(o),
+            Ok(None) => Err(WriteError::TargetChanged {
+                path: self.target.clone(),
+            }),
+            Err(e) => Err(WriteError::io(&self.target, e)),
+        }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Fails unless `path` is still exactly as `expected` recorded it (`None`:
+/// absent). Inode, size, mtime and ctime must all match.
+pub fn check_unchanged(path: &Path, expected: Option<&StoredEntry>) -> Result<(), WriteError> {
+    let now = match Observed::of(path) {
+        Ok(o) => o,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(WriteError::io(path, e)),
+    };
+    let same = match (expected, &now) {
+        (None, None) => true,
+        (Some(exp), Some(obs)) => obs.matches(exp),
+        _ => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(WriteError::TargetChanged { path: path.into() })
+    }
+}
+
+/// Makes sure every directory from `root` down to `dir` (relative) exists and
+/// is a real directory, creating missing ones with `mode`.
+pub fn ensure_real_dirs(root: &Path, dir: Option<&RelPath>, mode: u32) -> Result<(), WriteError> {
+    let Some(dir) = dir else { return Ok(()) };
+    let mut at = root.to_path_buf();
+    for component in dir.as_str().split('/') {
+        at.push(component);
+        match fs::symlink_metadata(&at) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => return Err(WriteError::UnsafeParent { path: at }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .mode(mode)
+                    .create(&at)
+                    .or_else(|e| {
+                        if e.kind() == io::ErrorKind::AlreadyExists {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(|e| WriteError::io(&at, e))?;
+                if !fs::symlink_metadata(&at)
+                    .map_err(|e| WriteError::io(&at, e))?
+                    .is_dir()
+                {
+                    return Err(WriteError::UnsafeParent { path: at });
+                }
+            }
+            Err(e) => return Err(WriteError::io(&at, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Renames `from` to `to` unless `to` exists (never overwrites).
+pub fn rename_no_replace(from: &Path, to: &Path) -> Result<(), WriteError> {
+    let (a, b) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD with absolute or
+    // cwd-relative paths is the documented use.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(WriteError::io(to, io::Error::last_os_error()))
+    }
+}
+
+/// Creates a symlink to `link_target` at `target` atomically (made beside it,
+/// then renamed over), if `target` is still as `expected`.
+pub fn write_symlink(
+    target: &Path,
+    link_target: &str,
+    mtime: Timestamp,
+    expected: Option<&StoredEntry>,
+) -> Result<Observed, WriteError> {
+    let dir = target.parent().expect("a target has a parent");
+    let temp = dir.join(format!(
+        "{TEMP_PREFIX}{}-{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::os::unix::fs::symlink(link_target, &temp).map_err(|e| WriteError::io(target, e))?;
+    let result = (|| {
+        set_mtime_nofollow(&temp, mtime).map_err(|e| WriteError::io(target, e))?;
+        check_unchanged(target, expected)?;
+        fs::rename(&temp, target).map_err(|e| WriteError::io(target, e))
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    Observed::of(target)
+        .map_err(|e| WriteError::io(target, e))?
+        .ok_or(WriteError::TargetChanged {
+            path: target.into(),
+        })
+}
+
+/// Flushes every dirty page of the file system holding `path` (`syncfs(2)`).
+pub fn sync_filesystem(path: &Path) -> Result<(), WriteError> {
+    let f = File::open(path).map_err(|e| WriteError::io(path, e))?;
+    // SAFETY: a valid open descriptor.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(WriteError::io(path, io::Error::last_os_error()))
+    }
+}
+
+/// Sets the mtime of an open file.
+pub fn set_mtime_fd(file: &File, mtime: Timestamp) -> io::Result<()> {
+    let times = mtime_pair(mtime);
+    // SAFETY: valid descriptor and a two-element timespec array.
+    let rc = unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets the mtime of a path without following a final symlink.
+pub fn set_mtime_nofollow(path: &Path, mtime: Timestamp) -> io::Result<()> {
+    let c = cstr(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let times = mtime_pair(mtime);
+    // SAFETY: valid C string and a two-element timespec array.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn mtime_pair(mtime: Timestamp) -> [libc::timespec; 2] {
+    [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: mtime.secs as libc::time_t,
+            tv_nsec: mtime.nanos as libc::c_long,
+        },
+    ]
+}
+
+fn cstr(p: &Path) -> Result<CString, WriteError> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| WriteError::Io {
+        path: p.into(),
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })
+}
+
+/// Copies `len` bytes at `offset` of `from` to the current end of `to`, in
+/// the kernel where it can (`copy_file_range`: a reflink on XFS and btrfs),
+/// else through a buffer.
+pub fn copy_range(
+    from: &File,
+    offset: u64,
+    len: u64,
+    to: &mut File,
+    to_offset: u64,
+) -> io::Result<()> {
+    let mut off_in = offset as libc::loff_t;
+    let mut off_out = to_offset as libc::loff_t;
+    let mut left = len as usize;
+    while left > 0 {
+        // SAFETY: valid descriptors and offset pointers that live across the call.
+        let n = unsafe {
+            libc::copy_file_range(
+                from.as_raw_fd(),
+                &mut off_in,
+                to.as_raw_fd(),
+                &mut off_out,
+                left,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EXDEV)
+                | Some(libc::ENOSYS)
+                | Some(libc::EOPNOTSUPP)
+                | Some(libc::EINVAL) => {
+                    return copy_range_buffered(
+                        from,
+                        off_in as u64,
+                        left as u64,
+                        to,
+                        off_out as u64,
+                    );
+                }
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "source shorter than its index says",
+            ));
+        }
+        left -= n as usize;
+    }
+    Ok(())
+}
+
+fn copy_range_buffered(
+    from: &File,
+    offset: u64,
+    len: u64,
+    to: &File,
+    to_offset: u64,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        from.read_exact_at(&mut buf[..n], offset + done)?;
+        to.write_all_at(&buf[..n], to_offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Removes temporary files a crashed run left (as found by the scanner);
+/// returns how many were removed.
+pub fn remove_stale_temps(paths: &[PathBuf]) -> usize {
+    paths.iter().filter(|p| fs::remove_file(p).is_ok()).count()
+}

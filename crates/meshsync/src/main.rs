@@ -1,0 +1,68 @@
+//! `meshsync`: the command-line tool.
+//!
+//! Parses the command line (clap), resolves the state directory, runs the
+//! command, and turns errors into messages and exit codes (see [`exit`]).
+//! All decisions live in the library crates; this binary only wires them to
+//! a terminal.
+
+mod cmd_key;
+mod cmd_sync;
+mod exit;
+mod home;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Peer-to-peer folder synchronization, and a fast local delta sync.
+#[derive(Parser, Debug)]
+#[command(name = "meshsync", version, about, long_about = None)]
+struct Cli {
+    /// State directory (index database, device identity). Default:
+    /// $MESHSYNC_HOME, else the XDG data directory (~/.local/share/meshsync).
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Sync SRC to DST locally, rsync-style: DST becomes a copy of SRC's
+    /// contents, moving only what changed.
+    Sync(cmd_sync::SyncArgs),
+    /// Folder keys: create, derive, inspect.
+    #[command(subcommand)]
+    Key(cmd_key::KeyCommand),
+    /// Print this device's id (created on first use).
+    Id,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Sync(args) => {
+            home::resolve(cli.home.as_deref()).and_then(|h| cmd_sync::run(args, &h))
+        }
+        Command::Key(cmd) => cmd_key::run_key(cmd).map(|()| exit::SUCCESS),
+        Command::Id => home::resolve(cli.home.as_deref())
+            .and_then(|h| cmd_key::run_id(&h).map(|()| exit::SUCCESS)),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("meshsync: error: {e:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
