@@ -1,9 +1,10 @@
 //! Identities: devices, shares, and the 32-byte BLAKE3 hashes they are made of.
 //!
 //! - [`DeviceId`]: BLAKE3 of a device's public key. Its text form is base32 in
-//!   four blocks of 13 characters, each followed by a check character (Luhn mod
-//!   32), shown as eight dash-separated groups of seven: a typo or a swap of two
-//!   neighbours is caught when the id is typed in.
+//!   four blocks of 13 characters, each followed by a check character (the
+//!   GF(32) weighted sum of [`crate::keys`]' key strings), shown as eight
+//!   dash-separated groups of seven: any single typo, and any swap of two
+//!   different neighbouring characters, is caught when the id is typed in.
 //! - [`ShareId`]: BLAKE3 of a folder's verify key; the only folder identifier
 //!   that ever leaves a device in the clear.
 //! - [`ShortId`]: the first 8 bytes of a device id, the key of version vectors.
@@ -16,6 +17,8 @@ use std::str::FromStr;
 
 use data_encoding::BASE32_NOPAD;
 use serde::{Deserialize, Serialize};
+
+use crate::keys::text::check_character;
 
 /// The RFC 4648 base32 alphabet, used for every text form in meshsync.
 pub const BASE32_ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -109,7 +112,7 @@ impl fmt::Display for DeviceId {
         let mut with_checks = String::with_capacity(DEVICE_TEXT_LEN);
         for block in body.as_bytes().chunks(DEVICE_BLOCK) {
             with_checks.push_str(std::str::from_utf8(block).expect("base32 is ascii"));
-            with_checks.push(luhn32_check(block) as char);
+            with_checks.push(check_character(block) as char);
         }
         for (i, group) in with_checks.as_bytes().chunks(7).enumerate() {
             if i > 0 {
@@ -141,7 +144,7 @@ impl FromStr for DeviceId {
         let mut body = Vec::with_capacity(DEVICE_BLOCK * DEVICE_BLOCKS);
         for (i, block) in text.as_bytes().chunks(DEVICE_BLOCK + 1).enumerate() {
             let (data, check) = block.split_at(DEVICE_BLOCK);
-            if luhn32_check(data) != check[0] {
+            if check_character(data) != check[0] {
                 return Err(IdParseError::Check { group: i + 1 });
             }
             body.extend_from_slice(data);
@@ -173,26 +176,6 @@ pub fn normalize_base32_text(s: &str) -> Result<String, IdParseError> {
         out.push(u);
     }
     Ok(out)
-}
-
-/// The Luhn mod 32 check character of base32 text (every byte must be in
-/// [`BASE32_ALPHABET`]). Catches every single-character error and every swap of
-/// two adjacent distinct characters.
-pub fn luhn32_check(text: &[u8]) -> u8 {
-    const N: u32 = 32;
-    let mut factor = 2;
-    let mut sum = 0u32;
-    for &c in text.iter().rev() {
-        let code = BASE32_ALPHABET
-            .iter()
-            .position(|&a| a == c)
-            .expect("luhn32_check takes base32 text") as u32;
-        let addend = factor * code;
-        sum += addend / N + addend % N;
-        factor = if factor == 2 { 1 } else { 2 };
-    }
-    let check = (N - sum % N) % N;
-    BASE32_ALPHABET[check as usize]
 }
 
 /// A shared folder: BLAKE3 of its verify key.
@@ -309,6 +292,16 @@ mod tests {
             let s = String::from_utf8(t).unwrap();
             assert!(s.parse::<DeviceId>().is_err(), "swap at {i} accepted");
         }
+    }
+
+    #[test]
+    fn device_id_check_sees_a_and_7_swapped() {
+        // Luhn mod 32 cannot tell "A7" from "7A" (values 0 and 31); the
+        // GF(32) check can. Regression for the first version of this module.
+        assert_ne!(
+            check_character(b"BCDA7FGHIJKLM"),
+            check_character(b"BCD7AFGHIJKLM")
+        );
     }
 
     #[test]

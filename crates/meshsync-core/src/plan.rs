@@ -26,6 +26,50 @@ use crate::version::{Causality, VersionVector};
 /// An index: every known path's entry.
 pub type Index = BTreeMap<RelPath, FileEntry>;
 
+/// What the planner reads from an index. Implemented for every path-sorted
+/// map whose values hold a [`FileEntry`], so the store's own index (entries
+/// plus local stat facts) is planned in place, without a copy.
+pub trait EntryMap {
+    /// The entry at `path`.
+    fn entry(&self, path: &RelPath) -> Option<&FileEntry>;
+    /// Every entry, in path order.
+    fn entries(&self) -> Box<dyn Iterator<Item = &FileEntry> + '_>;
+    /// Entries strictly below directory `dir`, in path order.
+    fn entries_below<'s>(
+        &'s self,
+        dir: &'s RelPath,
+    ) -> Box<dyn Iterator<Item = &'s FileEntry> + 's>;
+}
+
+impl AsRef<FileEntry> for FileEntry {
+    fn as_ref(&self) -> &FileEntry {
+        self
+    }
+}
+
+impl<E: AsRef<FileEntry>> EntryMap for BTreeMap<RelPath, E> {
+    fn entry(&self, path: &RelPath) -> Option<&FileEntry> {
+        self.get(path).map(AsRef::as_ref)
+    }
+
+    fn entries(&self) -> Box<dyn Iterator<Item = &FileEntry> + '_> {
+        Box::new(self.values().map(AsRef::as_ref))
+    }
+
+    fn entries_below<'s>(
+        &'s self,
+        dir: &'s RelPath,
+    ) -> Box<dyn Iterator<Item = &'s FileEntry> + 's> {
+        use std::ops::Bound;
+        Box::new(
+            self.range::<RelPath, _>((Bound::Excluded(dir), Bound::Unbounded))
+                .take_while(move |(p, _)| p.as_str().starts_with(dir.as_str()))
+                .filter(move |(p, _)| p.starts_with(dir))
+                .map(|(_, e)| e.as_ref()),
+        )
+    }
+}
+
 /// One of the two trees being synced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
@@ -58,12 +102,12 @@ pub enum Direction {
 }
 
 /// Everything the planner decides from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct PlanInput<'a> {
     /// Tree A's index.
-    pub a: &'a Index,
+    pub a: &'a dyn EntryMap,
     /// Tree B's index.
-    pub b: &'a Index,
+    pub b: &'a dyn EntryMap,
     /// Tree A's device (conflict copies it loses are named after it).
     pub a_device: ShortId,
     /// Tree B's device.
@@ -76,8 +120,8 @@ pub struct PlanInput<'a> {
     pub now_unix_secs: i64,
 }
 
-impl PlanInput<'_> {
-    fn index(&self, side: Side) -> &Index {
+impl<'a> PlanInput<'a> {
+    fn index(&self, side: Side) -> &'a dyn EntryMap {
         match side {
             Side::A => self.a,
             Side::B => self.b,
@@ -103,7 +147,7 @@ pub enum Action {
         /// Where the losing copy is.
         side: Side,
         /// The losing copy as scanned.
-        entry: FileEntry,
+        entry: Box<FileEntry>,
         /// Its new name.
         to: RelPath,
     },
@@ -112,7 +156,7 @@ pub enum Action {
         /// Where.
         side: Side,
         /// The directory as it should be recorded (permissions, version).
-        entry: FileEntry,
+        entry: Box<FileEntry>,
     },
     /// Write `source`'s content (from side `from`) to the other side, reusing
     /// any chunk the target side already holds.
@@ -120,10 +164,10 @@ pub enum Action {
         /// The side the content comes from.
         from: Side,
         /// The file as scanned on `from` (path, size, mtime, chunks if known).
-        source: FileEntry,
+        source: Box<FileEntry>,
         /// What the target path holds now (`None`: nothing, or a conflict copy
         /// was moved away). The write is refused if the disk differs.
-        replaces: Option<FileEntry>,
+        replaces: Option<Box<FileEntry>>,
         /// The version both sides record afterwards.
         version: VersionVector,
     },
@@ -132,9 +176,9 @@ pub enum Action {
         /// The side the link comes from.
         from: Side,
         /// The link as scanned on `from`.
-        source: FileEntry,
+        source: Box<FileEntry>,
         /// What the target path holds now.
-        replaces: Option<FileEntry>,
+        replaces: Option<Box<FileEntry>>,
         /// The version both sides record afterwards.
         version: VersionVector,
     },
@@ -144,16 +188,16 @@ pub enum Action {
         /// Where.
         side: Side,
         /// The entry to match.
-        entry: FileEntry,
+        entry: Box<FileEntry>,
         /// What the path holds now.
-        expected: FileEntry,
+        expected: Box<FileEntry>,
     },
     /// Delete a path on `side` (a directory only when empty).
     Delete {
         /// Where.
         side: Side,
         /// What the path holds now (refused if the disk differs).
-        expected: FileEntry,
+        expected: Box<FileEntry>,
         /// The tombstone's version, recorded on both sides.
         version: VersionVector,
         /// Made to make room for another kind of entry (runs before copies).
@@ -230,8 +274,11 @@ impl Plan {
 /// size, concurrent versions (two-way) or checksum mode, and no hash yet.
 pub fn content_needed(input: &PlanInput<'_>) -> Vec<(Side, RelPath)> {
     let mut out = Vec::new();
-    for (path, a) in input.a {
-        let Some(b) = input.b.get(path) else { continue };
+    for a in input.a.entries() {
+        let path = &a.path;
+        let Some(b) = input.b.entry(path) else {
+            continue;
+        };
         if !(a.is_live() && b.is_live() && a.kind == FileKind::File && b.kind == FileKind::File) {
             continue;
         }
@@ -270,10 +317,15 @@ enum Decision {
 
 /// Plans the actions that bring both trees in line (see the module docs).
 pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let paths: BTreeSet<&RelPath> = input.a.keys().chain(input.b.keys()).collect();
+    let paths: BTreeSet<&RelPath> = input
+        .a
+        .entries()
+        .chain(input.b.entries())
+        .map(|e| &e.path)
+        .collect();
     let mut out = Plan::default();
     for path in paths {
-        let (a, b) = (input.a.get(path), input.b.get(path));
+        let (a, b) = (input.a.entry(path), input.b.entry(path));
         let decision = match input.direction {
             Direction::OneWay { delete } => decide_one_way(a, b, delete, input.compare),
             Direction::TwoWay => decide_two_way(a, b, input),
@@ -296,16 +348,6 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         })
     });
     out
-}
-
-/// Entries strictly below `dir` in `index`.
-fn subtree_below<'i>(index: &'i Index, dir: &RelPath) -> impl Iterator<Item = &'i FileEntry> {
-    use std::ops::Bound;
-    index
-        .range::<RelPath, _>((Bound::Excluded(dir), Bound::Unbounded))
-        .take_while(move |(p, _)| p.as_str().starts_with(dir.as_str()))
-        .filter(move |(p, _)| p.starts_with(dir))
-        .map(|(_, e)| e)
 }
 
 /// A path deleted to make room for a kind change also gets its own ordinary
@@ -481,7 +523,11 @@ fn spell_out(path: &RelPath, decision: Decision, input: &PlanInput<'_>, out: &mu
         Decision::Apply { from, version } => apply(path, from, version, input, out),
         Decision::Conflict { winner, version } => {
             let loser = winner.other();
-            let loser_entry = input.index(loser)[path].clone();
+            let loser_entry = input
+                .index(loser)
+                .entry(path)
+                .expect("conflicts have both sides")
+                .clone();
             let loser_device = last_changer(&loser_entry.version).unwrap_or(input.device(loser));
             let to = match conflict::conflict_copy_path(path, input.now_unix_secs, loser_device) {
                 Ok(p) => p,
@@ -493,7 +539,7 @@ fn spell_out(path: &RelPath, decision: Decision, input: &PlanInput<'_>, out: &mu
                     return;
                 }
             };
-            if input.index(Side::A).contains_key(&to) || input.index(Side::B).contains_key(&to) {
+            if input.a.entry(&to).is_some() || input.b.entry(&to).is_some() {
                 out.refused.push(Refusal {
                     path: path.clone(),
                     reason: format!(
@@ -506,7 +552,7 @@ fn spell_out(path: &RelPath, decision: Decision, input: &PlanInput<'_>, out: &mu
             // side too, then give the loser's side the winner's copy.
             out.actions.push(Action::KeepConflictCopy {
                 side: loser,
-                entry: loser_entry.clone(),
+                entry: Box::new(loser_entry.clone()),
                 to: to.clone(),
             });
             let mut renamed = loser_entry.clone();
@@ -514,19 +560,23 @@ fn spell_out(path: &RelPath, decision: Decision, input: &PlanInput<'_>, out: &mu
             if renamed.kind == FileKind::File {
                 out.actions.push(Action::Copy {
                     from: loser,
-                    source: renamed.clone(),
+                    source: Box::new(renamed.clone()),
                     replaces: None,
                     version: renamed.version.clone(),
                 });
             } else if renamed.kind == FileKind::Symlink {
                 out.actions.push(Action::Symlink {
                     from: loser,
-                    source: renamed.clone(),
+                    source: Box::new(renamed.clone()),
                     replaces: None,
                     version: renamed.version.clone(),
                 });
             }
-            let winner_entry = input.index(winner)[path].clone();
+            let winner_entry = input
+                .index(winner)
+                .entry(path)
+                .expect("conflicts have both sides")
+                .clone();
             push_write(winner, winner_entry, None, version, out);
         }
     }
@@ -541,8 +591,8 @@ fn apply(
     out: &mut Plan,
 ) {
     let to = from.other();
-    let src = live(input.index(from).get(path));
-    let tgt = live(input.index(to).get(path));
+    let src = live(input.index(from).entry(path));
+    let tgt = live(input.index(to).entry(path));
     let deletes_allowed = !matches!(input.direction, Direction::OneWay { delete: false });
     match (src, tgt) {
         (None, None) => out.actions.push(Action::RecordVersion {
@@ -551,7 +601,7 @@ fn apply(
         }),
         (None, Some(t)) => out.actions.push(Action::Delete {
             side: to,
-            expected: t.clone(),
+            expected: Box::new(t.clone()),
             version,
             making_room: false,
         }),
@@ -562,8 +612,8 @@ fn apply(
             entry.version = version;
             out.actions.push(Action::SetMetadata {
                 side: to,
-                entry,
-                expected: t.clone(),
+                entry: Box::new(entry),
+                expected: Box::new(t.clone()),
             });
         }
         (Some(s), Some(t)) if s.kind == t.kind && s.kind != FileKind::Directory => {
@@ -575,15 +625,17 @@ fn apply(
             entry.version = version;
             out.actions.push(Action::SetMetadata {
                 side: to,
-                entry,
-                expected: t.clone(),
+                entry: Box::new(entry),
+                expected: Box::new(t.clone()),
             });
         }
         (Some(s), Some(t)) => {
             // A kind change: remove what is there first (a directory with its
             // subtree, deepest first), then write the new kind.
             let subtree: Vec<&FileEntry> = if t.kind == FileKind::Directory {
-                subtree_below(input.index(to), path)
+                input
+                    .index(to)
+                    .entries_below(path)
                     .filter(|e| e.is_live())
                     .collect()
             } else {
@@ -601,7 +653,7 @@ fn apply(
             for child in subtree.into_iter().chain(std::iter::once(t)) {
                 out.actions.push(Action::Delete {
                     side: to,
-                    expected: child.clone(),
+                    expected: Box::new(child.clone()),
                     version: version.clone(),
                     making_room: true,
                 });
@@ -626,19 +678,19 @@ fn push_write(
             e.version = version;
             out.actions.push(Action::MakeDir {
                 side: from.other(),
-                entry: e,
+                entry: Box::new(e),
             });
         }
         FileKind::File => out.actions.push(Action::Copy {
             from,
-            source: entry,
-            replaces,
+            source: Box::new(entry),
+            replaces: replaces.map(Box::new),
             version,
         }),
         FileKind::Symlink => out.actions.push(Action::Symlink {
             from,
-            source: entry,
-            replaces,
+            source: Box::new(entry),
+            replaces: replaces.map(Box::new),
             version,
         }),
     }

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use meshsync_core::entry::FileEntry;
 use meshsync_core::ids::ShortId;
 use meshsync_core::path::RelPath;
-use meshsync_core::plan::Index;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +67,12 @@ pub struct StoredEntry {
     pub local: Option<LocalStat>,
 }
 
+impl AsRef<FileEntry> for StoredEntry {
+    fn as_ref(&self) -> &FileEntry {
+        &self.entry
+    }
+}
+
 /// A tree's bookkeeping row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeMeta {
@@ -87,14 +92,6 @@ pub struct IndexDb {
 
 /// A tree's stored index: entries by path.
 pub type StoredIndex = BTreeMap<RelPath, StoredEntry>;
-
-/// Strips local facts, leaving the index the planner works with.
-pub fn plain_index(stored: &StoredIndex) -> Index {
-    stored
-        .iter()
-        .map(|(p, s)| (p.clone(), s.entry.clone()))
-        .collect()
-}
 
 impl IndexDb {
     /// Opens (or creates) the database in `state_dir`.
@@ -199,7 +196,7 @@ pub struct TreeUpdate<'a> {
     /// Its bookkeeping row (sequence number advanced).
     pub meta: &'a TreeMeta,
     /// Entries to insert or replace.
-    pub upserts: &'a [StoredEntry],
+    pub upserts: &'a [&'a StoredEntry],
     /// Paths to forget entirely (not tombstones: those are upserts).
     pub removals: &'a [RelPath],
 }

@@ -236,7 +236,7 @@ pub fn sync_paths(
 
     progress.phase("scanning");
     let scan_started = Instant::now();
-    let stored = [db.load(&trees[0].tree_id)?, db.load(&trees[1].tree_id)?];
+    let [stored_a, stored_b] = [db.load(&trees[0].tree_id)?, db.load(&trees[1].tree_id)?];
     let policy = match opts.compare {
         CompareMode::Checksum => HashPolicy::All,
         CompareMode::Metadata => HashPolicy::Deferred,
@@ -246,8 +246,8 @@ pub fn sync_paths(
         threads: opts.threads.div_ceil(2).max(2),
     };
     let (scan_a, scan_b) = std::thread::scope(|s| {
-        let a = s.spawn(|| scan_tree(&trees[0], &stored[0], &ignore, &scan_opts));
-        let b = scan_tree(&trees[1], &stored[1], &ignore, &scan_opts);
+        let a = s.spawn(|| scan_tree(&trees[0], stored_a, &ignore, &scan_opts));
+        let b = scan_tree(&trees[1], stored_b, &ignore, &scan_opts);
         (a.join().expect("scan thread panicked"), b)
     });
     let mut report = SyncReport {
@@ -291,24 +291,24 @@ pub fn sync_paths(
 
     // Record what is now durable: scan changes plus what the run did.
     let [scan_a, scan_b] = scans;
-    let mut upserts: [Vec<StoredEntry>; 2] = [Vec::new(), Vec::new()];
-    let mut removals: [Vec<RelPath>; 2] = [Vec::new(), Vec::new()];
+    let mut indexes: [StoredIndex; 2] = Default::default();
+    let mut changed: [Vec<RelPath>; 2] = Default::default();
+    let mut removals: [Vec<RelPath>; 2] = Default::default();
     for (i, s) in [scan_a, scan_b].into_iter().enumerate() {
         let mut index = s.index;
-        let mut changed: BTreeMap<RelPath, ()> = s.changed.into_iter().map(|p| (p, ())).collect();
+        let mut paths: std::collections::BTreeSet<RelPath> = s.changed.into_iter().collect();
         for (path, entry) in std::mem::take(&mut run_updates[i]) {
             index.insert(path.clone(), entry);
-            changed.insert(path, ());
+            paths.insert(path);
         }
         for path in std::mem::take(&mut run_removals[i]) {
-            changed.remove(&path);
+            paths.remove(&path);
+            index.remove(&path);
             removals[i].push(path);
         }
-        upserts[i] = changed
-            .keys()
-            .filter_map(|p| index.get(p).cloned())
-            .collect();
         removals[i].extend(s.forgotten);
+        changed[i] = paths.into_iter().collect();
+        indexes[i] = index;
     }
     if two_way {
         for t in &trees {
@@ -318,6 +318,12 @@ pub fn sync_paths(
             }
         }
     }
+    let upserts: [Vec<&StoredEntry>; 2] = [0, 1].map(|i| {
+        changed[i]
+            .iter()
+            .filter_map(|p| indexes[i].get(p))
+            .collect()
+    });
     db.commit(&[
         TreeUpdate {
             tree_id: &trees[0].tree_id,
@@ -377,7 +383,7 @@ fn load_ignore_rules(trees: &[Tree; 2], two_way: bool) -> Result<IgnoreRules, Sy
 
 fn scan_tree(
     tree: &Tree,
-    stored: &StoredIndex,
+    stored: StoredIndex,
     ignore: &IgnoreRules,
     opts: &ScanOptions,
 ) -> ScanOutcome {
@@ -406,13 +412,7 @@ fn plan_with_content(
     opts: &SyncOptions,
     report: &mut SyncReport,
 ) -> Plan {
-    let needed = {
-        let (a, b) = (
-            db::plain_index(&scans[0].index),
-            db::plain_index(&scans[1].index),
-        );
-        plan::content_needed(&plan_input(trees, &a, &b, opts))
-    };
+    let needed = plan::content_needed(&plan_input(trees, &scans[0].index, &scans[1].index, opts));
     for (side, path) in needed {
         let i = side_index(side);
         let abs = trees[i].root.join(path.as_str());
@@ -431,17 +431,13 @@ fn plan_with_content(
             Err(reason) => report.warnings.push(format!("{}: {reason}", abs.display())),
         }
     }
-    let (a, b) = (
-        db::plain_index(&scans[0].index),
-        db::plain_index(&scans[1].index),
-    );
-    plan::plan(&plan_input(trees, &a, &b, opts))
+    plan::plan(&plan_input(trees, &scans[0].index, &scans[1].index, opts))
 }
 
 fn plan_input<'a>(
     trees: &[Tree; 2],
-    a: &'a plan::Index,
-    b: &'a plan::Index,
+    a: &'a StoredIndex,
+    b: &'a StoredIndex,
     opts: &SyncOptions,
 ) -> PlanInput<'a> {
     PlanInput {

@@ -175,7 +175,7 @@ impl Observed {
 /// Scans `root` against its `previous` index.
 pub fn scan(
     root: &Path,
-    previous: &StoredIndex,
+    mut previous: StoredIndex,
     ignore: &IgnoreRules,
     device: ShortId,
     last_sequence: u64,
@@ -204,10 +204,13 @@ pub fn scan(
         })
         .map(|(p, _)| p)
         .collect();
-    let hashed = hash_files(root, &to_hash, previous, options.threads);
+    let hashed = hash_files(root, &to_hash, &previous, options.threads);
 
     for (path, obs) in &observed {
-        let prev = previous.get(path);
+        // Unchanged entries move from the old index to the new one: the
+        // scan holds one copy of the index, not two.
+        let prev_owned = previous.remove(path);
+        let prev = prev_owned.as_ref();
         let fresh = hashed.get(path);
         if let Some(Err(reason)) = fresh {
             problems.push(ScanProblem {
@@ -215,8 +218,8 @@ pub fn scan(
                 reason: reason.clone(),
             });
             // Keep whatever we knew; do not invent a change we cannot read.
-            if let Some(p) = prev {
-                out.index.insert(path.clone(), p.clone());
+            if let Some(p) = prev_owned {
+                out.index.insert(path.clone(), p);
             }
             continue;
         }
@@ -226,7 +229,8 @@ pub fn scan(
         };
         match prev {
             Some(p) if obs.matches(p) && (content.is_none() || content == p.entry.content) => {
-                out.index.insert(path.clone(), p.clone());
+                out.index
+                    .insert(path.clone(), prev_owned.expect("matched Some"));
             }
             _ => {
                 let mut version = prev.map(|p| p.entry.version.clone()).unwrap_or_default();
@@ -287,22 +291,22 @@ pub fn scan(
 
     // Paths the index knew that are gone now.
     for (path, prev) in previous {
-        if observed.contains_key(path) || out.index.contains_key(path) {
+        if observed.contains_key(&path) || out.index.contains_key(&path) {
             continue;
         }
-        if ignore.is_ignored(path, prev.entry.kind == FileKind::Directory) {
-            out.forgotten.push(path.clone());
+        if ignore.is_ignored(&path, prev.entry.kind == FileKind::Directory) {
+            out.forgotten.push(path);
             continue;
         }
         if unreadable_dirs.iter().any(|d| path.starts_with(d)) {
-            out.index.insert(path.clone(), prev.clone());
+            out.index.insert(path, prev);
             continue;
         }
         if prev.entry.deleted {
-            out.index.insert(path.clone(), prev.clone());
+            out.index.insert(path, prev);
             continue;
         }
-        let mut tomb = prev.entry.clone();
+        let mut tomb = prev.entry;
         tomb.deleted = true;
         tomb.content = None;
         tomb.size = 0;

@@ -116,10 +116,14 @@ fn run_key_with(cmd: KeyCommand, out: &mut dyn Write, input: &mut dyn BufRead) -
         KeyCommand::Derive { kind, key } => {
             let key = parse_key(key, input)?;
             let derived = match kind {
-                DerivedKind::ReadOnly => key
-                    .to_read_only()
-                    .context("a read-only key can only be derived from a read-write key")?
-                    .to_key_string(),
+                DerivedKind::ReadOnly => {
+                    if key.kind() == KeyKind::Encrypted {
+                        anyhow::bail!(
+                            "an encrypted key holds no data key, so it cannot give a read-only key: derive it from the read-write key"
+                        );
+                    }
+                    key.to_read_only()?.to_key_string()
+                }
                 DerivedKind::Encrypted => key.to_encrypted().to_key_string(),
             };
             writeln!(out, "{}", *derived)?;
@@ -262,7 +266,7 @@ mod tests {
         let enc = derive(DerivedKind::Encrypted, rw.trim()).unwrap();
         let err = derive(DerivedKind::ReadOnly, &enc).unwrap_err();
         assert!(
-            format!("{err:#}").contains("only be derived from a read-write key"),
+            format!("{err:#}").contains("derive it from the read-write key"),
             "{err:#}"
         );
     }

@@ -42,6 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -64,5 +65,16 @@ fn main() -> ExitCode {
             eprintln!("meshsync: error: {e:#}");
             ExitCode::from(exit::FAILURE)
         }
+    }
+}
+
+/// glibc gives every thread that allocates its own malloc arena; with 16 I/O
+/// threads that costs ~15 MiB of resident memory in fragmentation alone
+/// (measured on `bench` small: 77 -> 64 MiB). Two arenas are plenty: the
+/// threads spend their time in read/write, not in malloc.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only adjusts allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

@@ -40,7 +40,7 @@ mod folder;
 mod password;
 mod proof;
 mod signing;
-mod text;
+pub(crate) mod text;
 #[cfg(test)]
 mod vectors;
 
