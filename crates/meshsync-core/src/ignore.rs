@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn bad_pattern_names_its_line() {
-        let e = IgnoreRules::parse("ok\n[unclosed\n").unwrap_err();
+        let e = IgnoreRules::parse("ok\n{a,b\n").unwrap_err();
         assert_eq!(e.line, 2);
     }
 

@@ -190,9 +190,13 @@ impl RelPath {
     }
 }
 
+/// `C:`, `C:/…` or `C:\…`: absolute on Windows. (`a:b` is just a name.)
 fn has_drive_prefix(s: &str) -> bool {
     let b = s.as_bytes();
-    b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':'
+    b.len() >= 2
+        && b[0].is_ascii_alphabetic()
+        && b[1] == b':'
+        && matches!(b.get(2), None | Some(b'/') | Some(b'\\'))
 }
 
 impl fmt::Display for RelPath {
@@ -257,7 +261,8 @@ mod tests {
     #[test]
     fn rejects_hostile_paths() {
         use PathError::*;
-        let cases: &[(&str, fn(&PathError) -> bool)] = &[
+        type IsExpected = fn(&PathError) -> bool;
+        let cases: &[(&str, IsExpected)] = &[
             ("", |e| matches!(e, Empty)),
             ("../x", |e| matches!(e, ParentComponent(_))),
             ("a/../../x", |e| matches!(e, ParentComponent(_))),

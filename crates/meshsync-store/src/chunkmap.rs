@@ -4,9 +4,16 @@
 //! A [`ChunkMap`] is built from an index: every chunk of every live file
 //! whose content is known, with the stat facts that file had when hashed.
 //! [`ChunkReader`] copies a chunk out of its file only after checking that
-//! the file still has that inode, size and mtime; the writer verifies the
-//! assembled file's hash anyway, so a stale map can cost a retry, never
-//! corrupt a file.
+//! the file still has that inode, size and mtime, and it hashes every chunk
+//! it reads before writing it: a stale map can cost a read from the source,
+//! never a corrupt file.
+//!
+//! Chunks are copied through a buffer (`pread`, BLAKE3, `pwrite`), not with
+//! `copy_file_range`: measured on ext4 (bench `large` update, 1 GiB of
+//! reused 64 KiB chunks), one `copy_file_range` per chunk took 3.2 s against
+//! about half that through a buffer, and the buffer is what lets each chunk be
+//! verified. Content-defined chunks are not block-aligned, so a reflink could
+//! share almost none of them anyway.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,8 +23,9 @@ use std::path::{Path, PathBuf};
 use meshsync_core::entry::{Content, FileKind, Timestamp};
 use meshsync_core::ids::Hash;
 
+use std::os::unix::fs::FileExt;
+
 use crate::db::{LocalStat, StoredIndex};
-use crate::write::copy_range;
 
 #[derive(Debug, Clone)]
 struct Holder {
@@ -100,31 +108,48 @@ impl ChunkMap {
 pub struct ChunkReader<'m> {
     map: &'m ChunkMap,
     open: Option<(u32, Option<File>)>,
+    buf: Vec<u8>,
 }
 
 impl<'m> ChunkReader<'m> {
     /// A reader over `map`.
     pub fn new(map: &'m ChunkMap) -> Self {
-        ChunkReader { map, open: None }
+        ChunkReader {
+            map,
+            open: None,
+            buf: Vec::new(),
+        }
     }
 
-    /// Copies the chunk `hash` (of length `len`) to `to` at `to_offset`.
-    /// Returns false (and copies nothing) when the chunk is not known or its
-    /// file changed since it was hashed.
-    pub fn copy(&mut self, hash: &Hash, len: usize, to: &mut File, to_offset: u64) -> bool {
+    /// Copies the chunk `hash` (of length `len`) to `to` at `to_offset`,
+    /// after checking that the bytes read hash to `hash`. Returns `Ok(false)`
+    /// (and writes nothing) when the chunk is not known, its file changed, or
+    /// the bytes do not match; an error only when writing `to` fails.
+    pub fn copy(
+        &mut self,
+        hash: &Hash,
+        len: usize,
+        to: &File,
+        to_offset: u64,
+    ) -> std::io::Result<bool> {
         let Some(loc) = self.map.by_hash.get(hash).copied() else {
-            return false;
+            return Ok(false);
         };
         if loc.len as usize != len {
-            return false;
+            return Ok(false);
         }
         if self.open.as_ref().map(|(h, _)| *h) != Some(loc.holder) {
             self.open = Some((loc.holder, self.open_checked(loc.holder)));
         }
         let Some((_, Some(file))) = &self.open else {
-            return false;
+            return Ok(false);
         };
-        copy_range(file, loc.offset, u64::from(loc.len), to, to_offset).is_ok()
+        self.buf.resize(len, 0);
+        if file.read_exact_at(&mut self.buf, loc.offset).is_err() || Hash::of(&self.buf) != *hash {
+            return Ok(false);
+        }
+        to.write_all_at(&self.buf, to_offset)?;
+        Ok(true)
     }
 
     fn open_checked(&self, holder: u32) -> Option<File> {
@@ -134,6 +159,15 @@ impl<'m> ChunkReader<'m> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&h.path)
             .ok()?;
+        // SAFETY: a valid descriptor; advice only.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::POSIX_FADV_SEQUENTIAL,
+            );
+        }
         let md = f.metadata().ok()?;
         let same = md.ino() == h.inode
             && md.size() == h.size

@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -416,15 +417,16 @@ fn plan_with_content(
     for (side, path) in needed {
         let i = side_index(side);
         let abs = trees[i].root.join(path.as_str());
-        let prev_avg = None;
-        match scan::hash_stable(&abs, prev_avg) {
+        match scan::hash_stable(&abs, None) {
             Ok((obs, content)) => {
-                if let Some(e) = scans[i].index.get_mut(&path) {
-                    if obs.matches(e) || (e.entry.size == obs.size && e.entry.mtime == obs.mtime) {
-                        e.entry.content = Some(content);
-                        if !scans[i].changed.contains(&path) {
-                            scans[i].changed.push(path.clone());
-                        }
+                // Only if the file is still what the scan saw.
+                if let Some(e) = scans[i].index.get_mut(&path)
+                    && e.entry.size == obs.size
+                    && e.entry.mtime == obs.mtime
+                {
+                    e.entry.content = Some(content);
+                    if !scans[i].changed.contains(&path) {
+                        scans[i].changed.push(path.clone());
                     }
                 }
             }
@@ -826,8 +828,11 @@ impl<'a> Run<'a> {
     /// Makes written temporary files durable, then renames them into place.
     fn flush_pending(&self) {
         let _one_flusher = self.flush_lock.lock().expect("poisoned");
-        let batch = std::mem::take(&mut self.pending.lock().expect("poisoned").0);
-        self.pending.lock().expect("poisoned").1 = 0;
+        let batch = {
+            let mut pending = self.pending.lock().expect("poisoned");
+            pending.1 = 0;
+            std::mem::take(&mut pending.0)
+        };
         if batch.is_empty() {
             return;
         }
@@ -836,32 +841,49 @@ impl<'a> Run<'a> {
             if !synced[p.target_side] {
                 if let Err(e) = write::sync_filesystem(&self.trees[p.target_side].root) {
                     self.fail(e);
-                    return; // dropping the batch removes its temporary files
+                    // Dropping the batch removes its temporary files; the
+                    // targets stay as they were.
+                    return;
                 }
                 synced[p.target_side] = true;
             }
         }
-        for p in batch {
-            let Pending {
-                temp,
-                target_side,
-                expected,
-                entry,
-                from_side,
-            } = p;
-            match temp.commit(expected.as_ref()) {
-                Ok(obs) => {
-                    self.counters.files_copied.fetch_add(1, Ordering::Relaxed);
-                    self.record_version(
-                        from_side,
-                        &entry.path,
-                        &entry.version,
-                        entry.content.as_ref(),
-                    );
-                    self.record(target_side, entry, Some(obs.local));
-                }
-                Err(e) => self.fail(e),
+        let next = AtomicUsize::new(0);
+        let batch: Vec<Mutex<Option<Pending>>> =
+            batch.into_iter().map(|p| Mutex::new(Some(p))).collect();
+        std::thread::scope(|s| {
+            for _ in 0..self.opts.threads.clamp(1, batch.len()) {
+                s.spawn(|| {
+                    while let Some(slot) = batch.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let p = slot.lock().expect("poisoned").take().expect("taken once");
+                        self.commit_pending(p);
+                    }
+                });
             }
+        });
+    }
+
+    /// Renames one flushed temporary file into place and records it.
+    fn commit_pending(&self, p: Pending) {
+        let Pending {
+            temp,
+            target_side,
+            expected,
+            entry,
+            from_side,
+        } = p;
+        match temp.commit(expected.as_ref()) {
+            Ok(obs) => {
+                self.counters.files_copied.fetch_add(1, Ordering::Relaxed);
+                self.record_version(
+                    from_side,
+                    &entry.path,
+                    &entry.version,
+                    entry.content.as_ref(),
+                );
+                self.record(target_side, entry, Some(obs.local));
+            }
+            Err(e) => self.fail(e),
         }
     }
 
@@ -1045,78 +1067,68 @@ fn copy_file(
         return Err(changed());
     }
     let params = ChunkParams::for_file(source.size, previous_avg);
-    let attempt = |use_local: bool, src: &mut File| -> Result<Copied, WriteError> {
-        let mut temp = TempFile::beside(target)?;
-        let mut reader = ChunkReader::new(local_chunks);
-        let (mut at, mut from_source, mut reused) = (0u64, 0u64, 0u64);
-        let content = read_chunks(src, source.size, params, |bytes, hash| {
-            let out = temp.file();
-            if use_local && reader.copy(&hash, bytes.len(), out, at) {
-                reused += bytes.len() as u64;
-            } else {
-                out.write_all_at(bytes, at)?;
-                from_source += bytes.len() as u64;
-            }
-            at += bytes.len() as u64;
-            Ok(())
-        })
-        .map_err(|e| WriteError::io(target, e))?;
-        if reused > 0
-            && hash_file(temp.file()).map_err(|e| WriteError::io(target, e))? != content.hash
-        {
-            return Err(WriteError::Verify {
-                path: target.into(),
-            });
+    let mut temp = TempFile::beside(target)?;
+    advise_sequential(&src);
+    let mut reader = ChunkReader::new(local_chunks);
+    let (mut at, mut from_source, mut reused) = (0u64, 0u64, 0u64);
+    let mut flushed_to = 0u64;
+    let content = read_chunks(&mut src, source.size, params, |bytes, hash| {
+        let out = temp.file();
+        if at - flushed_to >= WRITEBACK_STEP {
+            start_writeback(out, flushed_to, at - flushed_to);
+            flushed_to = at;
         }
-        temp.finish(source.permissions, source.mtime)?;
-        Ok(Copied {
-            temp,
-            content,
-            from_source,
-            reused,
-        })
-    };
-    let copied = match attempt(!local_chunks.is_empty(), &mut src) {
-        Err(WriteError::Verify { .. }) => {
-            // A local chunk was not what its index said: copy from the source alone.
-            src.seek_to_start()
-                .map_err(|e| WriteError::io(src_abs, e))?;
-            attempt(false, &mut src)?
+        // A chunk the destination holds is taken (and verified) from there.
+        if reader.copy(&hash, bytes.len(), out, at)? {
+            reused += bytes.len() as u64;
+        } else {
+            out.write_all_at(bytes, at)?;
+            from_source += bytes.len() as u64;
         }
-        other => other?,
-    };
+        at += bytes.len() as u64;
+        Ok(())
+    })
+    .map_err(|e| WriteError::io(target, e))?;
+    temp.finish(source.permissions, source.mtime)?;
     let after = src.metadata().map_err(|e| WriteError::io(src_abs, e))?;
-    let total: u64 = copied.content.chunks.iter().map(|c| u64::from(c.len)).sum();
+    let total: u64 = content.chunks.iter().map(|c| u64::from(c.len)).sum();
     if !unchanged(&after) || total != source.size {
         return Err(changed());
     }
-    Ok(copied)
+    Ok(Copied {
+        temp,
+        content,
+        from_source,
+        reused,
+    })
 }
 
-trait SeekToStart {
-    fn seek_to_start(&mut self) -> io::Result<()>;
-}
-impl SeekToStart for File {
-    fn seek_to_start(&mut self) -> io::Result<()> {
-        use std::io::Seek;
-        self.rewind()
+/// Bytes written to a temporary file between requests to start writing
+/// them back (so the batch's final `syncfs` finds little left to do).
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// Asks the kernel to start writing a range back to disk now, without
+/// waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): large files are then
+/// written while the rest is still being read. Durability still comes from
+/// the batch's `syncfs`.
+fn start_writeback(f: &File, offset: u64, len: u64) {
+    // SAFETY: a valid descriptor; the call only schedules I/O.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
-/// BLAKE3 of a whole open file, read with `pread`.
-fn hash_file(f: &File) -> io::Result<meshsync_core::ids::Hash> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = f.read_at(&mut buf, off)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        off += n as u64;
+/// Tells the kernel a file will be read front to back (a larger readahead).
+fn advise_sequential(f: &File) {
+    // SAFETY: a valid descriptor; the advice has no effect on correctness.
+    unsafe {
+        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
     }
-    Ok(hasher.finalize().into())
 }
 
 /// Syncs one file: SRC to DST, or into DST when DST is a directory. No index
@@ -1184,33 +1196,35 @@ fn sync_single_file(
     // Learn the existing target's chunks (and, in checksum mode, compare).
     let mut local = ChunkMap::default();
     let mut expected = None;
-    if let Some(t) = &existing {
-        if let Ok((obs, content)) = scan::hash_stable(&target, None) {
-            if opts.compare == CompareMode::Checksum {
-                let (_, src_content) = scan::hash_stable(&src_abs, Some(content.chunk_avg))
-                    .map_err(|e| SyncError::Io {
+    if let Some(t) = &existing
+        && let Ok((obs, content)) = scan::hash_stable(&target, None)
+    {
+        if opts.compare == CompareMode::Checksum {
+            let (_, src_content) =
+                scan::hash_stable(&src_abs, Some(content.chunk_avg)).map_err(|e| {
+                    SyncError::Io {
                         path: src_abs.clone(),
                         source: io::Error::other(e),
-                    })?;
-                if src_content.hash == content.hash
-                    && t.permissions == src_obs.permissions
-                    && t.mtime == src_obs.mtime
-                {
-                    return Ok(report);
-                }
+                    }
+                })?;
+            if src_content.hash == content.hash
+                && t.permissions == src_obs.permissions
+                && t.mtime == src_obs.mtime
+            {
+                return Ok(report);
             }
-            local.add(target.clone(), &obs.local, obs.size, obs.mtime, &content);
-            expected = Some(StoredEntry {
-                entry: FileEntry {
-                    size: obs.size,
-                    mtime: obs.mtime,
-                    permissions: obs.permissions,
-                    content: Some(content),
-                    ..source.clone()
-                },
-                local: Some(obs.local),
-            });
         }
+        local.add(target.clone(), &obs.local, obs.size, obs.mtime, &content);
+        expected = Some(StoredEntry {
+            entry: FileEntry {
+                size: obs.size,
+                mtime: obs.mtime,
+                permissions: obs.permissions,
+                content: Some(content),
+                ..source.clone()
+            },
+            local: Some(obs.local),
+        });
     }
     if opts.dry_run {
         report.planned.push(format!(

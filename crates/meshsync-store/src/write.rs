@@ -153,8 +153,22 @@ impl TempFile {
     /// Renames the temporary file over the target if the target is still as
     /// `expected` says (`None`: it must not exist). Returns the new file's facts.
     pub fn commit(mut self, expected: Option<&StoredEntry>) -> Result<Observed, WriteError> {
-        check_unchanged(&self.target, expected)?;
-        fs::rename(&self.temp, &self.target).map_err(|e| WriteError::io(&self.target, e))?;
+        match expected {
+            // "Must not exist" is checked by the rename itself, atomically.
+            None => rename_no_replace(&self.temp, &self.target).map_err(|e| match e {
+                WriteError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists => {
+                    WriteError::TargetChanged {
+                        path: self.target.clone(),
+                    }
+                }
+                other => other,
+            })?,
+            Some(_) => {
+                check_unchanged(&self.target, expected)?;
+                fs::rename(&self.temp, &self.target)
+                    .map_err(|e| WriteError::io(&self.target, e))?;
+            }
+        }
         self.committed = true;
         match Observed::of(&self.target) {
             Ok(Some(o)) => Ok(o),
@@ -343,80 +357,6 @@ fn cstr(p: &Path) -> Result<CString, WriteError> {
         path: p.into(),
         source: io::Error::from(io::ErrorKind::InvalidInput),
     })
-}
-
-/// Copies `len` bytes at `offset` of `from` to the current end of `to`, in
-/// the kernel where it can (`copy_file_range`: a reflink on XFS and btrfs),
-/// else through a buffer.
-pub fn copy_range(
-    from: &File,
-    offset: u64,
-    len: u64,
-    to: &mut File,
-    to_offset: u64,
-) -> io::Result<()> {
-    let mut off_in = offset as libc::loff_t;
-    let mut off_out = to_offset as libc::loff_t;
-    let mut left = len as usize;
-    while left > 0 {
-        // SAFETY: valid descriptors and offset pointers that live across the call.
-        let n = unsafe {
-            libc::copy_file_range(
-                from.as_raw_fd(),
-                &mut off_in,
-                to.as_raw_fd(),
-                &mut off_out,
-                left,
-                0,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EXDEV)
-                | Some(libc::ENOSYS)
-                | Some(libc::EOPNOTSUPP)
-                | Some(libc::EINVAL) => {
-                    return copy_range_buffered(
-                        from,
-                        off_in as u64,
-                        left as u64,
-                        to,
-                        off_out as u64,
-                    );
-                }
-                Some(libc::EINTR) => continue,
-                _ => return Err(e),
-            }
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "source shorter than its index says",
-            ));
-        }
-        left -= n as usize;
-    }
-    Ok(())
-}
-
-fn copy_range_buffered(
-    from: &File,
-    offset: u64,
-    len: u64,
-    to: &File,
-    to_offset: u64,
-) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; len.min(1 << 20) as usize];
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(buf.len() as u64) as usize;
-        from.read_exact_at(&mut buf[..n], offset + done)?;
-        to.write_all_at(&buf[..n], to_offset + done)?;
-        done += n as u64;
-    }
-    Ok(())
 }
 
 /// Removes temporary files a crashed run left (as found by the scanner);

@@ -108,14 +108,23 @@ impl<'a> Run<'a> {
     }
 
     /// The store's `check_unchanged`: `path` must be exactly as scanned.
-    fn check_unchanged(&self, side: usize, path: &RelPath, expected: Option<&FileEntry>) -> Result<(), String> {
+    fn check_unchanged(
+        &self,
+        side: usize,
+        path: &RelPath,
+        expected: Option<&FileEntry>,
+    ) -> Result<(), String> {
         let now = self.trees[side].nodes.get(path);
         let same = match (expected, now) {
             (None, None) => true,
             (Some(e), Some(n)) => matches(n, e, self.stored[side].local.get(path)),
             _ => false,
         };
-        if same { Ok(()) } else { Err("target changed since the scan".into()) }
+        if same {
+            Ok(())
+        } else {
+            Err("target changed since the scan".into())
+        }
     }
 
     fn record(&mut self, side: usize, mut entry: FileEntry, local: Option<LocalStat>) {
@@ -127,7 +136,13 @@ impl<'a> Run<'a> {
         self.out.updates[side].insert(entry.path.clone(), (entry, local));
     }
 
-    fn record_version(&mut self, side: usize, path: &RelPath, version: &VersionVector, content: Option<&Content>) {
+    fn record_version(
+        &mut self,
+        side: usize,
+        path: &RelPath,
+        version: &VersionVector,
+        content: Option<&Content>,
+    ) {
         let current = match self.out.updates[side].get(path) {
             Some((e, l)) => Some((e.clone(), *l)),
             None => self.stored[side]
@@ -135,7 +150,9 @@ impl<'a> Run<'a> {
                 .get(path)
                 .map(|e| (e.clone(), self.stored[side].local.get(path).copied())),
         };
-        let Some((mut entry, local)) = current else { return };
+        let Some((mut entry, local)) = current else {
+            return;
+        };
         let content_new = entry.content.is_none() && content.is_some() && entry.is_live();
         if entry.version == *version && !content_new {
             return;
@@ -149,31 +166,77 @@ impl<'a> Run<'a> {
 
     fn run_one(&mut self, action: &Action) -> Result<(), String> {
         match action {
-            Action::KeepConflictCopy { side, entry, to } => self.keep_conflict_copy(ix(*side), entry, to),
+            Action::KeepConflictCopy { side, entry, to } => {
+                self.keep_conflict_copy(ix(*side), entry, to)
+            }
             Action::MakeDir { side, entry } => self.make_dir(ix(*side), entry),
-            Action::Copy { from, source, replaces, version } => {
-                self.copy(ix(*from), source, replaces.is_some(), version)
+            Action::Copy {
+                from,
+                source,
+                replaces,
+                version,
+            } => self.copy(ix(*from), source, replaces.is_some(), version),
+            Action::Symlink {
+                from,
+                source,
+                replaces,
+                version,
+            } => self.symlink(ix(*from), source, replaces.is_some(), version),
+            Action::SetMetadata { side, entry, .. } => {
+                self.set_metadata(ix(*side), entry)?;
+                self.unify_writes(&entry.path);
+                Ok(())
             }
-            Action::Symlink { from, source, replaces, version } => {
-                self.symlink(ix(*from), source, replaces.is_some(), version)
-            }
-            Action::SetMetadata { side, entry, .. } => self.set_metadata(ix(*side), entry),
-            Action::Delete { side, expected, version, .. } => self.delete(ix(*side), expected, version),
+            Action::Delete {
+                side,
+                expected,
+                version,
+                ..
+            } => self.delete(ix(*side), expected, version),
             Action::RecordVersion { path, version } => {
                 self.record_version(0, path, version, None);
                 self.record_version(1, path, version, None);
+                self.unify_writes(path);
                 Ok(())
             }
         }
     }
 
-    fn keep_conflict_copy(&mut self, side: usize, entry: &FileEntry, to: &RelPath) -> Result<(), String> {
+    /// The oracle's bookkeeping, not the executor's: once both sides record
+    /// two identical copies of `path` as one version, they stand for the
+    /// same writes, and a user who later drops either drops them all.
+    fn unify_writes(&mut self, path: &RelPath) {
+        let (Some(x), Some(y)) = (self.trees[0].nodes.get(path), self.trees[1].nodes.get(path))
+        else {
+            return;
+        };
+        if x.kind == FileKind::Directory || x.kind != y.kind || x.payload != y.payload {
+            return;
+        }
+        let mut tags = x.tags.clone();
+        tags.extend(&y.tags);
+        tags.sort_unstable();
+        tags.dedup();
+        for t in 0..2 {
+            self.trees[t].nodes.get_mut(path).expect("checked").tags = tags.clone();
+        }
+    }
+
+    fn keep_conflict_copy(
+        &mut self,
+        side: usize,
+        entry: &FileEntry,
+        to: &RelPath,
+    ) -> Result<(), String> {
         self.check_unchanged(side, &entry.path, self.stored_entry(side, &entry.path))?;
         let tree = &mut *self.trees[side];
         if tree.nodes.contains_key(to) {
             return Err(format!("rename to {to}: exists"));
         }
-        let node = tree.nodes.remove(&entry.path).ok_or("rename: source vanished")?;
+        let node = tree
+            .nodes
+            .remove(&entry.path)
+            .ok_or("rename: source vanished")?;
         tree.nodes.insert(to.clone(), node);
         tree.touch(to);
         let local = tree.nodes[to].local;
@@ -202,7 +265,7 @@ impl<'a> Run<'a> {
                         mode: entry.permissions,
                         mtime: entry.mtime,
                         local,
-                        tag: None,
+                        tags: Vec::new(),
                     },
                 );
             }
@@ -216,20 +279,45 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    fn copy(&mut self, from: usize, source: &FileEntry, replacing: bool, version: &VersionVector) -> Result<(), String> {
+    fn copy(
+        &mut self,
+        from: usize,
+        source: &FileEntry,
+        replacing: bool,
+        version: &VersionVector,
+    ) -> Result<(), String> {
         let to = 1 - from;
         let path = &source.path;
         let now = self.now[to];
         self.trees[to].ensure_dirs(path.parent().as_ref(), now)?;
-        let expected = if replacing { self.stored_entry(to, path).cloned() } else { None };
+        let expected = if replacing {
+            self.stored_entry(to, path).cloned()
+        } else {
+            None
+        };
         // The source must still be what was scanned (size, mtime, inode).
-        let src = self.trees[from].nodes.get(path).cloned().ok_or("source changed: gone")?;
-        let inode_ok = self.stored[from].local.get(path).is_none_or(|l| l.inode == src.local.inode);
-        if src.kind != FileKind::File || src.size() != source.size || src.mtime != source.mtime || !inode_ok {
+        let src = self.trees[from]
+            .nodes
+            .get(path)
+            .cloned()
+            .ok_or("source changed: gone")?;
+        let inode_ok = self.stored[from]
+            .local
+            .get(path)
+            .is_none_or(|l| l.inode == src.local.inode);
+        if src.kind != FileKind::File
+            || src.size() != source.size
+            || src.mtime != source.mtime
+            || !inode_ok
+        {
             return Err("source changed since the scan".into());
         }
         self.check_unchanged(to, path, expected.as_ref())?;
-        if self.trees[to].nodes.get(path).is_some_and(|n| n.kind == FileKind::Directory) {
+        if self.trees[to]
+            .nodes
+            .get(path)
+            .is_some_and(|n| n.kind == FileKind::Directory)
+        {
             return Err("rename over a directory".into());
         }
         let tree = &mut *self.trees[to];
@@ -252,23 +340,40 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    fn symlink(&mut self, from: usize, source: &FileEntry, replacing: bool, version: &VersionVector) -> Result<(), String> {
+    fn symlink(
+        &mut self,
+        from: usize,
+        source: &FileEntry,
+        replacing: bool,
+        version: &VersionVector,
+    ) -> Result<(), String> {
         let to = 1 - from;
         let path = &source.path;
         let now = self.now[to];
         self.trees[to].ensure_dirs(path.parent().as_ref(), now)?;
-        let expected = if replacing { self.stored_entry(to, path).cloned() } else { None };
+        let expected = if replacing {
+            self.stored_entry(to, path).cloned()
+        } else {
+            None
+        };
         self.check_unchanged(to, path, expected.as_ref())?;
-        if self.trees[to].nodes.get(path).is_some_and(|n| n.kind == FileKind::Directory) {
+        if self.trees[to]
+            .nodes
+            .get(path)
+            .is_some_and(|n| n.kind == FileKind::Directory)
+        {
             return Err("rename over a directory".into());
         }
         let link = source.symlink_target.clone().unwrap_or_default();
-        // The tag follows the link text when the source still holds it.
-        let tag = self.trees[from]
+        // The writes follow the link text when the source still holds it.
+        let tags = self.trees[from]
             .nodes
             .get(path)
-            .filter(|n| n.kind == FileKind::Symlink && n.symlink_target().as_deref() == Some(link.as_str()))
-            .and_then(|n| n.tag);
+            .filter(|n| {
+                n.kind == FileKind::Symlink && n.symlink_target().as_deref() == Some(link.as_str())
+            })
+            .map(|n| n.tags.clone())
+            .unwrap_or_default();
         let tree = &mut *self.trees[to];
         let local = tree.fresh_local();
         tree.nodes.insert(
@@ -280,7 +385,7 @@ impl<'a> Run<'a> {
                 mode: 0o777,
                 mtime: source.mtime,
                 local,
-                tag,
+                tags,
             },
         );
         let mut entry = source.clone();
@@ -316,7 +421,12 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    fn delete(&mut self, side: usize, expected: &FileEntry, version: &VersionVector) -> Result<(), String> {
+    fn delete(
+        &mut self,
+        side: usize,
+        expected: &FileEntry,
+        version: &VersionVector,
+    ) -> Result<(), String> {
         let path = &expected.path;
         let stored = self.stored_entry(side, path).cloned();
         self.check_unchanged(side, path, stored.as_ref())?;

@@ -49,8 +49,9 @@ pub struct Node {
     pub mtime: Timestamp,
     /// Inode and ctime.
     pub local: LocalStat,
-    /// Which user write these bytes come from (files and symlinks).
-    pub tag: Option<Tag>,
+    /// Which user writes these bytes stand for (files and symlinks): one,
+    /// or several identical ones a sync has since recorded as one version.
+    pub tags: Vec<Tag>,
 }
 
 impl Node {
@@ -80,10 +81,7 @@ impl Node {
 
 /// The hashes of `bytes`, as the store computes them.
 pub fn hash_bytes(bytes: &[u8]) -> Rc<Content> {
-    Rc::new(content_of(
-        bytes,
-        ChunkParams::ideal(bytes.len() as u64),
-    ))
+    Rc::new(content_of(bytes, ChunkParams::ideal(bytes.len() as u64)))
 }
 
 /// A folder: every node by path. The root itself is implicit.
@@ -176,7 +174,7 @@ impl Tree {
                             mode: 0o755,
                             mtime,
                             local,
-                            tag: None,
+                            tags: Vec::new(),
                         },
                     );
                 }

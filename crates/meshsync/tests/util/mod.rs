@@ -257,7 +257,7 @@ impl Dir {
 
     /// Runs `meshsync <args>`.
     pub fn run(&self, args: &[&str]) -> Output {
-        Output::of(&mut self.command().args(args))
+        Output::of(self.command().args(args))
     }
 
     /// Runs `meshsync sync <args> --no-progress`.
@@ -281,15 +281,16 @@ impl Dir {
     }
 
     /// Runs `meshsync sync <args> --no-progress --json` as user `uid` (the
-    /// test must run as root; groups are dropped too).
-    pub fn sync_json_as(&self, uid: u32, args: &[&str]) -> Output {
+    /// test must run as root; groups are dropped too). An error when the
+    /// process cannot be started as that user.
+    pub fn sync_json_as(&self, uid: u32, args: &[&str]) -> std::io::Result<Output> {
         let mut c = self.command();
         c.uid(uid)
             .gid(uid)
             .arg("sync")
             .args(args)
             .args(["--no-progress", "--json"]);
-        Output::of(&mut c)
+        Ok(Output::from_output(c.output()?))
     }
 
     /// Starts `meshsync sync <args> --no-progress --json` without waiting.
@@ -302,6 +303,28 @@ impl Dir {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting meshsync")
+    }
+}
+
+impl Drop for Dir {
+    /// Makes every directory writable again so the sandbox can be removed
+    /// even after a test made parts of it unreadable (and was not root).
+    fn drop(&mut self) {
+        fn open_up(p: &Path) {
+            let Ok(md) = fs::symlink_metadata(p) else {
+                return;
+            };
+            if !md.is_dir() {
+                return;
+            }
+            let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o755));
+            if let Ok(entries) = fs::read_dir(p) {
+                for e in entries.flatten() {
+                    open_up(&e.path());
+                }
+            }
+        }
+        open_up(&self.root);
     }
 }
 

@@ -1,0 +1,142 @@
+//! Shrinking: a failing history made as small as it will go while it still
+//! breaks the same invariant. Fewer devices first, then fewer steps (halves,
+//! quarters, … single steps), then simpler steps (a sync without its race,
+//! crash or cut; shorter ticks; no clock skew), repeated to a fixed point.
+
+use crate::sim::world::{Config, History, Kind, Step, run_history};
+
+fn fails(cfg: &Config, h: &History, kind: Kind) -> bool {
+    matches!(run_history(cfg, h, false).0, Err(v) if v.kind == kind)
+}
+
+/// `step` with device `gone` removed and later devices renumbered; `None`
+/// when the step needs the removed device.
+fn without_device(step: &Step, gone: usize) -> Option<Step> {
+    let map = |d: usize| -> Option<usize> {
+        match d.cmp(&gone) {
+            std::cmp::Ordering::Less => Some(d),
+            std::cmp::Ordering::Equal => None,
+            std::cmp::Ordering::Greater => Some(d - 1),
+        }
+    };
+    let mut s = step.clone();
+    match &mut s {
+        Step::Tick(_) => {}
+        Step::Write { dev, .. }
+        | Step::Mkdir { dev, .. }
+        | Step::Symlink { dev, .. }
+        | Step::Remove { dev, .. }
+        | Step::Rename { dev, .. }
+        | Step::Chmod { dev, .. }
+        | Step::Scan { dev } => *dev = map(*dev)?,
+        Step::Sync(sy) => {
+            sy.a = map(sy.a)?;
+            sy.b = map(sy.b)?;
+            if let Some(r) = &sy.race {
+                sy.race = without_device(r, gone).map(Box::new);
+            }
+        }
+    }
+    Some(s)
+}
+
+/// Simpler versions of one step, simplest first.
+fn simpler(step: &Step) -> Vec<Step> {
+    let mut out = Vec::new();
+    match step {
+        Step::Tick(n) if *n > 1 => out.push(Step::Tick(1)),
+        Step::Sync(s) => {
+            let mut plain = s.clone();
+            plain.race = None;
+            plain.crash = [false, false];
+            plain.stop_after = None;
+            if plain != *s {
+                out.push(Step::Sync(plain));
+            }
+            if s.race.is_some() {
+                let mut t = s.clone();
+                t.race = None;
+                out.push(Step::Sync(t));
+            }
+            if s.crash != [false, false] {
+                for crash in [[false, false], [true, false], [false, true]] {
+                    if crash != s.crash {
+                        let mut t = s.clone();
+                        t.crash = crash;
+                        out.push(Step::Sync(t));
+                    }
+                }
+            }
+            if s.stop_after.is_some() {
+                let mut t = s.clone();
+                t.stop_after = None;
+                out.push(Step::Sync(t));
+            }
+            if s.hash != crate::sim::scan::HashPolicy::Deferred {
+                let mut t = s.clone();
+                t.hash = crate::sim::scan::HashPolicy::Deferred;
+                out.push(Step::Sync(t));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The smallest history derived from `history` that still fails with `kind`.
+pub fn shrink(cfg: &Config, history: &History, kind: Kind) -> History {
+    let mut best = history.clone();
+    loop {
+        let before = best.clone();
+        let mut d = best.skews.len();
+        while d > 0 && best.skews.len() > 2 {
+            d -= 1;
+            let mut cand = best.clone();
+            cand.skews.remove(d);
+            cand.steps = best
+                .steps
+                .iter()
+                .filter_map(|s| without_device(s, d))
+                .collect();
+            if fails(cfg, &cand, kind) {
+                best = cand;
+            }
+        }
+        let mut chunk = best.steps.len().div_ceil(2);
+        while chunk >= 1 {
+            let mut i = 0;
+            while i < best.steps.len() {
+                let mut cand = best.clone();
+                cand.steps.drain(i..(i + chunk).min(best.steps.len()));
+                if fails(cfg, &cand, kind) {
+                    best = cand;
+                } else {
+                    i += chunk;
+                }
+            }
+            chunk /= 2;
+        }
+        for i in 0..best.steps.len() {
+            for s in simpler(&best.steps[i]) {
+                let mut cand = best.clone();
+                cand.steps[i] = s;
+                if fails(cfg, &cand, kind) {
+                    best = cand;
+                    break;
+                }
+            }
+        }
+        for i in 0..best.skews.len() {
+            if best.skews[i] != 0 {
+                let mut cand = best.clone();
+                cand.skews[i] = 0;
+                if fails(cfg, &cand, kind) {
+                    best = cand;
+                }
+            }
+        }
+        if best == before {
+            return best;
+        }
+    }
+}
