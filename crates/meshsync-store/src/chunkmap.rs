@@ -25,7 +25,8 @@ use meshsync_core::ids::Hash;
 
 use std::os::unix::fs::FileExt;
 
-use crate::db::{LocalStat, StoredIndex};
+use crate::db::LocalStat;
+use crate::scan::ScanOutcome;
 
 #[derive(Debug, Clone)]
 struct Holder {
@@ -51,10 +52,10 @@ pub struct ChunkMap {
 }
 
 impl ChunkMap {
-    /// Every chunk of every live, hashed file of `index` (rooted at `root`).
-    pub fn from_index(root: &Path, index: &StoredIndex) -> Self {
+    /// Every chunk of every live, hashed file a scan of `root` found.
+    pub fn from_index(root: &Path, scan: &ScanOutcome) -> Self {
         let mut map = ChunkMap::default();
-        for (path, stored) in index {
+        for (path, stored) in &scan.index {
             let e = &stored.entry;
             if let (true, FileKind::File, Some(content), Some(local)) = (
                 e.is_live(),
@@ -62,7 +63,7 @@ impl ChunkMap {
                 e.content.as_ref(),
                 stored.local.as_ref(),
             ) {
-                map.add(root.join(path.as_str()), local, e.size, e.mtime, content);
+                map.add(scan.disk_path(root, path), local, e.size, e.mtime, content);
             }
         }
         map
@@ -104,18 +105,19 @@ impl ChunkMap {
     }
 }
 
-/// Copies chunks out of a [`ChunkMap`]'s files, keeping the last file open.
-pub struct ChunkReader<'m> {
-    map: &'m ChunkMap,
-    open: Option<(u32, Option<File>)>,
+/// Copies chunks out of the files of one or more [`ChunkMap`]s (tried in
+/// order), keeping the last file open.
+pub struct ChunkReader<'m, const N: usize> {
+    maps: [&'m ChunkMap; N],
+    open: Option<(usize, u32, Option<File>)>,
     buf: Vec<u8>,
 }
 
-impl<'m> ChunkReader<'m> {
-    /// A reader over `map`.
-    pub fn new(map: &'m ChunkMap) -> Self {
+impl<'m, const N: usize> ChunkReader<'m, N> {
+    /// A reader over `maps`.
+    pub fn new(maps: [&'m ChunkMap; N]) -> Self {
         ChunkReader {
-            map,
+            maps,
             open: None,
             buf: Vec::new(),
         }
@@ -132,16 +134,25 @@ impl<'m> ChunkReader<'m> {
         to: &File,
         to_offset: u64,
     ) -> std::io::Result<bool> {
-        let Some(loc) = self.map.by_hash.get(hash).copied() else {
+        let Some((m, loc)) = self
+            .maps
+            .iter()
+            .enumerate()
+            .find_map(|(m, map)| map.by_hash.get(hash).map(|l| (m, *l)))
+        else {
             return Ok(false);
         };
         if loc.len as usize != len {
             return Ok(false);
         }
-        if self.open.as_ref().map(|(h, _)| *h) != Some(loc.holder) {
-            self.open = Some((loc.holder, self.open_checked(loc.holder)));
+        if self.open.as_ref().map(|(om, h, _)| (*om, *h)) != Some((m, loc.holder)) {
+            self.open = Some((
+                m,
+                loc.holder,
+                open_checked(&self.maps[m].holders[loc.holder as usize]),
+            ));
         }
-        let Some((_, Some(file))) = &self.open else {
+        let Some((_, _, Some(file))) = &self.open else {
             return Ok(false);
         };
         self.buf.resize(len, 0);
@@ -151,9 +162,11 @@ impl<'m> ChunkReader<'m> {
         to.write_all_at(&self.buf, to_offset)?;
         Ok(true)
     }
+}
 
-    fn open_checked(&self, holder: u32) -> Option<File> {
-        let h = &self.map.holders[holder as usize];
+/// Opens a chunk holder's file if it is still what was hashed.
+fn open_checked(h: &Holder) -> Option<File> {
+    {
         let f = File::options()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)

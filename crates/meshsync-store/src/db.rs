@@ -82,6 +82,8 @@ pub struct TreeMeta {
     pub short_id: ShortId,
     /// The last sequence number handed out.
     pub sequence: u64,
+    /// Synced two-way before: its `.meshsync` marker must be there.
+    pub two_way: bool,
 }
 
 /// An open index database.

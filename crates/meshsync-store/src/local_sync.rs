@@ -168,7 +168,6 @@ struct Tree {
     root: PathBuf,
     tree_id: String,
     meta: TreeMeta,
-    previously_synced: bool,
 }
 
 /// Runs `meshsync sync SRC DST` (see the module docs for the semantics).
@@ -179,7 +178,9 @@ pub fn sync_paths(
     progress: &dyn Progress,
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
-    let src_md = fs::symlink_metadata(src).map_err(|_| SyncError::MissingSource(src.into()))?;
+    // The roots themselves may be symlinks (followed, as `rsync SRC/ DST/`
+    // does); nothing below them ever is.
+    let src_md = fs::metadata(src).map_err(|_| SyncError::MissingSource(src.into()))?;
     if src_md.is_file() {
         let mut report = sync_single_file(src, dst, opts, progress)?;
         report.duration_s = started.elapsed().as_secs_f64();
@@ -191,8 +192,8 @@ pub fn sync_paths(
             src.display()
         )));
     }
-    match fs::symlink_metadata(dst) {
-        Ok(md) if md.is_dir() => {}
+    let dst_exists = match fs::metadata(dst) {
+        Ok(md) if md.is_dir() => true,
         Ok(_) => {
             return Err(SyncError::KindMismatch(format!(
                 "{} is a directory but {} is not",
@@ -200,19 +201,10 @@ pub fn sync_paths(
                 dst.display()
             )));
         }
-        Err(_) if opts.dry_run => {}
-        Err(_) => fs::DirBuilder::new()
-            .recursive(true)
-            .mode(src_md.permissions().mode() & 0o7777)
-            .create(dst)
-            .map_err(io_err(dst))?,
-    }
-    let src_root = fs::canonicalize(src).map_err(io_err(src))?;
-    let dst_root = match fs::canonicalize(dst) {
-        Ok(p) => p,
-        Err(_) if opts.dry_run => std::path::absolute(dst).map_err(io_err(dst))?,
-        Err(e) => return Err(io_err(dst)(e)),
+        Err(_) => false,
     };
+    let src_root = fs::canonicalize(src).map_err(io_err(src))?;
+    let dst_root = resolve_maybe_missing(dst).map_err(io_err(dst))?;
     for (outer, inner) in [(&src_root, &dst_root), (&dst_root, &src_root)] {
         if inner.starts_with(outer) {
             return Err(SyncError::Nested {
@@ -221,6 +213,13 @@ pub fn sync_paths(
             });
         }
     }
+    if !dst_exists && !opts.dry_run {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(src_md.permissions().mode() & 0o7777 | 0o700)
+            .create(&dst_root)
+            .map_err(io_err(dst))?;
+    }
 
     fs::create_dir_all(&opts.state_dir).map_err(io_err(&opts.state_dir))?;
     let db = IndexDb::open(&opts.state_dir)?;
@@ -228,7 +227,7 @@ pub fn sync_paths(
     let two_way = opts.direction == Direction::TwoWay;
     if two_way {
         for t in &trees {
-            if t.previously_synced && !t.root.join(META_DIR).is_dir() {
+            if t.meta.two_way && !t.root.join(META_DIR).is_dir() {
                 return Err(SyncError::MarkerMissing(t.root.clone()));
             }
         }
@@ -257,13 +256,18 @@ pub fn sync_paths(
         ..SyncReport::default()
     };
     let mut scans = [scan_a, scan_b];
-    for s in &scans {
+    for (i, s) in scans.iter().enumerate() {
         for p in &s.problems {
-            report
-                .warnings
-                .push(format!("{}: {}", p.path.display(), p.reason));
+            let line = format!("{}: {}", trees[i].root.join(&p.path).display(), p.reason);
+            if p.is_error {
+                report.errors.push(line);
+            } else {
+                report.warnings.push(line);
+            }
         }
-        if !opts.dry_run {
+        // Only in trees this sync writes to: one-way never touches SRC.
+        let written = two_way || i == 1;
+        if written && !opts.dry_run {
             write::remove_stale_temps(&s.stale_temps);
         }
     }
@@ -312,7 +316,8 @@ pub fn sync_paths(
         indexes[i] = index;
     }
     if two_way {
-        for t in &trees {
+        for t in trees.iter_mut() {
+            t.meta.two_way = true;
             let marker = t.root.join(META_DIR);
             if let Err(e) = fs::create_dir_all(&marker) {
                 report.errors.push(format!("{}: {e}", marker.display()));
@@ -343,20 +348,41 @@ pub fn sync_paths(
     Ok(report)
 }
 
+/// The absolute, symlink-resolved form of `path`, which need not exist yet:
+/// its longest existing ancestor is resolved and the rest appended.
+fn resolve_maybe_missing(path: &Path) -> io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match fs::canonicalize(existing) {
+            Ok(resolved) => {
+                return Ok(rest.iter().rev().fold(resolved, |p, c| p.join(c)));
+            }
+            Err(_) => {
+                let Some(name) = existing.file_name() else {
+                    return Ok(absolute);
+                };
+                rest.push(name.to_os_string());
+                existing = existing.parent().unwrap_or(Path::new("/"));
+            }
+        }
+    }
+}
+
 fn open_tree(db: &IndexDb, root: PathBuf) -> Result<Tree, SyncError> {
     let tree_id = db::tree_id_for(&root);
     let stored = db.tree(&tree_id)?;
-    let previously_synced = stored.is_some();
     let meta = stored.unwrap_or_else(|| TreeMeta {
         root: root.clone(),
         short_id: db::short_id_for(&tree_id),
         sequence: 0,
+        two_way: false,
     });
     Ok(Tree {
         root,
         tree_id,
         meta,
-        previously_synced,
     })
 }
 
@@ -501,6 +527,10 @@ fn describe(action: &Action) -> Option<String> {
     })
 }
 
+/// The smallest target worth reading for chunks before it is replaced (a
+/// smaller file is about one chunk: nothing to gain).
+const TARGET_DELTA_MIN: u64 = 64 * 1024;
+
 /// Bytes of temporary files written before a flush and rename batch.
 const BATCH_BYTES: u64 = 512 << 20;
 /// Files written before a flush and rename batch.
@@ -529,7 +559,8 @@ struct Run<'a> {
     flush_lock: Mutex<()>,
     counters: Counters,
     errors: Mutex<Vec<String>>,
-    created_dirs: Mutex<Vec<(PathBuf, meshsync_core::entry::Timestamp)>>,
+    /// Directories made by this run, with the mtime and mode they get at the end.
+    created_dirs: Mutex<Vec<(PathBuf, meshsync_core::entry::Timestamp, u32)>>,
 }
 
 #[derive(Default)]
@@ -558,8 +589,8 @@ impl<'a> Run<'a> {
             opts,
             progress,
             chunk_maps: [
-                ChunkMap::from_index(&trees[0].root, &scans[0].index),
-                ChunkMap::from_index(&trees[1].root, &scans[1].index),
+                ChunkMap::from_index(&trees[0].root, &scans[0]),
+                ChunkMap::from_index(&trees[1].root, &scans[1]),
             ],
             updates: Default::default(),
             removals: Default::default(),
@@ -575,8 +606,21 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Where `path` is on `side`'s disk (its own spelling, if not NFC).
     fn abs(&self, side: usize, path: &RelPath) -> PathBuf {
-        self.trees[side].root.join(path.as_str())
+        self.scans[side].disk_path(&self.trees[side].root, path)
+    }
+
+    /// Makes sure `path`'s parent directories on `side` exist and are real
+    /// directories (never symlinks).
+    fn ensure_parent(&self, side: usize, path: &RelPath) -> Result<(), WriteError> {
+        let Some(parent) = path.parent() else {
+            return Ok(());
+        };
+        let root = &self.trees[side].root;
+        let abs_parent = self.abs(side, &parent);
+        let relative = abs_parent.strip_prefix(root).expect("below the root");
+        write::ensure_real_dirs(root, relative, 0o755)
     }
 
     fn stored(&self, side: usize, path: &RelPath) -> Option<&StoredEntry> {
@@ -653,11 +697,14 @@ impl<'a> Run<'a> {
         }
         // Directory mtimes last, deepest first: writing into a directory
         // changes its mtime.
+        // Their final modes too: a read-only directory is filled first.
         let mut dirs = std::mem::take(&mut *self.created_dirs.lock().expect("poisoned"));
-        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-        for (path, mtime) in dirs {
-            if let Err(e) = write::set_mtime_nofollow(&path, mtime) {
-                self.fail(format!("{}: setting mtime: {e}", path.display()));
+        dirs.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.components().count()));
+        for (path, mtime, permissions) in dirs {
+            let result = fs::set_permissions(&path, fs::Permissions::from_mode(permissions))
+                .and_then(|()| write::set_mtime_nofollow(&path, mtime));
+            if let Err(e) = result {
+                self.fail(format!("{}: setting mode and mtime: {e}", path.display()));
             }
         }
     }
@@ -720,6 +767,7 @@ impl<'a> Run<'a> {
     ) -> Result<(), WriteError> {
         let from_abs = self.abs(side, &entry.path);
         write::check_unchanged(&from_abs, self.stored(side, &entry.path))?;
+        self.ensure_parent(side, to)?;
         write::rename_no_replace(&from_abs, &self.abs(side, to))?;
         let obs = Observed::of(&self.abs(side, to))
             .map_err(|e| WriteError::io(&from_abs, e))?
@@ -741,15 +789,17 @@ impl<'a> Run<'a> {
 
     fn make_dir(&self, side: usize, entry: &FileEntry) -> Result<(), WriteError> {
         let abs = self.abs(side, &entry.path);
-        write::ensure_real_dirs(&self.trees[side].root, entry.path.parent().as_ref(), 0o755)?;
-        match fs::DirBuilder::new().mode(entry.permissions).create(&abs) {
+        self.ensure_parent(side, &entry.path)?;
+        // Owner-writable until the end, so its files can be written into it.
+        let working_mode = entry.permissions | 0o700;
+        match fs::DirBuilder::new().mode(working_mode).create(&abs) {
             Ok(()) => {}
             Err(e)
                 if e.kind() == io::ErrorKind::AlreadyExists
                     && fs::symlink_metadata(&abs).is_ok_and(|m| m.is_dir()) => {}
             Err(e) => return Err(WriteError::io(&abs, e)),
         }
-        fs::set_permissions(&abs, fs::Permissions::from_mode(entry.permissions))
+        fs::set_permissions(&abs, fs::Permissions::from_mode(working_mode))
             .map_err(|e| WriteError::io(&abs, e))?;
         let obs = Observed::of(&abs)
             .map_err(|e| WriteError::io(&abs, e))?
@@ -757,7 +807,7 @@ impl<'a> Run<'a> {
         self.created_dirs
             .lock()
             .expect("poisoned")
-            .push((abs, entry.mtime));
+            .push((abs, entry.mtime, entry.permissions));
         self.record(side, entry.clone(), Some(obs.local));
         self.record_version(1 - side, &entry.path, &entry.version, None);
         self.counters.dirs_created.fetch_add(1, Ordering::Relaxed);
@@ -774,12 +824,24 @@ impl<'a> Run<'a> {
         let to = 1 - from;
         let path = &source.path;
         let target = self.abs(to, path);
-        write::ensure_real_dirs(&self.trees[to].root, path.parent().as_ref(), 0o755)?;
-        let expected = if replacing {
+        self.ensure_parent(to, path)?;
+        let mut expected = if replacing {
             self.stored(to, path).cloned()
         } else {
             None
         };
+        // A target this index never hashed (a first sync onto an old copy)
+        // is read for its chunks, as rsync reads the file it updates.
+        let mut target_chunks = ChunkMap::default();
+        if let Some(exp) = expected.as_mut()
+            && exp.entry.content.is_none()
+            && exp.entry.size >= TARGET_DELTA_MIN
+            && let Ok((obs, content)) = scan::hash_stable(&target, None)
+            && obs.matches(exp)
+        {
+            target_chunks.add(target.clone(), &obs.local, obs.size, obs.mtime, &content);
+            exp.entry.content = Some(content);
+        }
         let previous_avg = expected
             .as_ref()
             .and_then(|e| e.entry.content.as_ref())
@@ -792,7 +854,7 @@ impl<'a> Run<'a> {
             source,
             &target,
             previous_avg,
-            &self.chunk_maps[to],
+            [&self.chunk_maps[to], &target_chunks],
         )?;
         self.counters
             .bytes_from_source
@@ -800,9 +862,6 @@ impl<'a> Run<'a> {
         self.counters
             .bytes_reused
             .fetch_add(copied.reused, Ordering::Relaxed);
-        self.counters
-            .bytes_written
-            .fetch_add(source.size, Ordering::Relaxed);
         self.progress.advance(1, source.size);
         let mut entry = source.clone();
         entry.content = Some(copied.content);
@@ -875,6 +934,9 @@ impl<'a> Run<'a> {
         match temp.commit(expected.as_ref()) {
             Ok(obs) => {
                 self.counters.files_copied.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .bytes_written
+                    .fetch_add(entry.size, Ordering::Relaxed);
                 self.record_version(
                     from_side,
                     &entry.path,
@@ -897,7 +959,7 @@ impl<'a> Run<'a> {
         let to = 1 - from;
         let path = &source.path;
         let target = self.abs(to, path);
-        write::ensure_real_dirs(&self.trees[to].root, path.parent().as_ref(), 0o755)?;
+        self.ensure_parent(to, path)?;
         let expected = if replacing {
             self.stored(to, path)
         } else {
@@ -1037,7 +1099,7 @@ fn copy_file(
     source: &FileEntry,
     target: &Path,
     previous_avg: Option<u32>,
-    local_chunks: &ChunkMap,
+    local_chunks: [&ChunkMap; 2],
 ) -> Result<Copied, WriteError> {
     let changed = || WriteError::SourceChanged {
         path: src_abs.into(),
@@ -1068,6 +1130,7 @@ fn copy_file(
     }
     let params = ChunkParams::for_file(source.size, previous_avg);
     let mut temp = TempFile::beside(target)?;
+    temp.preallocate(source.size)?;
     advise_sequential(&src);
     let mut reader = ChunkReader::new(local_chunks);
     let (mut at, mut from_source, mut reused) = (0u64, 0u64, 0u64);
@@ -1142,7 +1205,11 @@ fn sync_single_file(
     let name = src
         .file_name()
         .ok_or_else(|| SyncError::KindMismatch(format!("{} has no file name", src.display())))?;
-    let target = if fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir()) {
+    // `sync FILE newdir/`: a trailing slash names a directory to create.
+    if dst.as_os_str().as_encoded_bytes().ends_with(b"/") && !dst.exists() && !opts.dry_run {
+        fs::create_dir_all(dst).map_err(io_err(dst))?;
+    }
+    let target = if fs::metadata(dst).is_ok_and(|m| m.is_dir()) {
         dst.join(name)
     } else {
         dst.to_path_buf()
@@ -1254,7 +1321,7 @@ fn sync_single_file(
         &source,
         &target,
         prev_avg,
-        &local,
+        [&local, &ChunkMap::default()],
     )
     .and_then(|copied| {
         let parent = target

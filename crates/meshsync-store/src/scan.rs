@@ -49,6 +49,27 @@ pub struct ScanProblem {
     pub path: PathBuf,
     /// What went wrong.
     pub reason: String,
+    /// Data was left out (unreadable, unrepresentable name): the sync is not
+    /// complete. `false` for notes (a skipped socket, a case collision).
+    pub is_error: bool,
+}
+
+impl ScanProblem {
+    fn error(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        ScanProblem {
+            path: path.into(),
+            reason: reason.into(),
+            is_error: true,
+        }
+    }
+
+    fn note(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        ScanProblem {
+            path: path.into(),
+            reason: reason.into(),
+            is_error: false,
+        }
+    }
 }
 
 /// How to scan.
@@ -95,6 +116,31 @@ pub struct ScanOutcome {
     pub bytes_hashed: u64,
     /// Temporary files left by an interrupted run (absolute paths).
     pub stale_temps: Vec<PathBuf>,
+    /// Paths whose name on disk is not their NFC form (e.g. NFD names made
+    /// on macOS): relative path as stored on disk, by normalised path.
+    pub disk_names: BTreeMap<RelPath, PathBuf>,
+}
+
+impl ScanOutcome {
+    /// Where `path` is on disk below `root`: its own spelling if the scan saw
+    /// one, else its parent's spelling and its normalised name.
+    pub fn disk_path(&self, root: &Path, path: &RelPath) -> PathBuf {
+        disk_path(root, &self.disk_names, path)
+    }
+}
+
+/// See [`ScanOutcome::disk_path`].
+pub fn disk_path(root: &Path, disk_names: &BTreeMap<RelPath, PathBuf>, path: &RelPath) -> PathBuf {
+    if disk_names.is_empty() {
+        return root.join(path.as_str());
+    }
+    if let Some(raw) = disk_names.get(path) {
+        return root.join(raw);
+    }
+    match path.parent() {
+        Some(parent) => disk_path(root, disk_names, &parent).join(path.file_name()),
+        None => root.join(path.as_str()),
+    }
 }
 
 /// The lstat facts of one path.
@@ -160,15 +206,22 @@ impl Observed {
 
     /// Whether the path still looks exactly as `entry` + `local` recorded it
     /// (so its stored content can be trusted without reading it).
+    ///
+    /// A directory's mtime and ctime move whenever a child is added or
+    /// removed, so for directories only kind, inode and permissions count.
     pub fn matches(&self, stored: &StoredEntry) -> bool {
         let e = &stored.entry;
+        let same_local = match (self.kind, stored.local) {
+            (FileKind::Directory, Some(l)) => l.inode == self.local.inode,
+            (_, l) => l == Some(self.local),
+        };
         e.is_live()
             && e.kind == self.kind
             && e.size == self.size
             && (self.kind == FileKind::Directory || e.mtime == self.mtime)
             && e.permissions == self.permissions
             && e.symlink_target == self.symlink_target
-            && stored.local == Some(self.local)
+            && same_local
     }
 }
 
@@ -181,11 +234,17 @@ pub fn scan(
     last_sequence: u64,
     options: &ScanOptions,
 ) -> ScanOutcome {
-    let (observed, mut problems, unreadable_dirs, stale_temps) =
-        walk(root, ignore, options.threads);
+    let Walked {
+        observed,
+        mut problems,
+        unreadable_dirs,
+        stale_temps,
+        disk_names,
+    } = walk(root, ignore, options.threads);
     let mut out = ScanOutcome {
         sequence: last_sequence,
         stale_temps,
+        disk_names,
         ..ScanOutcome::default()
     };
 
@@ -204,7 +263,7 @@ pub fn scan(
         })
         .map(|(p, _)| p)
         .collect();
-    let hashed = hash_files(root, &to_hash, &previous, options.threads);
+    let hashed = hash_files(root, &out.disk_names, &to_hash, &previous, options.threads);
 
     for (path, obs) in &observed {
         // Unchanged entries move from the old index to the new one: the
@@ -213,10 +272,7 @@ pub fn scan(
         let prev = prev_owned.as_ref();
         let fresh = hashed.get(path);
         if let Some(Err(reason)) = fresh {
-            problems.push(ScanProblem {
-                path: path.as_str().into(),
-                reason: reason.clone(),
-            });
+            problems.push(ScanProblem::error(path.as_str(), reason.clone()));
             // Keep whatever we knew; do not invent a change we cannot read.
             if let Some(p) = prev_owned {
                 out.index.insert(path.clone(), p);
@@ -324,13 +380,13 @@ pub fn scan(
     }
 
     for group in case_collisions(observed.keys()) {
-        problems.push(ScanProblem {
-            path: group[0].as_str().into(),
-            reason: format!(
+        problems.push(ScanProblem::note(
+            group[0].as_str(),
+            format!(
                 "names differ only in case ({}); they would collide on a case-insensitive file system",
                 group.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
             ),
-        });
+        ));
     }
     out.entries_seen = observed.len();
     out.bytes_hashed = hashed
@@ -342,16 +398,22 @@ pub fn scan(
     out
 }
 
-type Walked = (
-    BTreeMap<RelPath, Observed>,
-    Vec<ScanProblem>,
-    Vec<RelPath>,
-    Vec<PathBuf>,
-);
+/// What the walk saw.
+struct Walked {
+    observed: BTreeMap<RelPath, Observed>,
+    problems: Vec<ScanProblem>,
+    unreadable_dirs: Vec<RelPath>,
+    stale_temps: Vec<PathBuf>,
+    disk_names: BTreeMap<RelPath, PathBuf>,
+}
+
+/// One walked path: normalised name, facts, and its on-disk spelling when
+/// that differs.
+type Found = (RelPath, Observed, Option<PathBuf>);
 
 /// Walks `root` in parallel, lstat-ing everything not ignored.
 fn walk(root: &Path, ignore: &IgnoreRules, threads: usize) -> Walked {
-    let found: Mutex<Vec<(RelPath, Observed)>> = Mutex::new(Vec::new());
+    let found: Mutex<Vec<Found>> = Mutex::new(Vec::new());
     let problems: Mutex<Vec<ScanProblem>> = Mutex::new(Vec::new());
     let unreadable: Mutex<Vec<RelPath>> = Mutex::new(Vec::new());
     let ignore = Arc::new(ignore.clone());
@@ -394,10 +456,10 @@ fn walk(root: &Path, ignore: &IgnoreRules, threads: usize) -> Walked {
         let found = &found;
         let problems = &problems;
         let unreadable = &unreadable;
-        let mut local: Vec<(RelPath, Observed)> = Vec::new();
+        let mut local: Vec<Found> = Vec::new();
         struct Flush<'a> {
-            local: Vec<(RelPath, Observed)>,
-            into: &'a Mutex<Vec<(RelPath, Observed)>>,
+            local: Vec<Found>,
+            into: &'a Mutex<Vec<Found>>,
         }
         impl Drop for Flush<'_> {
             fn drop(&mut self) {
@@ -416,10 +478,10 @@ fn walk(root: &Path, ignore: &IgnoreRules, threads: usize) -> Walked {
                     if let Some(rel) = relative(root, &path) {
                         unreadable.lock().expect("poisoned").push(rel);
                     }
-                    problems.lock().expect("poisoned").push(ScanProblem {
+                    problems.lock().expect("poisoned").push(ScanProblem::error(
                         path,
-                        reason: err.to_string(),
-                    });
+                        format!("{err}; its contents were not synced"),
+                    ));
                     return ignore::WalkState::Continue;
                 }
             };
@@ -432,48 +494,64 @@ fn walk(root: &Path, ignore: &IgnoreRules, threads: usize) -> Walked {
             let rel = match rel_os.to_str().map(RelPath::new) {
                 Some(Ok(r)) => r,
                 Some(Err(e)) => {
-                    problems.lock().expect("poisoned").push(ScanProblem {
-                        path: rel_os.into(),
-                        reason: e.to_string(),
-                    });
+                    problems
+                        .lock()
+                        .expect("poisoned")
+                        .push(ScanProblem::error(rel_os, format!("{e}; skipped")));
                     return ignore::WalkState::Skip;
                 }
                 None => {
-                    problems.lock().expect("poisoned").push(ScanProblem {
-                        path: rel_os.into(),
-                        reason: "name is not valid UTF-8; skipped".into(),
-                    });
+                    problems.lock().expect("poisoned").push(ScanProblem::error(
+                        rel_os,
+                        "name is not valid UTF-8; skipped",
+                    ));
                     return ignore::WalkState::Skip;
                 }
             };
+            let raw = (rel.as_str() != rel_os.as_os_str()).then(|| rel_os.to_path_buf());
             match fs::symlink_metadata(entry.path()) {
                 Ok(md) => match Observed::from_metadata(entry.path(), &md) {
-                    Some(o) => flush.local.push((rel, o)),
-                    None => problems.lock().expect("poisoned").push(ScanProblem {
-                        path: rel.as_str().into(),
-                        reason: "not a regular file, directory or symlink; skipped".into(),
-                    }),
+                    Some(o) => flush.local.push((rel, o, raw)),
+                    None => problems.lock().expect("poisoned").push(ScanProblem::note(
+                        rel.as_str(),
+                        "not a regular file, directory or symlink; skipped",
+                    )),
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // vanished: a later scan sees it
-                Err(e) => problems.lock().expect("poisoned").push(ScanProblem {
-                    path: rel.as_str().into(),
-                    reason: e.to_string(),
-                }),
+                Err(e) => problems
+                    .lock()
+                    .expect("poisoned")
+                    .push(ScanProblem::error(rel.as_str(), e.to_string())),
             }
             ignore::WalkState::Continue
         })
     });
     let mut map = BTreeMap::new();
-    for (p, o) in found.into_inner().expect("poisoned") {
+    let mut disk_names = BTreeMap::new();
+    let mut problems = problems.into_inner().expect("poisoned");
+    for (p, o, raw) in found.into_inner().expect("poisoned") {
+        if map.contains_key(&p) {
+            problems.push(ScanProblem::error(
+                raw.clone().unwrap_or_else(|| p.as_str().into()),
+                format!(
+                    "two names on disk are both {p:?} once Unicode-normalised; only one is synced"
+                ),
+            ));
+            continue;
+        }
+        if let Some(raw) = raw {
+            disk_names.insert(p.clone(), raw);
+        }
         map.insert(p, o);
     }
     let stale_temps = std::mem::take(&mut *stale_temps.lock().expect("poisoned"));
-    (
-        map,
-        problems.into_inner().expect("poisoned"),
-        unreadable.into_inner().expect("poisoned"),
+    Walked {
+        observed: map,
+        problems,
+        unreadable_dirs: unreadable.into_inner().expect("poisoned"),
         stale_temps,
-    )
+        disk_names,
+    }
 }
 
 fn relative(root: &Path, path: &Path) -> Option<RelPath> {
@@ -498,7 +576,13 @@ type Hashed = BTreeMap<RelPath, Result<(Observed, Content), String>>;
 
 /// Hashes `paths` on `threads` threads. A file that changes while it is read
 /// is read again (up to three times).
-fn hash_files(root: &Path, paths: &[&RelPath], previous: &StoredIndex, threads: usize) -> Hashed {
+fn hash_files(
+    root: &Path,
+    disk_names: &BTreeMap<RelPath, PathBuf>,
+    paths: &[&RelPath],
+    previous: &StoredIndex,
+    threads: usize,
+) -> Hashed {
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Hashed::new());
     std::thread::scope(|s| {
@@ -511,7 +595,7 @@ fn hash_files(root: &Path, paths: &[&RelPath], previous: &StoredIndex, threads: 
                         .get(*path)
                         .and_then(|p| p.entry.content.as_ref())
                         .map(|c| c.chunk_avg);
-                    let r = hash_stable(&root.join(path.as_str()), prev_avg);
+                    let r = hash_stable(&disk_path(root, disk_names, path), prev_avg);
                     results.lock().expect("poisoned").insert((*path).clone(), r);
                 }
             });

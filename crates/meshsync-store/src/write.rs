@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshsync_core::entry::Timestamp;
-use meshsync_core::path::{RelPath, TEMP_PREFIX};
+use meshsync_core::path::TEMP_PREFIX;
 
 use crate::db::StoredEntry;
 use crate::scan::Observed;
@@ -131,6 +131,26 @@ impl TempFile {
         })
     }
 
+    /// Reserves `size` bytes for the file up front, so a file that cannot fit
+    /// fails at once, before it has used up space other files need.
+    pub fn preallocate(&mut self, size: u64) -> Result<(), WriteError> {
+        if size == 0 {
+            return Ok(());
+        }
+        let fd = self.file().as_raw_fd();
+        // SAFETY: a valid descriptor; mode 0 allocates and extends the size.
+        let rc = unsafe { libc::fallocate(fd, 0, 0, size as libc::off_t) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // Not supported here: write without reserving.
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(()),
+            _ => Err(WriteError::io(&self.target, e)),
+        }
+    }
+
     /// The open file.
     pub fn file(&mut self) -> &mut File {
         self.file.as_mut().expect("open until finished")
@@ -208,12 +228,12 @@ pub fn check_unchanged(path: &Path, expected: Option<&StoredEntry>) -> Result<()
     }
 }
 
-/// Makes sure every directory from `root` down to `dir` (relative) exists and
-/// is a real directory, creating missing ones with `mode`.
-pub fn ensure_real_dirs(root: &Path, dir: Option<&RelPath>, mode: u32) -> Result<(), WriteError> {
-    let Some(dir) = dir else { return Ok(()) };
+/// Makes sure every directory from `root` down to `dir` (relative, as
+/// spelled on disk) exists and is a real directory, creating missing ones
+/// with `mode`.
+pub fn ensure_real_dirs(root: &Path, dir: &Path, mode: u32) -> Result<(), WriteError> {
     let mut at = root.to_path_buf();
-    for component in dir.as_str().split('/') {
+    for component in dir.components() {
         at.push(component);
         match fs::symlink_metadata(&at) {
             Ok(md) if md.is_dir() => {}

@@ -43,6 +43,7 @@ enum Command {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    restore_default_sigpipe();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -76,5 +77,14 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only adjusts allocator tuning; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Rust ignores SIGPIPE, so `meshsync … | head` would panic on the closed
+/// pipe; restore the default (end quietly), as command-line tools do.
+fn restore_default_sigpipe() {
+    // SAFETY: setting a signal disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

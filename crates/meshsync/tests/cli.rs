@@ -315,7 +315,7 @@ fn touched_file_is_rewritten_from_local_chunks() {
 
 /// Bug: chunks of a DST file this --home never hashed (an older cp/rsync copy) are not reused.
 #[test]
-fn bug_unindexed_destination_file_is_not_used_for_delta() {
+fn regression_unindexed_destination_file_is_not_used_for_delta() {
     let d = Dir::new("delta-unindexed");
     let old = random_bytes(6, 4 * MIB);
     d.write_with("dst/data.bin", &old, 0o644, T1); // copied there by other means
@@ -366,7 +366,7 @@ fn extras_stay_without_delete_and_go_with_it() {
 
 /// Bug: --delete removes one level of an extra dir tree per run (dir ctime in the scan check).
 #[test]
-fn bug_delete_of_extra_dir_tree_fails_as_changed_since_scanned() {
+fn regression_delete_of_extra_dir_tree_fails_as_changed_since_scanned() {
     let d = Dir::new("delete-tree");
     d.write("src/keep.txt", "keep\n");
     d.write("dst/extra-dir/a/b/c.txt", "c\n");
@@ -382,7 +382,7 @@ fn bug_delete_of_extra_dir_tree_fails_as_changed_since_scanned() {
 
 /// Bug: a dir tree deleted from SRC needs one --delete run per level (dir ctime, as above).
 #[test]
-fn bug_delete_of_dir_tree_removed_from_source_fails_as_changed_since_scanned() {
+fn regression_delete_of_dir_tree_removed_from_source_fails_as_changed_since_scanned() {
     let d = Dir::new("delete-src-tree");
     d.write("src/keep.txt", "keep\n");
     d.write("src/tree/u/v.txt", "v\n");
@@ -434,7 +434,7 @@ fn non_empty_dir_replaced_by_file_is_refused_without_delete() {
 
 /// Bug: with --delete, a non-empty dir replaced by a file in SRC is never replaced (dir ctime).
 #[test]
-fn bug_dir_replaced_by_file_with_delete_fails() {
+fn regression_dir_replaced_by_file_with_delete_fails() {
     let d = Dir::new("kind-delete");
     d.write("src/d/sub/x", "x\n");
     d.sync(&["src", "dst"]).ok();
@@ -485,7 +485,7 @@ fn metadata_only_changes_are_applied_in_place() {
 
 /// Bug: a dir chmod plus a new file in that dir in one run fails the chmod (dir ctime).
 #[test]
-fn bug_dir_mode_change_with_new_child_fails_as_changed_since_scanned() {
+fn regression_dir_mode_change_with_new_child_fails_as_changed_since_scanned() {
     let d = Dir::new("dir-mode-child");
     d.write("src/d/a", "a\n");
     d.sync(&["src", "dst"]).ok();
@@ -557,7 +557,7 @@ fn odd_mtimes_and_empty_source() {
 
 /// Bug: non-root, files inside a mode-0555 source dir never sync (DST dir made 0555 first).
 #[test]
-fn bug_read_only_source_dir_blocks_its_own_files() {
+fn regression_read_only_source_dir_blocks_its_own_files() {
     let d = Dir::new("ro-dir");
     d.write_with("src/ro/f.txt", "inside a read-only dir\n", 0o644, T1);
     if !prepare_unprivileged(&d) {
@@ -815,7 +815,7 @@ fn two_way_deletes_propagate_both_ways() {
 
 /// Bug: a dir tree deleted on one side is not deleted on the other in one two-way run.
 #[test]
-fn bug_two_way_delete_of_dir_tree_fails_as_changed_since_scanned() {
+fn regression_two_way_delete_of_dir_tree_fails_as_changed_since_scanned() {
     let d = Dir::new("two-way-delete-tree");
     d.write("a/keep.txt", "k\n");
     d.write("a/tree/u/v.txt", "v\n");
@@ -917,7 +917,7 @@ fn two_way_rename_and_mode_change() {
 
 /// Bug: --two-way on trees synced one-way before is refused as "marker missing".
 #[test]
-fn bug_two_way_after_one_way_is_refused_as_missing_marker() {
+fn regression_two_way_after_one_way_is_refused_as_missing_marker() {
     let d = Dir::new("one-then-two");
     d.write_with("a/f.txt", "f\n", 0o644, T1);
     d.sync(&["a", "b"]).ok();
@@ -1034,7 +1034,7 @@ fn single_file_onto_itself_is_refused_and_untouched() {
 
 /// Bug: `sync src src/backup` is refused (exit 1) but creates src/backup first.
 #[test]
-fn bug_refused_nested_destination_is_created_inside_source() {
+fn regression_refused_nested_destination_is_created_inside_source() {
     let d = Dir::new("dst-in-src-created");
     d.write("src/f.txt", "f\n");
     let before = d.tree("src");
@@ -1149,7 +1149,7 @@ fn unreadable_source_file_fails_alone() {
 
 /// Bug: an unreadable source dir is only a warning: its contents are skipped, yet exit is 0.
 #[test]
-fn bug_unreadable_source_dir_exits_0() {
+fn regression_unreadable_source_dir_exits_0() {
     let d = Dir::new("unreadable-dir");
     d.write("src/ok.txt", "ok\n");
     d.write("src/locked/inside.txt", "inside\n");
@@ -1184,7 +1184,7 @@ fn stale_temp_files_in_destination_are_removed_and_never_synced() {
 
 /// Bug: one-way sync deletes SRC files named `.meshsync-tmp-*` (it must never write to SRC).
 #[test]
-fn bug_one_way_sync_deletes_temp_named_files_in_source() {
+fn regression_one_way_sync_deletes_temp_named_files_in_source() {
     let d = Dir::new("src-temp-name");
     d.write("src/f.txt", "f\n");
     // A user's file, or the live temporary of another sync writing into SRC.
@@ -1208,7 +1208,7 @@ fn internal_meshsync_dir_in_source_is_not_synced() {
 
 /// Bug: a file with an NFD name (e + U+0301) never syncs: the copy opens its NFC name.
 #[test]
-fn bug_nfd_file_name_is_never_synced() {
+fn regression_nfd_file_name_is_never_synced() {
     let d = Dir::new("nfd");
     let nfd = "e\u{301}te\u{301}.txt";
     d.write(&format!("src/{nfd}"), "nfd\n");
@@ -1223,7 +1223,7 @@ fn bug_nfd_file_name_is_never_synced() {
 
 /// Bug: a closed stdout (`meshsync sync … | head -1`) panics with "Broken pipe" and a backtrace.
 #[test]
-fn bug_closed_stdout_panics() {
+fn regression_closed_stdout_panics() {
     let d = Dir::new("epipe");
     d.write("src/f.txt", "f\n");
     let mut child = d
@@ -1316,7 +1316,7 @@ fn full_disk_leaves_the_old_version_untouched() {
 
 /// Bug: on a full disk, parallel writers make a file that fits fail too (about half the runs).
 #[test]
-fn bug_full_disk_parallel_writers_fail_a_file_that_fits() {
+fn regression_full_disk_parallel_writers_fail_a_file_that_fits() {
     let Some(FullDisk { d, _mount }) = full_disk("full-parallel") else {
         return;
     };
