@@ -4,21 +4,28 @@
 //! winner keeps the name, the loser is kept beside it as
 //! `name.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.ext` (time in UTC, DEVICE the
 //! loser's short id). The winner is the copy with the newer mtime; on a tie
-//! the larger device id wins, so every device picks the same winner.
+//! the larger device id wins, then content and size ([`WinnerKey`]), so every
+//! device picks the same winner whichever side it plays.
 //! A change always wins over a concurrent delete (the data comes back).
 
 use crate::entry::Timestamp;
 use crate::ids::ShortId;
 use crate::path::{PathError, RelPath};
 
-/// Whether copy `a` (changed by `a_device`) beats copy `b` (by `b_device`).
-pub fn first_wins(
-    a_mtime: Timestamp,
-    a_device: ShortId,
-    b_mtime: Timestamp,
-    b_device: ShortId,
-) -> bool {
-    (a_mtime, a_device) > (b_mtime, b_device)
+/// What decides between two concurrently changed copies, in order: the
+/// newer mtime, then the larger id of the device that made the change, then
+/// content hash and size, so that every device, whichever side it plays,
+/// picks the same winner. The larger key wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WinnerKey {
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// The device that made the change.
+    pub device: ShortId,
+    /// The content hash, if known.
+    pub content: Option<crate::ids::Hash>,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 /// The name the losing copy of `path` is kept under.
@@ -27,10 +34,26 @@ pub fn conflict_copy_path(
     now_unix_secs: i64,
     loser: ShortId,
 ) -> Result<RelPath, PathError> {
+    numbered_conflict_copy_path(path, now_unix_secs, loser, 1)
+}
+
+/// The `n`th candidate name for a conflict copy (`n > 1` adds `-n` after the
+/// device, for when an earlier candidate is taken).
+pub fn numbered_conflict_copy_path(
+    path: &RelPath,
+    now_unix_secs: i64,
+    loser: ShortId,
+    n: u32,
+) -> Result<RelPath, PathError> {
     let name = path.file_name();
     let (stem, ext) = split_extension(name);
     let stamp = format_utc_compact(now_unix_secs);
-    let new_name = format!("{stem}.sync-conflict-{stamp}-{loser}{ext}");
+    let suffix = if n > 1 {
+        format!("-{n}")
+    } else {
+        String::new()
+    };
+    let new_name = format!("{stem}.sync-conflict-{stamp}-{loser}{suffix}{ext}");
     path.with_file_name(&new_name)
 }
 
@@ -105,11 +128,24 @@ mod tests {
     }
 
     #[test]
-    fn winner_is_newer_then_larger_device() {
-        let t1 = Timestamp { secs: 1, nanos: 0 };
-        let t2 = Timestamp { secs: 2, nanos: 0 };
-        assert!(first_wins(t2, ShortId(1), t1, ShortId(9)));
-        assert!(first_wins(t1, ShortId(9), t1, ShortId(1)));
-        assert!(!first_wins(t1, ShortId(1), t1, ShortId(9)));
+    fn winner_is_newer_then_larger_device_then_content() {
+        let key = |secs, dev, hash: Option<u8>| WinnerKey {
+            mtime: Timestamp { secs, nanos: 0 },
+            device: ShortId(dev),
+            content: hash.map(|b| crate::ids::Hash([b; 32])),
+            size: 1,
+        };
+        assert!(key(2, 1, None) > key(1, 9, None));
+        assert!(key(1, 9, None) > key(1, 1, None));
+        assert!(key(1, 1, Some(2)) > key(1, 1, Some(1)));
+    }
+
+    #[test]
+    fn numbered_names_differ() {
+        let p = RelPath::new("a.txt").unwrap();
+        let one = numbered_conflict_copy_path(&p, 0, ShortId(0), 1).unwrap();
+        let two = numbered_conflict_copy_path(&p, 0, ShortId(0), 2).unwrap();
+        assert_ne!(one, two);
+        assert!(two.as_str().ends_with("-AAAAAAA-2.txt"));
     }
 }

@@ -282,11 +282,18 @@ pub fn content_needed(input: &PlanInput<'_>) -> Vec<(Side, RelPath)> {
         if !(a.is_live() && b.is_live() && a.kind == FileKind::File && b.kind == FileKind::File) {
             continue;
         }
-        if a.size != b.size || a.same_content(b, input.compare).is_some() {
+        if a.size != b.size || (a.content.is_some() && b.content.is_some()) {
             continue;
         }
         let relevant = match input.direction {
-            Direction::TwoWay => a.version.compare(&b.version) == Causality::Concurrent,
+            // Two-way never trusts size + mtime between different versions
+            // (see `two_way_compare`): a concurrent pair, or a newer one with
+            // the very same size and mtime, is judged by content.
+            Direction::TwoWay => match a.version.compare(&b.version) {
+                Causality::Equal => false,
+                Causality::Concurrent => true,
+                _ => a.mtime == b.mtime,
+            },
             Direction::OneWay { .. } => input.compare == CompareMode::Checksum,
         };
         if relevant {
@@ -333,6 +340,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         spell_out(path, decision, input, &mut out);
     }
     drop_deletes_done_to_make_room(&mut out.actions);
+    keep_directories_with_surviving_children(input, &mut out.actions);
     out.actions.sort_by(|x, y| {
         let (px, py) = (x.phase(), y.phase());
         px.cmp(&py).then_with(|| {
@@ -348,6 +356,65 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         })
     });
     out
+}
+
+/// A directory deleted on one side while a child below it survives there (a
+/// change that beat a concurrent delete) cannot be deleted: it is kept, and
+/// made again on the side that deleted it, so the child has a parent on both.
+fn keep_directories_with_surviving_children(input: &PlanInput<'_>, actions: &mut Vec<Action>) {
+    let deleted: BTreeSet<(Side, RelPath)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Delete { side, expected, .. } => Some((*side, expected.path.clone())),
+            _ => None,
+        })
+        .collect();
+    let written: BTreeSet<(Side, RelPath)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Copy { from, source, .. } | Action::Symlink { from, source, .. } => {
+                Some((from.other(), source.path.clone()))
+            }
+            Action::MakeDir { side, entry } => Some((*side, entry.path.clone())),
+            _ => None,
+        })
+        .collect();
+    let survives_below = |side: Side, dir: &RelPath| {
+        input
+            .index(side)
+            .entries_below(dir)
+            .any(|e| e.is_live() && !deleted.contains(&(side, e.path.clone())))
+            || written
+                .range((side, dir.clone())..)
+                .take_while(|(s, p)| *s == side && p.as_str().starts_with(dir.as_str()))
+                .any(|(_, p)| p.starts_with(dir) && p != dir)
+    };
+    let mut resurrect = Vec::new();
+    actions.retain(|a| match a {
+        Action::Delete {
+            side,
+            expected,
+            version,
+            ..
+        } if expected.kind == FileKind::Directory && survives_below(*side, &expected.path) => {
+            let mut entry = (**expected).clone();
+            entry.version = version.clone();
+            if live(input.index(side.other()).entry(&entry.path)).is_none() {
+                resurrect.push(Action::MakeDir {
+                    side: side.other(),
+                    entry: Box::new(entry),
+                });
+            } else {
+                resurrect.push(Action::RecordVersion {
+                    path: entry.path.clone(),
+                    version: entry.version,
+                });
+            }
+            false
+        }
+        _ => true,
+    });
+    actions.extend(resurrect);
 }
 
 /// A path deleted to make room for a kind change also gets its own ordinary
@@ -419,11 +486,24 @@ fn decide_one_way(
     }
 }
 
+/// Two copies with different versions are equal only by content hash: two
+/// concurrent edits can leave the same size and mtime (a coarse clock, a tool
+/// that keeps mtimes), and taking them as equal would lose one. An unknown
+/// hash counts as "different" (a conflict copy, never a loss).
+const TWO_WAY_COMPARE: CompareMode = CompareMode::Checksum;
+
 fn decide_two_way(a: Option<&FileEntry>, b: Option<&FileEntry>, input: &PlanInput<'_>) -> Decision {
     let (va, vb) = (version_of(a), version_of(b));
     let merged = va.merge(&vb);
     let causality = va.compare(&vb);
+    let compare = if causality == Causality::Equal {
+        input.compare
+    } else {
+        TWO_WAY_COMPARE
+    };
     match (live(a), live(b)) {
+        // A tombstone against a path the other side never had: nothing to do.
+        (None, None) if a.is_none() || b.is_none() => Decision::Nothing,
         (None, None) => {
             if causality == Causality::Equal {
                 Decision::Nothing
@@ -431,7 +511,7 @@ fn decide_two_way(a: Option<&FileEntry>, b: Option<&FileEntry>, input: &PlanInpu
                 Decision::Record(merged)
             }
         }
-        (Some(x), Some(y)) if x.same_content(y, input.compare) == Some(true) => {
+        (Some(x), Some(y)) if x.same_content(y, compare) == Some(true) => {
             if !x.metadata_differs(y) {
                 return if causality == Causality::Equal {
                     Decision::Nothing
@@ -494,9 +574,13 @@ fn winner(a: &FileEntry, b: &FileEntry, input: &PlanInput<'_>) -> Side {
         (true, false) => Side::A,
         (false, true) => Side::B,
         _ => {
-            let a_dev = last_changer(&a.version).unwrap_or(input.a_device);
-            let b_dev = last_changer(&b.version).unwrap_or(input.b_device);
-            if conflict::first_wins(a.mtime, a_dev, b.mtime, b_dev) {
+            let key = |e: &FileEntry, own: ShortId| conflict::WinnerKey {
+                mtime: e.mtime,
+                device: last_changer(&e.version).unwrap_or(own),
+                content: e.content.as_ref().map(|c| c.hash),
+                size: e.size,
+            };
+            if key(a, input.a_device) >= key(b, input.b_device) {
                 Side::A
             } else {
                 Side::B
@@ -529,25 +613,37 @@ fn spell_out(path: &RelPath, decision: Decision, input: &PlanInput<'_>, out: &mu
                 .expect("conflicts have both sides")
                 .clone();
             let loser_device = last_changer(&loser_entry.version).unwrap_or(input.device(loser));
-            let to = match conflict::conflict_copy_path(path, input.now_unix_secs, loser_device) {
-                Ok(p) => p,
-                Err(e) => {
+            // The first free name: a live entry or a tombstone at a candidate
+            // (an earlier conflict in the same second) makes us try the next.
+            let taken = |p: &RelPath| input.a.entry(p).is_some() || input.b.entry(p).is_some();
+            let to = (1..=99)
+                .map(|n| {
+                    conflict::numbered_conflict_copy_path(
+                        path,
+                        input.now_unix_secs,
+                        loser_device,
+                        n,
+                    )
+                })
+                .find(|candidate| candidate.as_ref().map_or(true, |p| !taken(p)));
+            let to = match to {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => {
                     out.refused.push(Refusal {
                         path: path.clone(),
                         reason: format!("conflict copy name is not valid: {e}"),
                     });
                     return;
                 }
+                None => {
+                    out.refused.push(Refusal {
+                        path: path.clone(),
+                        reason: "conflict, and 99 conflict copies exist already; left both copies as they are"
+                            .into(),
+                    });
+                    return;
+                }
             };
-            if input.a.entry(&to).is_some() || input.b.entry(&to).is_some() {
-                out.refused.push(Refusal {
-                    path: path.clone(),
-                    reason: format!(
-                        "conflict, and {to} exists already; left both copies as they are"
-                    ),
-                });
-                return;
-            }
             // Keep the loser under its conflict name, send it to the winner's
             // side too, then give the loser's side the winner's copy.
             out.actions.push(Action::KeepConflictCopy {
@@ -650,14 +746,49 @@ fn apply(
                 });
                 return;
             }
-            for child in subtree.into_iter().chain(std::iter::once(t)) {
+            // In two-way sync, a child that `from` never saw deleted (created
+            // or changed concurrently under the directory) must not be
+            // deleted to make room: that is a conflict, and the directory wins.
+            let unseen_child = input.direction == Direction::TwoWay
+                && subtree.iter().any(|child| {
+                    let seen = input.index(from).entry(&child.path).map(|e| &e.version);
+                    !seen.is_some_and(|v| {
+                        matches!(
+                            v.compare(&child.version),
+                            Causality::Newer | Causality::Equal
+                        )
+                    })
+                });
+            if unseen_child {
+                spell_out(
+                    path,
+                    Decision::Conflict {
+                        winner: to,
+                        version,
+                    },
+                    input,
+                    out,
+                );
+                return;
+            }
+            for child in subtree {
+                // Each child's tombstone dominates what both sides knew of it.
+                let known = input.index(from).entry(&child.path).map(|e| &e.version);
+                let child_version =
+                    known.map_or(child.version.clone(), |v| v.merge(&child.version));
                 out.actions.push(Action::Delete {
                     side: to,
                     expected: Box::new(child.clone()),
-                    version: version.clone(),
+                    version: child_version,
                     making_room: true,
                 });
             }
+            out.actions.push(Action::Delete {
+                side: to,
+                expected: Box::new(t.clone()),
+                version: version.clone(),
+                making_room: true,
+            });
             push_write(from, s.clone(), None, version, out);
         }
         (Some(s), None) => push_write(from, s.clone(), None, version, out),

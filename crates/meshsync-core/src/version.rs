@@ -47,8 +47,18 @@ impl VersionVector {
     /// largest counter in the vector, so a new change is never mistaken for an
     /// old one even after merges.
     pub fn bump(&mut self, device: ShortId) {
+        self.bump_at(device, 0);
+    }
+
+    /// Records a change by `device` whose own clock reads `clock` (a value
+    /// that only grows on that device, e.g. its wall clock in seconds): the
+    /// counter becomes the larger of `clock` and one more than any counter in
+    /// the vector. With a device clock, a device that crashed before saving
+    /// its index can never hand out a counter it already gave a peer: its
+    /// next change is still newer than anything it said before.
+    pub fn bump_at(&mut self, device: ShortId, clock: u64) {
         let next = self.0.iter().map(|(_, c)| *c).max().unwrap_or(0) + 1;
-        self.set(device, next);
+        self.set(device, next.max(clock));
     }
 
     fn set(&mut self, device: ShortId, counter: u64) {

@@ -244,6 +244,7 @@ pub fn sync_paths(
     let scan_opts = ScanOptions {
         hash: policy,
         threads: opts.threads.div_ceil(2).max(2),
+        clock: opts.now_unix_secs.max(0) as u64,
     };
     let (scan_a, scan_b) = std::thread::scope(|s| {
         let a = s.spawn(|| scan_tree(&trees[0], stored_a, &ignore, &scan_opts));

@@ -79,6 +79,9 @@ pub struct ScanOptions {
     pub hash: HashPolicy,
     /// Walker and hasher threads.
     pub threads: usize,
+    /// This device's clock for version counters (Unix seconds): a change
+    /// gets a counter of at least this (see `VersionVector::bump_at`).
+    pub clock: u64,
 }
 
 impl Default for ScanOptions {
@@ -86,6 +89,7 @@ impl Default for ScanOptions {
         ScanOptions {
             hash: HashPolicy::Changed,
             threads: default_threads(),
+            clock: 0,
         }
     }
 }
@@ -317,7 +321,7 @@ pub fn scan(
                     // Only local facts (inode, ctime, dir mtime) moved: no new version.
                     prev.expect("content_same implies prev").entry.sequence
                 } else {
-                    version.bump(device);
+                    version.bump_at(device, options.clock);
                     out.sequence += 1;
                     out.sequence
                 };
@@ -366,7 +370,7 @@ pub fn scan(
         tomb.deleted = true;
         tomb.content = None;
         tomb.size = 0;
-        tomb.version.bump(device);
+        tomb.version.bump_at(device, options.clock);
         out.sequence += 1;
         tomb.sequence = out.sequence;
         out.index.insert(
