@@ -11,6 +11,7 @@
 //! - [`ignore`]: `.meshsyncignore` rules (gitignore syntax).
 //! - [`conflict`]: conflict-copy names and the winner rule.
 //! - [`plan`]: the planner that turns two indexes into actions.
+//! - [`global`]: the global view a device with several peers plans against.
 //!
 //! This crate must never do I/O, read a clock, spawn threads or draw random
 //! numbers: time and randomness are passed in, so that every decision can be
@@ -19,6 +20,7 @@
 pub mod chunking;
 pub mod conflict;
 pub mod entry;
+pub mod global;
 pub mod ids;
 pub mod ignore;
 pub mod keys;

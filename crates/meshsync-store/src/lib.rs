@@ -12,6 +12,7 @@
 //! from `meshsync-core`'s planner. It must never write outside a folder root,
 //! follow a symlink while writing, or record content that is not durable.
 
+pub mod apply;
 pub mod chunkmap;
 pub mod db;
 pub mod hashing;

@@ -37,6 +37,7 @@ use meshsync_core::plan::{self, Action, Direction, Plan, PlanInput, Side};
 use meshsync_core::version::VersionVector;
 use serde::Serialize;
 
+use crate::apply;
 use crate::chunkmap::{ChunkMap, ChunkReader};
 use crate::db::{self, IndexDb, LocalStat, StoredEntry, StoredIndex, TreeMeta, TreeUpdate};
 use crate::hashing::read_chunks;
@@ -767,14 +768,12 @@ impl<'a> Run<'a> {
         to: &RelPath,
     ) -> Result<(), WriteError> {
         let from_abs = self.abs(side, &entry.path);
-        write::check_unchanged(&from_abs, self.stored(side, &entry.path))?;
         self.ensure_parent(side, to)?;
-        write::rename_no_replace(&from_abs, &self.abs(side, to))?;
-        let obs = Observed::of(&self.abs(side, to))
-            .map_err(|e| WriteError::io(&from_abs, e))?
-            .ok_or(WriteError::TargetChanged {
-                path: from_abs.clone(),
-            })?;
+        let obs = apply::keep_conflict_copy(
+            &from_abs,
+            &self.abs(side, to),
+            self.stored(side, &entry.path),
+        )?;
         let mut moved = entry.clone();
         moved.path = to.clone();
         self.record(side, moved, Some(obs.local));
@@ -792,19 +791,7 @@ impl<'a> Run<'a> {
         let abs = self.abs(side, &entry.path);
         self.ensure_parent(side, &entry.path)?;
         // Owner-writable until the end, so its files can be written into it.
-        let working_mode = entry.permissions | 0o700;
-        match fs::DirBuilder::new().mode(working_mode).create(&abs) {
-            Ok(()) => {}
-            Err(e)
-                if e.kind() == io::ErrorKind::AlreadyExists
-                    && fs::symlink_metadata(&abs).is_ok_and(|m| m.is_dir()) => {}
-            Err(e) => return Err(WriteError::io(&abs, e)),
-        }
-        fs::set_permissions(&abs, fs::Permissions::from_mode(working_mode))
-            .map_err(|e| WriteError::io(&abs, e))?;
-        let obs = Observed::of(&abs)
-            .map_err(|e| WriteError::io(&abs, e))?
-            .ok_or(WriteError::TargetChanged { path: abs.clone() })?;
+        let obs = apply::make_dir(&abs, entry.permissions | 0o700)?;
         self.created_dirs
             .lock()
             .expect("poisoned")
@@ -981,17 +968,7 @@ impl<'a> Run<'a> {
 
     fn set_metadata(&self, side: usize, entry: &FileEntry) -> Result<(), WriteError> {
         let abs = self.abs(side, &entry.path);
-        write::check_unchanged(&abs, self.stored(side, &entry.path))?;
-        if entry.kind != FileKind::Symlink {
-            fs::set_permissions(&abs, fs::Permissions::from_mode(entry.permissions))
-                .map_err(|e| WriteError::io(&abs, e))?;
-        }
-        if entry.kind != FileKind::Directory {
-            write::set_mtime_nofollow(&abs, entry.mtime).map_err(|e| WriteError::io(&abs, e))?;
-        }
-        let obs = Observed::of(&abs)
-            .map_err(|e| WriteError::io(&abs, e))?
-            .ok_or(WriteError::TargetChanged { path: abs.clone() })?;
+        let obs = apply::set_metadata(&abs, self.stored(side, &entry.path), entry)?;
         let mut recorded = entry.clone();
         if recorded.content.is_none() {
             recorded.content = self
@@ -1017,25 +994,7 @@ impl<'a> Run<'a> {
         version: &VersionVector,
     ) -> Result<(), WriteError> {
         let abs = self.abs(side, &expected.path);
-        write::check_unchanged(&abs, self.stored(side, &expected.path))?;
-        let result = if expected.kind == FileKind::Directory {
-            fs::remove_dir(&abs)
-        } else {
-            fs::remove_file(&abs)
-        };
-        match result {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                return Err(WriteError::Io {
-                    path: abs,
-                    source: io::Error::other(
-                        "directory is not empty (it holds files that are not synced); left in place",
-                    ),
-                });
-            }
-            Err(e) => return Err(WriteError::io(&abs, e)),
-        }
+        apply::delete(&abs, self.stored(side, &expected.path), expected.kind, None)?;
         let mut tomb = expected.clone();
         tomb.deleted = true;
         tomb.content = None;

@@ -1,0 +1,298 @@
+//! Carrying out one planned action on one folder on this disk.
+//!
+//! Both `meshsync sync` (two local trees) and the daemon (this folder
+//! against the swarm) use these: each takes the absolute path, what the scan
+//! saw there (`expected`: the action is refused if the disk moved on), and
+//! returns the new facts of the path so the caller can record them.
+//!
+//! Also here: [`Assembly`], a file put together from chunks that arrive in
+//! any order (from local files or from peers), verified chunk by chunk, kept
+//! under `.meshsync/partial/` so an interrupted download resumes, and
+//! renamed into place only when complete.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use meshsync_core::entry::{ChunkRef, Content, FileEntry, FileKind};
+use meshsync_core::ids::Hash;
+use meshsync_core::path::META_DIR;
+
+use crate::chunkmap::ChunkReader;
+use crate::db::StoredEntry;
+use crate::scan::Observed;
+use crate::write::{self, WriteError};
+
+/// Renames the losing copy of a conflict to its conflict name (never over an
+/// existing file), if it is still what the scan saw.
+pub fn keep_conflict_copy(
+    from: &Path,
+    to: &Path,
+    expected: Option<&StoredEntry>,
+) -> Result<Observed, WriteError> {
+    write::check_unchanged(from, expected)?;
+    write::rename_no_replace(from, to)?;
+    observe(to)
+}
+
+/// Creates a directory (or accepts an existing one) with `mode`.
+pub fn make_dir(abs: &Path, mode: u32) -> Result<Observed, WriteError> {
+    match fs::DirBuilder::new().mode(mode).create(abs) {
+        Ok(()) => {}
+        Err(e)
+            if e.kind() == io::ErrorKind::AlreadyExists
+                && fs::symlink_metadata(abs).is_ok_and(|m| m.is_dir()) => {}
+        Err(e) => return Err(WriteError::io(abs, e)),
+    }
+    fs::set_permissions(abs, fs::Permissions::from_mode(mode))
+        .map_err(|e| WriteError::io(abs, e))?;
+    observe(abs)
+}
+
+/// Sets permissions (not on symlinks) and mtime (not on directories) to
+/// `entry`'s, if the path is still what the scan saw.
+pub fn set_metadata(
+    abs: &Path,
+    expected: Option<&StoredEntry>,
+    entry: &FileEntry,
+) -> Result<Observed, WriteError> {
+    write::check_unchanged(abs, expected)?;
+    if entry.kind != FileKind::Symlink {
+        fs::set_permissions(abs, fs::Permissions::from_mode(entry.permissions))
+            .map_err(|e| WriteError::io(abs, e))?;
+    }
+    if entry.kind != FileKind::Directory {
+        write::set_mtime_nofollow(abs, entry.mtime).map_err(|e| WriteError::io(abs, e))?;
+    }
+    observe(abs)
+}
+
+/// Deletes a file, symlink or (empty) directory, if it is still what the
+/// scan saw. With `keep_in`, a file is moved there instead of unlinked
+/// (versioning).
+pub fn delete(
+    abs: &Path,
+    expected: Option<&StoredEntry>,
+    kind: FileKind,
+    keep: Option<&dyn Fn(&Path) -> Result<(), WriteError>>,
+) -> Result<(), WriteError> {
+    write::check_unchanged(abs, expected)?;
+    let result = match (kind, keep) {
+        (FileKind::Directory, _) => fs::remove_dir(abs),
+        (FileKind::File, Some(keep)) => return keep(abs),
+        _ => fs::remove_file(abs),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Err(WriteError::Io {
+            path: abs.into(),
+            source: io::Error::other(
+                "directory is not empty (it holds files that are not synced); left in place",
+            ),
+        }),
+        Err(e) => Err(WriteError::io(abs, e)),
+    }
+}
+
+/// The current facts of `abs` (which must exist).
+pub fn observe(abs: &Path) -> Result<Observed, WriteError> {
+    Observed::of(abs)
+        .map_err(|e| WriteError::io(abs, e))?
+        .ok_or(WriteError::TargetChanged { path: abs.into() })
+}
+
+/// A file being put together from chunks, under
+/// `ROOT/.meshsync/partial/<content hash>`.
+pub struct Assembly {
+    file: File,
+    partial: PathBuf,
+    content: Content,
+    /// Chunks still missing: offset and chunk.
+    missing: Vec<(u64, ChunkRef)>,
+    bytes_local: u64,
+}
+
+impl Assembly {
+    /// Starts (or resumes) assembling `content` for a folder rooted at
+    /// `root`: chunks already in a partial file from an earlier attempt are
+    /// kept if they verify; chunks `local` holds are copied (and verified);
+    /// the rest is [`Assembly::missing`].
+    pub fn start(
+        root: &Path,
+        content: &Content,
+        local: &mut ChunkReader<'_, 2>,
+    ) -> Result<Self, WriteError> {
+        let dir = root.join(META_DIR).join("partial");
+        fs::create_dir_all(&dir).map_err(|e| WriteError::io(&dir, e))?;
+        let partial = dir.join(content.hash.to_hex());
+        let existed = partial.exists();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(|e| WriteError::io(&partial, e))?;
+        let total: u64 = content.chunks.iter().map(|c| u64::from(c.len)).sum();
+        if !existed {
+            preallocate(&file, total).map_err(|e| WriteError::io(&partial, e))?;
+        }
+        let mut missing = Vec::new();
+        let mut bytes_local = 0;
+        let mut buf = Vec::new();
+        let mut file = file;
+        for (offset, chunk) in content.offsets() {
+            if existed && chunk_present(&file, offset, chunk, &mut buf) {
+                continue;
+            }
+            if local
+                .copy(&chunk.hash, chunk.len as usize, &file, offset)
+                .map_err(|e| WriteError::io(&partial, e))?
+            {
+                bytes_local += u64::from(chunk.len);
+                continue;
+            }
+            missing.push((offset, *chunk));
+        }
+        file.set_len(total)
+            .map_err(|e| WriteError::io(&partial, e))?;
+        let _ = &mut file;
+        Ok(Assembly {
+            file,
+            partial,
+            content: content.clone(),
+            missing,
+            bytes_local,
+        })
+    }
+
+    /// The chunks still to fetch, with their offsets.
+    pub fn missing(&self) -> &[(u64, ChunkRef)] {
+        &self.missing
+    }
+
+    /// Bytes that came from local files.
+    pub fn bytes_local(&self) -> u64 {
+        self.bytes_local
+    }
+
+    /// Writes a fetched chunk at `offset` after checking it is the chunk
+    /// expected there. A chunk that does not hash right is refused (the
+    /// caller fetches it elsewhere).
+    pub fn write_chunk(
+        &self,
+        offset: u64,
+        expected: &ChunkRef,
+        bytes: &[u8],
+    ) -> Result<(), WriteError> {
+        if bytes.len() != expected.len as usize || Hash::of(bytes) != expected.hash {
+            return Err(WriteError::Verify {
+                path: self.partial.clone(),
+            });
+        }
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|e| WriteError::io(&self.partial, e))
+    }
+
+    /// Sets mode and mtime; the file is complete (every chunk written by the
+    /// caller). Returns the path of the finished partial file, to be flushed
+    /// and then moved into place with [`commit_partial`].
+    pub fn finish(
+        self,
+        permissions: u32,
+        mtime: meshsync_core::entry::Timestamp,
+    ) -> Result<PathBuf, WriteError> {
+        self.file
+            .set_permissions(fs::Permissions::from_mode(permissions))
+            .map_err(|e| WriteError::io(&self.partial, e))?;
+        write::set_mtime_fd(&self.file, mtime).map_err(|e| WriteError::io(&self.partial, e))?;
+        let _ = &self.content;
+        Ok(self.partial)
+    }
+}
+
+/// Moves a finished (and flushed) partial file over `target`, if `target`
+/// is still what the scan saw (`None`: it must not exist).
+pub fn commit_partial(
+    partial: &Path,
+    target: &Path,
+    expected: Option<&StoredEntry>,
+) -> Result<Observed, WriteError> {
+    match expected {
+        None => write::rename_no_replace(partial, target)?,
+        Some(_) => {
+            write::check_unchanged(target, expected)?;
+            fs::rename(partial, target).map_err(|e| WriteError::io(target, e))?;
+        }
+    }
+    observe(target)
+}
+
+fn chunk_present(file: &File, offset: u64, chunk: &ChunkRef, buf: &mut Vec<u8>) -> bool {
+    buf.resize(chunk.len as usize, 0);
+    file.read_exact_at(buf, offset).is_ok() && Hash::of(buf) == chunk.hash
+}
+
+fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunkmap::ChunkMap;
+    use meshsync_core::chunking::{ChunkParams, content_of};
+
+    #[test]
+    fn assembles_from_chunks_in_any_order_and_resumes() {
+        let root = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let content = content_of(&data, ChunkParams::ideal(data.len() as u64));
+        assert!(content.chunks.len() > 3);
+        let empty = ChunkMap::default();
+        let mut reader = ChunkReader::new([&empty, &empty]);
+        let a = Assembly::start(root.path(), &content, &mut reader).unwrap();
+        let missing = a.missing().to_vec();
+        assert_eq!(missing.len(), content.chunks.len());
+        // Write half, in reverse order, then "crash".
+        for (off, c) in missing.iter().rev().take(missing.len() / 2) {
+            let bytes = &data[*off as usize..*off as usize + c.len as usize];
+            a.write_chunk(*off, c, bytes).unwrap();
+        }
+        // A corrupt chunk is refused.
+        let (off0, c0) = missing[0];
+        assert!(matches!(
+            a.write_chunk(off0, &c0, &vec![0u8; c0.len as usize]),
+            Err(WriteError::Verify { .. })
+        ));
+        drop(a);
+        let b = Assembly::start(root.path(), &content, &mut reader).unwrap();
+        assert_eq!(b.missing().len(), missing.len() - missing.len() / 2);
+        for (off, c) in b.missing().to_vec() {
+            b.write_chunk(off, &c, &data[off as usize..off as usize + c.len as usize])
+                .unwrap();
+        }
+        let partial = b.finish(0o644, Default::default()).unwrap();
+        let target = root.path().join("out.bin");
+        commit_partial(&partial, &target, None).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), data);
+    }
+}
