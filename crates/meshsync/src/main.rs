@@ -5,8 +5,12 @@
 //! All decisions live in the library crates; this binary only wires them to
 //! a terminal.
 
+mod client;
+mod cmd_daemon;
 mod cmd_key;
 mod cmd_sync;
+mod config;
+mod daemon;
 mod exit;
 mod home;
 mod progress;
@@ -39,6 +43,31 @@ enum Command {
     Key(cmd_key::KeyCommand),
     /// Print this device's id (created on first use).
     Id,
+    /// Set up this device: identity, config, listen and API addresses.
+    Init(cmd_daemon::InitArgs),
+    /// Share a folder: make a new key and print its three key strings.
+    Share(cmd_daemon::ShareArgs),
+    /// Add a folder from a key someone shared.
+    Join(cmd_daemon::JoinArgs),
+    /// Run the daemon: keep the shared folders in sync with peers.
+    Run,
+    /// This device's id, folders and peers.
+    Status(cmd_daemon::StatusArgs),
+    /// Scan a folder (or all) now.
+    Rescan {
+        /// The folder (default: every folder).
+        dir: Option<PathBuf>,
+    },
+    /// Hold a folder: no scanning, no syncing.
+    Pause {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// Release a held folder.
+    Resume {
+        /// The folder.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,12 +82,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Sync(args) => {
-            home::resolve(cli.home.as_deref()).and_then(|h| cmd_sync::run(args, &h))
-        }
         Command::Key(cmd) => cmd_key::run_key(cmd).map(|()| exit::SUCCESS),
-        Command::Id => home::resolve(cli.home.as_deref())
-            .and_then(|h| cmd_key::run_id(&h).map(|()| exit::SUCCESS)),
+        command => home::resolve(cli.home.as_deref()).and_then(|h| run_in_home(command, &h)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -87,4 +112,30 @@ fn restore_default_sigpipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// Runs a command that needs the state directory.
+fn run_in_home(command: Command, home: &std::path::Path) -> anyhow::Result<u8> {
+    match command {
+        Command::Sync(args) => cmd_sync::run(args, home),
+        Command::Key(_) => unreachable!("handled without a home"),
+        Command::Id => cmd_key::run_id(home).map(|()| exit::SUCCESS),
+        Command::Init(args) => cmd_daemon::init(args, home),
+        Command::Share(args) => cmd_daemon::share(args, home),
+        Command::Join(args) => cmd_daemon::join(args, home),
+        Command::Status(args) => cmd_daemon::status(args, home),
+        Command::Rescan { dir } => cmd_daemon::rescan(dir, home),
+        Command::Pause { dir } => cmd_daemon::set_paused(dir, true, home),
+        Command::Resume { dir } => cmd_daemon::set_paused(dir, false, home),
+        Command::Run => run_daemon(home),
+    }
+}
+
+/// Starts the tokio runtime and runs the daemon in it.
+fn run_daemon(home: &std::path::Path) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon::run(home))?;
+    Ok(exit::SUCCESS)
 }

@@ -1,0 +1,137 @@
+//! Single-stream throughput of the transport on loopback (127.0.0.1): two
+//! transports in one process, 1 GiB written on the control stream, the rate
+//! measured at the receiver from the first write to the last byte.
+//!
+//! ```text
+//! cargo run --release -p meshsync-net --example throughput -- \
+//!     [--bytes N] [--runs N] [--socket-buffer N] [--stream-window N] \
+//!     [--window N] [--send-window N] [--bbr]
+//! ```
+//!
+//! Sizes accept a `K`, `M` or `G` suffix (powers of 1024); 0 for
+//! `--socket-buffer` leaves the operating system's default.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use meshsync_net::{CongestionControl, Transport, TransportOptions};
+use meshsync_store::identity::DeviceIdentity;
+
+const WRITE_SIZE: usize = 1 << 20;
+
+struct Args {
+    bytes: u64,
+    runs: usize,
+    options: TransportOptions,
+}
+
+fn parse_size(text: &str) -> u64 {
+    let (digits, unit) = match text.as_bytes().last() {
+        Some(b'K' | b'k') => (&text[..text.len() - 1], 1 << 10),
+        Some(b'M' | b'm') => (&text[..text.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&text[..text.len() - 1], 1 << 30),
+        _ => (text, 1),
+    };
+    digits
+        .parse::<u64>()
+        .unwrap_or_else(|_| panic!("not a size: {text}"))
+        * unit
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        bytes: 1 << 30,
+        runs: 3,
+        options: TransportOptions::default(),
+    };
+    let mut argv = std::env::args().skip(1);
+    while let Some(flag) = argv.next() {
+        if flag == "--bbr" {
+            args.options.congestion_control = CongestionControl::Bbr;
+            continue;
+        }
+        let value = argv
+            .next()
+            .unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--bytes" => args.bytes = parse_size(&value),
+            "--runs" => args.runs = value.parse().expect("--runs N"),
+            "--socket-buffer" => {
+                args.options.socket_buffer_bytes = parse_size(&value) as usize;
+            }
+            "--stream-window" => args.options.stream_receive_window = parse_size(&value),
+            "--window" => args.options.receive_window = parse_size(&value),
+            "--send-window" => args.options.send_window = parse_size(&value),
+            _ => panic!("unknown flag {flag}"),
+        }
+    }
+    args
+}
+
+async fn run_once(sender: &Transport, receiver: &Transport, bytes: u64) -> f64 {
+    let addr = receiver.local_addr();
+    let (initiator, responder) = tokio::join!(sender.connect(addr, None), receiver.accept());
+    let initiator = initiator.expect("connect");
+    let responder = responder.expect("accept").expect("handshake");
+
+    let start = Instant::now();
+    let send = tokio::spawn(async move {
+        let buffer = vec![0x5au8; WRITE_SIZE];
+        let (mut stream, _recv) = initiator.open_control_stream().await.expect("open");
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(WRITE_SIZE as u64) as usize;
+            stream.write_all(&buffer[..n]).await.expect("write");
+            left -= n as u64;
+        }
+        stream.finish().expect("finish");
+        stream.stopped().await.expect("stopped");
+        initiator
+    });
+    let (_send, mut recv) = responder.accept_control_stream().await.expect("accept");
+    let mut received = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.expect("read") {
+        received += chunk.bytes.len() as u64;
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(received, bytes, "short transfer");
+    let initiator = send.await.expect("sender task");
+    let stats = initiator.connection.stats();
+    eprintln!(
+        "  lost packets {}, congestion events {}, rtt {:?}",
+        stats.path.lost_packets, stats.path.congestion_events, stats.path.rtt
+    );
+    initiator.connection.close(0u32.into(), b"done");
+    bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
+}
+
+#[tokio::main]
+async fn main() {
+    let args = parse_args();
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let a = DeviceIdentity::from_seed(&[1; 32]).expect("identity");
+    let b = DeviceIdentity::from_seed(&[2; 32]).expect("identity");
+    let sender = Transport::bind(loopback, &a, args.options.clone()).expect("bind");
+    let receiver = Transport::bind(loopback, &b, args.options.clone()).expect("bind");
+    println!(
+        "{} MiB over one stream, {:?}; socket buffers granted {:?}",
+        args.bytes >> 20,
+        args.options,
+        receiver.socket_buffer_sizes()
+    );
+    let mut rates = Vec::new();
+    for run in 1..=args.runs {
+        let rate = run_once(&sender, &receiver, args.bytes).await;
+        println!("run {run}: {rate:.2} Gbit/s");
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "median {:.2} Gbit/s (min {:.2}, max {:.2})",
+        rates[rates.len() / 2],
+        rates[0],
+        rates[rates.len() - 1]
+    );
+    sender.close().await;
+    receiver.close().await;
+}

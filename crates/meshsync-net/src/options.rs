@@ -1,0 +1,204 @@
+//! [`TransportOptions`]: the QUIC and socket settings, with defaults measured
+//! for one connection filling a fast LAN (CRATES.md's quinn figures, and
+//! `examples/throughput.rs`: one stream on loopback).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+use crate::NetError;
+
+/// 4 MiB: with quinn's default (OS-sized) buffers a single stream on
+/// loopback reached 8.3–8.7 Gbit/s; with 4 MiB set through socket2,
+/// 8.8–9.0 Gbit/s. quinn does not set socket buffer sizes itself.
+pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Settings of a [`Transport`](crate::Transport). `Default` gives the
+/// measured values; change single fields with struct update syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportOptions {
+    /// Requested size of the UDP socket's receive and send buffers, in bytes
+    /// (`SO_RCVBUF`, `SO_SNDBUF`); 0 leaves the operating system's default.
+    /// Linux caps the request at `net.core.rmem_max` / `wmem_max`.
+    /// Default: 4 MiB ([`DEFAULT_SOCKET_BUFFER_BYTES`]).
+    pub socket_buffer_bytes: usize,
+
+    /// How often to send a keep-alive when the connection is otherwise quiet,
+    /// so NAT mappings and the idle timer stay fresh; `None` sends none.
+    /// Must be shorter than [`idle_timeout`](Self::idle_timeout).
+    /// Default: 10 s.
+    pub keep_alive_interval: Option<Duration>,
+
+    /// A connection with no packets from the peer for this long is closed
+    /// (the smaller of both sides' values applies). Default: 30 s
+    /// (RFC 9308 §3.2).
+    pub idle_timeout: Duration,
+
+    /// How many bidirectional streams the peer may have open at once: the
+    /// control stream plus pipelined chunk requests. Default: 512.
+    pub max_concurrent_bidi_streams: u32,
+
+    /// Bytes one stream may have in flight towards us (flow-control window).
+    /// Default: 8 MiB.
+    pub stream_receive_window: u64,
+
+    /// Bytes all streams of one connection may have in flight towards us.
+    /// Default: 32 MiB.
+    pub receive_window: u64,
+
+    /// Bytes of unacknowledged data we buffer for sending on one connection.
+    /// Default: 32 MiB.
+    pub send_window: u64,
+
+    /// The congestion controller. Default: [`CongestionControl::Cubic`].
+    pub congestion_control: CongestionControl,
+
+    /// How many incoming handshakes may be in progress (or finished but not
+    /// yet taken by [`Transport::accept`](crate::Transport::accept)) at once;
+    /// further connection attempts are refused until one completes.
+    /// Default: 64.
+    pub max_pending_handshakes: usize,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        TransportOptions {
+            socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
+            keep_alive_interval: Some(Duration::from_secs(10)),
+            idle_timeout: Duration::from_secs(30),
+            max_concurrent_bidi_streams: 512,
+            stream_receive_window: 8 << 20,
+            receive_window: 32 << 20,
+            send_window: 32 << 20,
+            congestion_control: CongestionControl::Cubic,
+            max_pending_handshakes: 64,
+        }
+    }
+}
+
+/// Which congestion controller a connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CongestionControl {
+    /// CUBIC (RFC 9438), quinn's default. Measured best on LAN and loopback.
+    #[default]
+    Cubic,
+    /// BBR (quinn's is experimental). Measured slower and lossy on loopback;
+    /// meant for long fat links, where it should be measured first.
+    Bbr,
+}
+
+impl TransportOptions {
+    /// quinn's transport configuration for these options, shared by both
+    /// roles.
+    pub(crate) fn quinn_transport(&self) -> Result<Arc<TransportConfig>, NetError> {
+        let invalid = |reason| NetError::InvalidOptions { reason };
+        if self.idle_timeout.is_zero() {
+            return Err(invalid("idle_timeout must be positive"));
+        }
+        if let Some(interval) = self.keep_alive_interval
+            && (interval.is_zero() || interval >= self.idle_timeout)
+        {
+            return Err(invalid(
+                "keep_alive_interval must be positive and shorter than idle_timeout",
+            ));
+        }
+        if self.max_concurrent_bidi_streams == 0 {
+            return Err(invalid(
+                "max_concurrent_bidi_streams must allow at least the control stream",
+            ));
+        }
+        if self.max_pending_handshakes == 0 {
+            return Err(invalid("max_pending_handshakes must be positive"));
+        }
+        let idle = IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| invalid("idle_timeout is too long"))?;
+        let stream_window = VarInt::from_u64(self.stream_receive_window)
+            .map_err(|_| invalid("stream_receive_window is too large"))?;
+        let window = VarInt::from_u64(self.receive_window)
+            .map_err(|_| invalid("receive_window is too large"))?;
+
+        let mut config = TransportConfig::default();
+        config
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
+            // The protocol uses bidirectional streams only.
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .datagram_receive_buffer_size(None)
+            .stream_receive_window(stream_window)
+            .receive_window(window)
+            .send_window(self.send_window)
+            .keep_alive_interval(self.keep_alive_interval)
+            .max_idle_timeout(Some(idle));
+        match self.congestion_control {
+            CongestionControl::Cubic => {
+                config.congestion_controller_factory(Arc::new(
+                    quinn::congestion::CubicConfig::default(),
+                ));
+            }
+            CongestionControl::Bbr => {
+                config.congestion_controller_factory(Arc::new(
+                    quinn::congestion::BbrConfig::default(),
+                ));
+            }
+        }
+        Ok(Arc::new(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(TransportOptions::default().quinn_transport().is_ok());
+    }
+
+    #[test]
+    fn keep_alive_must_be_shorter_than_the_idle_timeout() {
+        let options = TransportOptions {
+            keep_alive_interval: Some(Duration::from_secs(30)),
+            ..TransportOptions::default()
+        };
+        assert!(matches!(
+            options.quinn_transport(),
+            Err(NetError::InvalidOptions { .. })
+        ));
+        let options = TransportOptions {
+            keep_alive_interval: None,
+            ..TransportOptions::default()
+        };
+        assert!(options.quinn_transport().is_ok());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        for options in [
+            TransportOptions {
+                idle_timeout: Duration::ZERO,
+                ..TransportOptions::default()
+            },
+            TransportOptions {
+                receive_window: u64::MAX,
+                ..TransportOptions::default()
+            },
+            TransportOptions {
+                max_concurrent_bidi_streams: 0,
+                ..TransportOptions::default()
+            },
+            TransportOptions {
+                max_pending_handshakes: 0,
+                ..TransportOptions::default()
+            },
+        ] {
+            assert!(
+                matches!(
+                    options.quinn_transport(),
+                    Err(NetError::InvalidOptions { .. })
+                ),
+                "{options:?}"
+            );
+        }
+    }
+}

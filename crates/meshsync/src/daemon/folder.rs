@@ -1,0 +1,404 @@
+//! One shared folder inside the daemon: its index, what peers announced, and
+//! the work of bringing the folder in line with the swarm.
+//!
+//! The cycle: scan (stat everything, hash what changed), announce the new
+//! entries to peers, fold the local and every authoritative remote index
+//! into the global view ([`meshsync_core::global`]), plan this folder
+//! against it, and carry out the actions on this side only: chunks come
+//! from local files first, then from every peer that announced them.
+//!
+//! Rules enforced here, with the reasons:
+//! - The folder marker (`.meshsync/`) must exist; without it the folder
+//!   stops (an unmounted disk looks like an empty folder, and scanning it
+//!   would announce everything as deleted).
+//! - `send-only` applies nothing; `receive-only` and read-only keys apply
+//!   remote changes but their own changes are never signed, so peers treat
+//!   them as availability only; `backup` never deletes: files it would delete
+//!   or replace are moved to `.meshsync/versions/` first.
+//!
+//! It must never apply a remote change that no authoritative peer signed, or
+//! delete anything while the marker is missing.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use meshsync_core::entry::{FileEntry, FileKind};
+use meshsync_core::global::{ChunkSources, global_index};
+use meshsync_core::ids::{DeviceId, ShareId, ShortId};
+use meshsync_core::ignore::{IGNORE_FILE, IgnoreRules};
+use meshsync_core::keys::{FolderKey, KeyKind};
+use meshsync_core::path::{META_DIR, RelPath};
+use meshsync_core::plan::{self, Action, Direction, EntryMap, Index, Plan, PlanInput, Side};
+use meshsync_store::db::{IndexDb, StoredEntry, TreeMeta, TreeUpdate};
+use meshsync_store::scan::{self, HashPolicy, ScanOptions, ScanOutcome};
+use serde::Serialize;
+
+use crate::config::{FolderConfig, FolderMode};
+
+/// What a folder is doing, as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FolderStateKind {
+    /// In sync with what peers announced.
+    Idle,
+    /// Reading the disk.
+    Scanning,
+    /// Fetching or applying changes.
+    Syncing,
+    /// Stopped by an error (the reason is in `error`).
+    Error,
+    /// Paused by the user.
+    Stopped,
+}
+
+/// A peer's announced index of this folder.
+#[derive(Debug, Default, Clone)]
+pub struct RemoteIndex {
+    /// Its entries by path.
+    pub entries: Index,
+    /// The highest sequence number received.
+    pub max_sequence: u64,
+    /// Whether its batches were signed with the folder key (it may change
+    /// the folder); otherwise its entries only say which chunks it holds.
+    pub authoritative: bool,
+}
+
+/// Everything mutable about a folder.
+pub struct FolderState {
+    /// The local index (entries + local stat facts) and on-disk names.
+    pub local: ScanOutcome,
+    /// Index bookkeeping (sequence numbers).
+    pub meta: TreeMeta,
+    /// What each connected (or once connected) peer announced.
+    pub remotes: HashMap<DeviceId, RemoteIndex>,
+    /// What the folder is doing.
+    pub state: FolderStateKind,
+    /// The last error, if `state` is `Error` (or a per-file problem).
+    pub error: Option<String>,
+    /// Files and bytes still to fetch, as of the last plan.
+    pub need_files: u64,
+    /// See `need_files`.
+    pub need_bytes: u64,
+    /// Paths changed here that the swarm does not take (receive-only,
+    /// read-only key).
+    pub local_only_changes: u64,
+}
+
+/// A shared folder.
+pub struct Folder {
+    /// Its configuration.
+    pub config: FolderConfig,
+    /// The canonical root.
+    pub root: PathBuf,
+    /// The key this device holds.
+    pub key: FolderKey,
+    /// The share id.
+    pub share: ShareId,
+    /// This device's version-vector key.
+    pub device: ShortId,
+    tree_id: String,
+    /// Held: not scanned, not synced (starts from the config, set by the API).
+    pub paused: std::sync::atomic::AtomicBool,
+    /// The mutable part.
+    pub state: std::sync::Mutex<FolderState>,
+}
+
+impl Folder {
+    /// Opens a configured folder: checks the key and the root, loads its index.
+    pub fn open(config: FolderConfig, device: DeviceId, db: &IndexDb) -> Result<Arc<Self>> {
+        let key: FolderKey = config
+            .key
+            .trim()
+            .parse()
+            .with_context(|| format!("folder {}: bad key", config.path.display()))?;
+        if key.kind() == KeyKind::Encrypted {
+            bail!(
+                "folder {}: storage-only (encrypted) peers are not supported by the daemon yet",
+                config.path.display()
+            );
+        }
+        let root = std::fs::canonicalize(&config.path)
+            .with_context(|| format!("folder {} does not exist", config.path.display()))?;
+        let share = key.share_id();
+        let tree_id = format!("share-{share}");
+        let meta = db.tree(&tree_id)?.unwrap_or(TreeMeta {
+            root: root.clone(),
+            short_id: device.short(),
+            sequence: 0,
+            two_way: true,
+        });
+        let stored = db.load(&tree_id)?;
+        let paused = config.paused;
+        Ok(Arc::new(Folder {
+            config,
+            root,
+            key,
+            share,
+            device: device.short(),
+            tree_id,
+            paused: std::sync::atomic::AtomicBool::new(paused),
+            state: std::sync::Mutex::new(FolderState {
+                local: ScanOutcome {
+                    index: stored,
+                    sequence: meta.sequence,
+                    ..ScanOutcome::default()
+                },
+                meta,
+                remotes: HashMap::new(),
+                state: FolderStateKind::Idle,
+                error: None,
+                need_files: 0,
+                need_bytes: 0,
+                local_only_changes: 0,
+            }),
+        }))
+    }
+
+    /// Whether this device's changes go to peers (it signs its index).
+    pub fn announces_changes(&self) -> bool {
+        self.key.kind() == KeyKind::ReadWrite && self.config.mode != FolderMode::ReceiveOnly
+    }
+
+    /// Whether the folder marker is there.
+    pub fn marker_present(&self) -> bool {
+        self.root.join(META_DIR).is_dir()
+    }
+
+    /// Scans the folder (blocking) and stores the changes. Returns how many
+    /// entries changed. Without the marker, nothing is scanned.
+    pub fn scan(&self, db: &IndexDb, clock: u64) -> Result<usize> {
+        if !self.marker_present() {
+            let mut st = self.state.lock().expect("poisoned");
+            st.state = FolderStateKind::Error;
+            st.error = Some(format!(
+                "folder marker {}/{META_DIR} is missing (unmounted disk?): folder stopped, nothing is deleted",
+                self.root.display()
+            ));
+            bail!("{}", st.error.clone().unwrap_or_default());
+        }
+        let ignore = match std::fs::read_to_string(self.root.join(IGNORE_FILE)) {
+            Ok(text) => IgnoreRules::parse(&text)?,
+            Err(_) => IgnoreRules::none(),
+        };
+        let (previous, last_seq) = {
+            let mut st = self.state.lock().expect("poisoned");
+            st.state = FolderStateKind::Scanning;
+            (std::mem::take(&mut st.local.index), st.meta.sequence)
+        };
+        let outcome = scan::scan(
+            &self.root,
+            previous,
+            &ignore,
+            self.device,
+            last_seq,
+            &ScanOptions {
+                hash: HashPolicy::Changed,
+                threads: scan::default_threads(),
+                clock,
+            },
+        );
+        meshsync_store::write::remove_stale_temps(&outcome.stale_temps);
+        let changed = outcome.changed.len();
+        let mut st = self.state.lock().expect("poisoned");
+        st.meta.sequence = outcome.sequence;
+        let upserts: Vec<&StoredEntry> = outcome
+            .changed
+            .iter()
+            .filter_map(|p| outcome.index.get(p))
+            .collect();
+        db.commit(&[TreeUpdate {
+            tree_id: &self.tree_id,
+            meta: &st.meta,
+            upserts: &upserts,
+            removals: &outcome.forgotten,
+        }])?;
+        st.error = outcome
+            .problems
+            .iter()
+            .find(|p| p.is_error)
+            .map(|p| format!("{}: {}", p.path.display(), p.reason));
+        st.local = outcome;
+        st.state = FolderStateKind::Idle;
+        Ok(changed)
+    }
+
+    /// Local entries with a sequence number above `since`, in order.
+    pub fn changes_since(&self, since: u64) -> Vec<FileEntry> {
+        let st = self.state.lock().expect("poisoned");
+        let mut out: Vec<FileEntry> = st
+            .local
+            .index
+            .values()
+            .filter(|s| s.entry.sequence > since)
+            .map(|s| s.entry.clone())
+            .collect();
+        out.sort_by_key(|e| e.sequence);
+        out
+    }
+
+    /// The highest local sequence number.
+    pub fn max_sequence(&self) -> u64 {
+        self.state.lock().expect("poisoned").meta.sequence
+    }
+
+    /// Takes in index entries a peer announced.
+    pub fn receive_index(
+        &self,
+        peer: DeviceId,
+        entries: Vec<FileEntry>,
+        last_sequence: u64,
+        signed: bool,
+    ) {
+        let mut st = self.state.lock().expect("poisoned");
+        let remote = st.remotes.entry(peer).or_default();
+        remote.authoritative = signed;
+        remote.max_sequence = remote.max_sequence.max(last_sequence);
+        for e in entries {
+            remote.entries.insert(e.path.clone(), e);
+        }
+    }
+
+    /// Forgets a peer's index (it disconnected and will resend on reconnect).
+    pub fn forget_peer(&self, peer: &DeviceId) {
+        self.state.lock().expect("poisoned").remotes.remove(peer);
+    }
+
+    /// Plans this folder against the global view; returns the actions on
+    /// this side, and who holds which chunk.
+    pub fn plan_pull(&self, now_unix_secs: i64) -> (Vec<Action>, ChunkSources<DeviceId>) {
+        let mut st = self.state.lock().expect("poisoned");
+        let mut sources = ChunkSources::new();
+        for (peer, remote) in &st.remotes {
+            sources.add_index(*peer, &remote.entries);
+        }
+        if self.config.mode == FolderMode::SendOnly
+            || self.paused.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return (Vec::new(), sources);
+        }
+        let mut authoritative: Vec<&dyn EntryMap> = vec![&st.local.index];
+        let mut peers: Vec<(&DeviceId, &RemoteIndex)> =
+            st.remotes.iter().filter(|(_, r)| r.authoritative).collect();
+        peers.sort_by_key(|(d, _)| **d);
+        authoritative.extend(peers.iter().map(|(_, r)| &r.entries as &dyn EntryMap));
+        let global = global_index(&authoritative);
+        let plan: Plan = plan::plan(&PlanInput {
+            a: &st.local.index,
+            b: &global,
+            a_device: self.device,
+            b_device: ShortId(0),
+            direction: Direction::TwoWay,
+            compare: meshsync_core::entry::CompareMode::Metadata,
+            now_unix_secs,
+        });
+        let mut local_only = 0;
+        let actions: Vec<Action> = plan
+            .actions
+            .into_iter()
+            .filter(|a| {
+                let ours = action_side(a) == Side::A;
+                if !ours && !matches!(a, Action::RecordVersion { .. }) {
+                    local_only += 1;
+                }
+                ours
+            })
+            .collect();
+        st.local_only_changes = if self.announces_changes() {
+            0
+        } else {
+            local_only
+        };
+        st.need_files = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Copy { .. } | Action::Symlink { .. }))
+            .count() as u64;
+        st.need_bytes = actions
+            .iter()
+            .map(|a| match a {
+                Action::Copy { source, .. } => source.size,
+                _ => 0,
+            })
+            .sum();
+        (actions, sources)
+    }
+
+    /// Where `path` is on disk.
+    pub fn abs(&self, path: &RelPath) -> PathBuf {
+        let st = self.state.lock().expect("poisoned");
+        st.local.disk_path(&self.root, path)
+    }
+
+    /// What the index says of `path`.
+    pub fn stored(&self, path: &RelPath) -> Option<StoredEntry> {
+        self.state
+            .lock()
+            .expect("poisoned")
+            .local
+            .index
+            .get(path)
+            .cloned()
+    }
+
+    /// Records entries this device now has (after applying actions), each
+    /// with a new local sequence number, and stores them.
+    pub fn record(
+        &self,
+        db: &IndexDb,
+        changes: Vec<StoredEntry>,
+        forget: Vec<RelPath>,
+    ) -> Result<()> {
+        if changes.is_empty() && forget.is_empty() {
+            return Ok(());
+        }
+        let mut st = self.state.lock().expect("poisoned");
+        let mut paths = Vec::with_capacity(changes.len());
+        for mut c in changes {
+            st.meta.sequence += 1;
+            c.entry.sequence = st.meta.sequence;
+            paths.push(c.entry.path.clone());
+            st.local.index.insert(c.entry.path.clone(), c);
+        }
+        for p in &forget {
+            st.local.index.remove(p);
+        }
+        let upserts: Vec<&StoredEntry> =
+            paths.iter().filter_map(|p| st.local.index.get(p)).collect();
+        db.commit(&[TreeUpdate {
+            tree_id: &self.tree_id,
+            meta: &st.meta,
+            upserts: &upserts,
+            removals: &forget,
+        }])?;
+        Ok(())
+    }
+
+    /// Live files in the local index (for status).
+    pub fn local_counts(&self) -> (u64, u64) {
+        let st = self.state.lock().expect("poisoned");
+        st.local
+            .index
+            .values()
+            .filter(|s| s.entry.is_live() && s.entry.kind == FileKind::File)
+            .fold((0, 0), |(n, b), s| (n + 1, b + s.entry.size))
+    }
+
+    /// A snapshot of the local index's entries (for the chunk server).
+    pub fn local_chunk_map(&self) -> meshsync_store::chunkmap::ChunkMap {
+        let st = self.state.lock().expect("poisoned");
+        meshsync_store::chunkmap::ChunkMap::from_index(&self.root, &st.local)
+    }
+}
+
+/// The side an action changes.
+pub fn action_side(a: &Action) -> Side {
+    match a {
+        Action::KeepConflictCopy { side, .. }
+        | Action::MakeDir { side, .. }
+        | Action::SetMetadata { side, .. }
+        | Action::Delete { side, .. } => *side,
+        Action::Copy { from, .. } | Action::Symlink { from, .. } => from.other(),
+        Action::RecordVersion { .. } => Side::A,
+    }
+}

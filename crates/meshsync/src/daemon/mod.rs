@@ -1,0 +1,590 @@
+//! `meshsync run`: the daemon that keeps shared folders in sync with peers.
+//!
+//! One tokio runtime holds:
+//! - a QUIC [`Transport`] (meshsync-net) that accepts peers and dials the
+//!   configured static addresses, retrying;
+//! - per connection, a task driving the sans-IO protocol machine
+//!   (meshsync-proto) over the control stream, and a chunk server
+//!   ([`peer`]);
+//! - per folder, a loop: scan → announce → plan against the swarm → apply
+//!   ([`folder`], [`pull`]), woken by file-system events (notify, debounced),
+//!   by index updates from peers, and by a slow periodic rescan;
+//! - the REST API and web UI on a loopback address ([`api`]).
+//!
+//! The daemon must never listen for its API on a non-loopback address, never
+//! talk to a peer that has not proven the folder key, and never apply a
+//! change to a folder whose marker is missing.
+
+pub mod api;
+pub mod control;
+pub mod folder;
+pub mod peer;
+pub mod pull;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use meshsync_core::ids::{DeviceId, ShareId};
+use meshsync_net::{Transport, TransportOptions};
+use meshsync_store::chunkmap::ChunkMap;
+use meshsync_store::db::IndexDb;
+use meshsync_store::identity::DeviceIdentity;
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::config::Config;
+use control::{Control, ControlError, Event, FolderStatus, Metrics, Status};
+use folder::{Folder, FolderStateKind};
+use peer::PeerRegistry;
+
+/// A folder and what runs it.
+pub struct FolderRuntime {
+    /// The folder.
+    pub folder: Arc<Folder>,
+    /// Wakes the folder's loop.
+    pub wake: Notify,
+    /// A scan was asked for (file-system event, command, timer).
+    pub scan_requested: AtomicBool,
+    /// The folder's latest local sequence number (connections send what
+    /// peers have not seen when it moves).
+    pub sequence: watch::Sender<u64>,
+    /// Where this device's chunks are, for serving peers.
+    pub chunks: RwLock<Arc<ChunkMap>>,
+}
+
+/// Counters behind `/metrics`.
+#[derive(Default)]
+pub struct Counters {
+    /// Chunk bytes received.
+    pub bytes_received: AtomicU64,
+    /// Chunk bytes sent.
+    pub bytes_sent: AtomicU64,
+    /// Files written.
+    pub files_synced: AtomicU64,
+    /// Chunks refused (bad hash).
+    pub chunks_rejected: AtomicU64,
+    /// Scans done.
+    pub scans: AtomicU64,
+}
+
+/// The running daemon.
+pub struct Daemon {
+    /// The state directory.
+    pub home: PathBuf,
+    /// The configuration.
+    pub config: Mutex<Config>,
+    /// This device.
+    pub identity: DeviceIdentity,
+    /// Its id.
+    pub device_id: DeviceId,
+    /// The index database.
+    pub db: Arc<IndexDb>,
+    /// Folders by share id.
+    pub folders: RwLock<HashMap<ShareId, Arc<FolderRuntime>>>,
+    /// Connected peers.
+    pub peers: Arc<PeerRegistry>,
+    /// Events for the API.
+    pub events: broadcast::Sender<Event>,
+    /// Counters.
+    pub counters: Counters,
+    /// Set when the daemon should stop.
+    pub stopping: watch::Sender<bool>,
+    /// The transport, once bound.
+    pub transport: tokio::sync::OnceCell<Arc<Transport>>,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Daemon {
+    fn load(home: &Path) -> Result<Arc<Self>> {
+        let config = Config::load(home)?;
+        let identity =
+            DeviceIdentity::load_or_create(home).context("loading the device identity")?;
+        let device_id = identity.device_id();
+        let db = Arc::new(IndexDb::open(home)?);
+        let (events, _) = broadcast::channel(1024);
+        let daemon = Arc::new(Daemon {
+            home: home.to_path_buf(),
+            config: Mutex::new(config),
+            identity,
+            device_id,
+            db,
+            folders: RwLock::new(HashMap::new()),
+            peers: Arc::new(PeerRegistry::default()),
+            events,
+            counters: Counters::default(),
+            stopping: watch::channel(false).0,
+            transport: tokio::sync::OnceCell::new(),
+        });
+        Ok(daemon)
+    }
+
+    /// Opens configured folders that are not open yet; returns the new ones.
+    fn open_new_folders(self: &Arc<Self>) -> Vec<Arc<FolderRuntime>> {
+        let configs = self.config.lock().expect("poisoned").folders.clone();
+        let mut opened = Vec::new();
+        for fc in configs {
+            let path = fc.path.clone();
+            match Folder::open(fc, self.device_id, &self.db) {
+                Ok(folder) => {
+                    let mut folders = self.folders.write().expect("poisoned");
+                    if folders.contains_key(&folder.share) {
+                        continue;
+                    }
+                    let rt = Arc::new(FolderRuntime {
+                        sequence: watch::channel(folder.max_sequence()).0,
+                        chunks: RwLock::new(Arc::new(folder.local_chunk_map())),
+                        folder: Arc::clone(&folder),
+                        wake: Notify::new(),
+                        scan_requested: AtomicBool::new(true),
+                    });
+                    folders.insert(folder.share, Arc::clone(&rt));
+                    opened.push(rt);
+                }
+                Err(e) => tracing::error!("folder {}: {e:#}", path.display()),
+            }
+        }
+        opened
+    }
+
+    /// The runtime of a folder.
+    pub fn folder(&self, share: &ShareId) -> Option<Arc<FolderRuntime>> {
+        self.folders.read().expect("poisoned").get(share).cloned()
+    }
+
+    /// Every folder runtime.
+    pub fn all_folders(&self) -> Vec<Arc<FolderRuntime>> {
+        self.folders
+            .read()
+            .expect("poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    fn set_state(&self, folder: &Folder, state: FolderStateKind) {
+        let changed = {
+            let mut st = folder.state.lock().expect("poisoned");
+            let changed = st.state != state;
+            st.state = state;
+            changed
+        };
+        if changed {
+            self.emit(Event::FolderState {
+                path: folder.config.path.clone(),
+                state: state.as_str().into(),
+            });
+        }
+    }
+
+    /// The folder loop: scan when asked, then bring the folder in line with
+    /// the swarm, until the daemon stops.
+    async fn run_folder(self: Arc<Self>, rt: Arc<FolderRuntime>) {
+        let folder = Arc::clone(&rt.folder);
+        let mut stopping = self.stopping.subscribe();
+        let rescan_every = Duration::from_secs(
+            self.config
+                .lock()
+                .expect("poisoned")
+                .device
+                .rescan_interval_secs
+                .max(1),
+        );
+        let mut next_rescan = tokio::time::Instant::now() + rescan_every;
+        loop {
+            if *stopping.borrow() {
+                return;
+            }
+            if folder.paused.load(Ordering::SeqCst) {
+                self.set_state(&folder, FolderStateKind::Stopped);
+            } else {
+                if rt.scan_requested.swap(false, Ordering::SeqCst) {
+                    self.scan_folder(&rt).await;
+                }
+                if folder.marker_present() {
+                    self.pull_folder(&rt).await;
+                }
+            }
+            tokio::select! {
+                _ = rt.wake.notified() => {}
+                _ = tokio::time::sleep_until(next_rescan) => {
+                    rt.scan_requested.store(true, Ordering::SeqCst);
+                    next_rescan = tokio::time::Instant::now() + rescan_every;
+                }
+                _ = stopping.changed() => {}
+            }
+        }
+    }
+
+    async fn scan_folder(self: &Arc<Self>, rt: &Arc<FolderRuntime>) {
+        let folder = Arc::clone(&rt.folder);
+        self.set_state(&folder, FolderStateKind::Scanning);
+        let db = Arc::clone(&self.db);
+        let clock = now_secs().max(0) as u64;
+        let f = Arc::clone(&folder);
+        let result = tokio::task::spawn_blocking(move || {
+            let r = f.scan(&db, clock);
+            (r, f.local_chunk_map())
+        })
+        .await;
+        self.counters.scans.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok((Ok(_changed), map)) => {
+                *rt.chunks.write().expect("poisoned") = Arc::new(map);
+                let _ = rt.sequence.send(folder.max_sequence());
+                self.set_state(&folder, FolderStateKind::Idle);
+            }
+            Ok((Err(e), _)) => {
+                tracing::warn!("folder {}: {e:#}", folder.config.path.display());
+                self.set_state(&folder, FolderStateKind::Error);
+            }
+            Err(e) => tracing::error!("scan task failed: {e}"),
+        }
+    }
+
+    /// Plans and applies until nothing is left to do (bounded rounds).
+    async fn pull_folder(self: &Arc<Self>, rt: &Arc<FolderRuntime>) {
+        let folder = Arc::clone(&rt.folder);
+        for _round in 0..8 {
+            let (actions, sources) = folder.plan_pull(now_secs());
+            if actions.is_empty() {
+                break;
+            }
+            self.set_state(&folder, FolderStateKind::Syncing);
+            let report = pull::apply(
+                Arc::clone(&folder),
+                actions,
+                sources,
+                Arc::clone(&self.peers),
+                Arc::clone(&self.db),
+            )
+            .await;
+            self.counters
+                .files_synced
+                .fetch_add(report.files, Ordering::Relaxed);
+            *rt.chunks.write().expect("poisoned") = Arc::new(folder.local_chunk_map());
+            let _ = rt.sequence.send(folder.max_sequence());
+            let progressed = report.files + report.deleted + report.conflicts > 0;
+            for e in &report.errors {
+                tracing::warn!("folder {}: {e}", folder.config.path.display());
+            }
+            self.emit(Event::FolderSynced {
+                path: folder.config.path.clone(),
+                files: report.files,
+                bytes_fetched: report.bytes_fetched,
+                deleted: report.deleted,
+                conflicts: report.conflicts,
+                errors: report.errors.clone(),
+            });
+            {
+                let mut st = folder.state.lock().expect("poisoned");
+                st.error = report.errors.first().cloned();
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let state = if folder.state.lock().expect("poisoned").need_files > 0 {
+            FolderStateKind::Syncing
+        } else {
+            FolderStateKind::Idle
+        };
+        self.set_state(&folder, state);
+    }
+
+    /// Connects to every configured static peer address not connected yet.
+    async fn dial_static_peers(self: Arc<Self>, transport: Arc<Transport>) {
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            let addrs: Vec<std::net::SocketAddr> = {
+                let cfg = self.config.lock().expect("poisoned");
+                let mut a: Vec<_> = cfg
+                    .folders
+                    .iter()
+                    .flat_map(|f| f.peers.iter().copied())
+                    .collect();
+                a.sort();
+                a.dedup();
+                a
+            };
+            for addr in addrs {
+                if self.peers.has_address(&addr) {
+                    continue;
+                }
+                let d = Arc::clone(&self);
+                let t = Arc::clone(&transport);
+                tokio::spawn(async move {
+                    match t.connect(addr, None).await {
+                        Ok(pc) => peer::run_connection(d, pc, "static").await,
+                        Err(e) => tracing::debug!("connecting to {addr}: {e}"),
+                    }
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+                _ = stopping.changed() => return,
+            }
+        }
+    }
+
+    async fn accept_peers(self: Arc<Self>, transport: Arc<Transport>) {
+        while let Some(incoming) = transport.accept().await {
+            match incoming {
+                Ok(pc) => {
+                    let d = Arc::clone(&self);
+                    tokio::spawn(peer::run_connection(d, pc, "incoming"));
+                }
+                Err(e) => tracing::info!("refused a connection: {e}"),
+            }
+        }
+    }
+
+    /// Watches folder roots and asks for a scan (debounced) when they change.
+    fn watch_folders(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {
+        use notify::{RecursiveMode, Watcher};
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                for p in ev.paths {
+                    let _ = tx.send(p);
+                }
+            }
+        })
+        .map_err(|e| {
+            tracing::warn!(
+                "file-system notifications unavailable: {e}; relying on periodic rescans"
+            )
+        })
+        .ok()?;
+        for rt in self.all_folders() {
+            if let Err(e) = watcher.watch(&rt.folder.root, RecursiveMode::Recursive) {
+                tracing::warn!("cannot watch {}: {e}", rt.folder.root.display());
+            }
+        }
+        let d = Arc::clone(self);
+        tokio::spawn(async move {
+            // Debounce: collect events for a moment, then wake the folders.
+            while let Some(first) = rx.recv().await {
+                let mut paths = vec![first];
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+                while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                    paths.push(p);
+                }
+                for rt in d.all_folders() {
+                    let meta = rt.folder.root.join(meshsync_core::path::META_DIR);
+                    let relevant = paths.iter().any(|p| {
+                        p.starts_with(&rt.folder.root)
+                            && !p.starts_with(&meta)
+                            && !p
+                                .file_name()
+                                .and_then(|n| n.to_str())
+                                .is_some_and(|n| n.starts_with(meshsync_core::path::TEMP_PREFIX))
+                    });
+                    if relevant {
+                        rt.scan_requested.store(true, Ordering::SeqCst);
+                        rt.wake.notify_one();
+                    }
+                }
+            }
+        });
+        Some(watcher)
+    }
+
+    fn reload_config(self: &Arc<Self>) -> Vec<Arc<FolderRuntime>> {
+        match Config::load(&self.home) {
+            Ok(c) => *self.config.lock().expect("poisoned") = c,
+            Err(e) => tracing::warn!("config not reloaded: {e:#}"),
+        }
+        self.open_new_folders()
+    }
+}
+
+impl Control for Daemon {
+    fn status(&self) -> Status {
+        let cfg = self.config.lock().expect("poisoned").clone();
+        let peers = self.peers.status();
+        let mut folders: Vec<FolderStatus> = self
+            .all_folders()
+            .iter()
+            .map(|rt| {
+                let f = &rt.folder;
+                let (local_files, local_bytes) = f.local_counts();
+                let st = f.state.lock().expect("poisoned");
+                let share = f.share.to_string();
+                FolderStatus {
+                    path: f.config.path.clone(),
+                    share_id: share.clone(),
+                    mode: f.config.mode.as_str().into(),
+                    key_type: f.key.kind().as_str().into(),
+                    state: st.state.as_str().into(),
+                    need_files: st.need_files,
+                    need_bytes: st.need_bytes,
+                    local_files,
+                    local_bytes,
+                    local_only_changes: st.local_only_changes,
+                    peers: peers.iter().filter(|p| p.folders.contains(&share)).count() as u64,
+                    error: st.error.clone(),
+                }
+            })
+            .collect();
+        folders.sort_by(|a, b| a.path.cmp(&b.path));
+        Status {
+            device_id: self.device_id.to_string(),
+            device_name: cfg.device.name.clone(),
+            listen: self
+                .transport
+                .get()
+                .map(|t| t.local_addr())
+                .map_or_else(|| cfg.device.listen.to_string(), |a| a.to_string()),
+            folders,
+            peers,
+        }
+    }
+
+    fn rescan(&self, folder: Option<PathBuf>) -> Result<(), ControlError> {
+        let mut any = false;
+        for rt in self.all_folders() {
+            let matches = folder
+                .as_ref()
+                .is_none_or(|p| std::fs::canonicalize(p).map_or(false, |c| c == rt.folder.root));
+            if matches {
+                any = true;
+                rt.scan_requested.store(true, Ordering::SeqCst);
+                rt.wake.notify_one();
+            }
+        }
+        if any || folder.is_none() {
+            Ok(())
+        } else {
+            Err(ControlError {
+                status: 404,
+                message: "no such folder".into(),
+            })
+        }
+    }
+
+    fn set_paused(&self, folder: PathBuf, paused: bool) -> Result<(), ControlError> {
+        let mut cfg = self.config.lock().expect("poisoned");
+        let i = cfg.folder_index(&folder).ok_or(ControlError {
+            status: 404,
+            message: format!("{} is not a shared folder", folder.display()),
+        })?;
+        cfg.folders[i].paused = paused;
+        cfg.save(&self.home).map_err(|e| ControlError {
+            status: 500,
+            message: format!("{e:#}"),
+        })?;
+        drop(cfg);
+        // The running folder keeps its config copy; restart takes the new
+        // value. Pause is applied at once by stopping the folder's loop work.
+        for rt in self.all_folders() {
+            if std::fs::canonicalize(&folder).is_ok_and(|c| c == rt.folder.root) {
+                set_folder_paused(&rt.folder, paused);
+                rt.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn metrics(&self) -> Metrics {
+        let c = &self.counters;
+        Metrics {
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            files_synced: c.files_synced.load(Ordering::Relaxed),
+            chunks_rejected: c.chunks_rejected.load(Ordering::Relaxed),
+            peers_connected: self.peers.count() as u64,
+            folders: self.folders.read().expect("poisoned").len() as u64,
+            scans: c.scans.load(Ordering::Relaxed),
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = self.stopping.send(true);
+    }
+}
+
+/// Pausing flips the folder's own copy of its config flag.
+fn set_folder_paused(folder: &Folder, paused: bool) {
+    folder.paused.store(paused, Ordering::SeqCst);
+}
+
+/// Runs the daemon until Ctrl-C, SIGTERM or `POST /rest/shutdown`.
+pub async fn run(home: &Path) -> Result<()> {
+    let daemon = Daemon::load(home)?;
+    let (listen, api_addr, api_key) = {
+        let c = daemon.config.lock().expect("poisoned");
+        (c.device.listen, c.device.api, c.device.api_key.clone())
+    };
+    let transport = Arc::new(
+        Transport::bind(listen, &daemon.identity, TransportOptions::default())
+            .with_context(|| format!("listening on {listen}"))?,
+    );
+    let _ = daemon.transport.set(Arc::clone(&transport));
+    let api_listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("API address {api_addr}"))?;
+    println!(
+        "meshsync {} running: device {}, peers on {}, API http://{}/",
+        env!("CARGO_PKG_VERSION"),
+        daemon.device_id,
+        transport.local_addr(),
+        api_listener.local_addr()?,
+    );
+    let folders = daemon.open_new_folders();
+    for rt in folders {
+        tokio::spawn(Arc::clone(&daemon).run_folder(rt));
+    }
+    let _watcher = daemon.watch_folders();
+    tokio::spawn(Arc::clone(&daemon).accept_peers(Arc::clone(&transport)));
+    tokio::spawn(Arc::clone(&daemon).dial_static_peers(Arc::clone(&transport)));
+    let control: Arc<dyn Control> = daemon.clone();
+    let router = api::router(control, api_key);
+    let mut stop_api = daemon.stopping.subscribe();
+    tokio::spawn(api::serve(api_listener, router, async move {
+        let _ = stop_api.changed().await;
+    }));
+    // Config changes (share/join while running) arrive as a rescan request.
+    let reloader = Arc::clone(&daemon);
+    tokio::spawn(async move {
+        let mut events = reloader.events.subscribe();
+        let mut stopping = reloader.stopping.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                    for rt in reloader.reload_config() {
+                        tokio::spawn(Arc::clone(&reloader).run_folder(rt));
+                    }
+                }
+                _ = events.recv() => {}
+                _ = stopping.changed() => return,
+            }
+        }
+    });
+    let mut stopping = daemon.stopping.subscribe();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = stopping.changed() => {}
+    }
+    let _ = daemon.stopping.send(true);
+    transport.close().await;
+    println!("meshsync stopped");
+    Ok(())
+}

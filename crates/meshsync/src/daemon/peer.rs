@@ -1,0 +1,541 @@
+//! Connected peers: the registry, the protocol driver for one connection,
+//! the chunk server, and chunk fetching for the swarm.
+//!
+//! One QUIC connection per peer device. Its first stream is the control
+//! stream, driven by meshsync-proto's sans-IO [`Connection`] machine: hello,
+//! then every folder both devices hold is opened with an access proof bound
+//! to this connection, then indexes flow (the full index once, then each new
+//! local change as the folder's sequence moves). Every other stream is a
+//! chunk request: a fixed header naming a chunk by hash, answered with the
+//! bytes, which the requester verifies before using them.
+//!
+//! A peer is served only chunks of folders it opened with a valid proof on
+//! this connection, and only chunks this device verified on disk.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use meshsync_core::entry::ChunkRef;
+use meshsync_core::ids::{DeviceId, ShareId};
+use meshsync_core::keys::{FolderKey, KeyKind, ProofRole};
+use meshsync_net::{PeerConnection, Role};
+use meshsync_proto::chunk::{ChunkRequest, ChunkResponse, ChunkStatus};
+use meshsync_proto::limits::MAX_BATCH_ENTRIES;
+use meshsync_proto::{CloseCode, Connection, Event as ProtoEvent, FolderOffer, LocalInfo};
+
+use super::Daemon;
+use super::control::{Event, PeerStatus};
+use super::pull::ChunkSource;
+
+/// One connected peer.
+pub struct PeerLink {
+    /// Its device id.
+    pub device: DeviceId,
+    /// Its name, from its hello.
+    pub name: Mutex<String>,
+    /// The QUIC connection.
+    pub conn: PeerConnection,
+    /// How it was reached.
+    pub via: &'static str,
+    /// Folders open with it.
+    pub folders: Mutex<HashSet<ShareId>>,
+    /// Folders it sent a bad chunk for (not asked again).
+    pub bad_for: Mutex<HashSet<ShareId>>,
+    /// Chunk bytes received from it.
+    pub bytes_in: AtomicU64,
+    /// Chunk bytes sent to it.
+    pub bytes_out: AtomicU64,
+}
+
+/// Every connected peer, by device id.
+#[derive(Default)]
+pub struct PeerRegistry {
+    links: Mutex<HashMap<DeviceId, Arc<PeerLink>>>,
+    /// Which device answered at a dialled address.
+    dialled: Mutex<HashMap<SocketAddr, DeviceId>>,
+}
+
+impl PeerRegistry {
+    /// Adds a peer. When it is connected already (both sides dialled at
+    /// once), both devices keep the connection that the larger device id
+    /// initiated, so they keep the same one; the other is returned to be
+    /// closed.
+    pub fn register(&self, link: Arc<PeerLink>, me: DeviceId) -> Option<Arc<PeerLink>> {
+        let mut links = self.links.lock().expect("poisoned");
+        let initiator = |l: &PeerLink| {
+            if l.conn.role == Role::Initiator {
+                me
+            } else {
+                l.device
+            }
+        };
+        match links.get(&link.device) {
+            None => {
+                links.insert(link.device, link);
+                None
+            }
+            Some(existing) => {
+                if initiator(&link) > initiator(existing) {
+                    links.insert(link.device, link).filter(|_| true)
+                } else {
+                    Some(link)
+                }
+            }
+        }
+    }
+
+    /// Remembers that `addr` is `device`.
+    pub fn note_dialled(&self, addr: SocketAddr, device: DeviceId) {
+        self.dialled.lock().expect("poisoned").insert(addr, device);
+    }
+
+    /// Removes a peer if `conn` is still its connection.
+    pub fn remove(&self, device: &DeviceId, stable_id: usize) {
+        let mut links = self.links.lock().expect("poisoned");
+        if links
+            .get(device)
+            .is_some_and(|l| l.conn.connection.stable_id() == stable_id)
+        {
+            links.remove(device);
+        }
+    }
+
+    /// The link to `device`, if connected.
+    pub fn get(&self, device: &DeviceId) -> Option<Arc<PeerLink>> {
+        self.links.lock().expect("poisoned").get(device).cloned()
+    }
+
+    /// Whether the peer at `addr` is connected (however the connection was made).
+    pub fn has_address(&self, addr: &SocketAddr) -> bool {
+        let dialled = self.dialled.lock().expect("poisoned").get(addr).copied();
+        let links = self.links.lock().expect("poisoned");
+        dialled.is_some_and(|d| links.contains_key(&d))
+            || links
+                .values()
+                .any(|l| l.conn.connection.remote_address() == *addr)
+    }
+
+    /// How many peers are connected.
+    pub fn count(&self) -> usize {
+        self.links.lock().expect("poisoned").len()
+    }
+
+    /// Every peer's status.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let links = self.links.lock().expect("poisoned");
+        let mut out: Vec<PeerStatus> = links
+            .values()
+            .map(|l| {
+                let mut folders: Vec<String> = l
+                    .folders
+                    .lock()
+                    .expect("poisoned")
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                folders.sort();
+                PeerStatus {
+                    device_id: l.device.to_string(),
+                    name: l.name.lock().expect("poisoned").clone(),
+                    address: l.conn.connection.remote_address().to_string(),
+                    via: l.via.to_string(),
+                    folders,
+                    bytes_in: l.bytes_in.load(Ordering::Relaxed),
+                    bytes_out: l.bytes_out.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        out
+    }
+}
+
+impl ChunkSource for PeerRegistry {
+    async fn fetch(&self, peer: DeviceId, share: ShareId, chunk: ChunkRef) -> Result<Vec<u8>> {
+        let link = self
+            .get(&peer)
+            .ok_or_else(|| anyhow!("peer {peer} is not connected"))?;
+        let bytes = fetch_chunk(&link.conn, share, chunk).await?;
+        link.bytes_in
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    fn connected(&self) -> Vec<DeviceId> {
+        self.links
+            .lock()
+            .expect("poisoned")
+            .values()
+            .map(|l| l.device)
+            .collect()
+    }
+
+    fn mark_bad(&self, peer: DeviceId, share: ShareId) {
+        if let Some(l) = self.get(&peer) {
+            l.bad_for.lock().expect("poisoned").insert(share);
+            l.folders.lock().expect("poisoned").remove(&share);
+        }
+    }
+}
+
+/// Fetches one chunk over a new chunk stream.
+async fn fetch_chunk(conn: &PeerConnection, share: ShareId, chunk: ChunkRef) -> Result<Vec<u8>> {
+    let request = ChunkRequest {
+        share,
+        hash: chunk.hash,
+        len: chunk.len,
+    };
+    let (mut send, mut recv) = conn.open_chunk_stream().await?;
+    send.write_all(&request.encode()).await?;
+    send.finish()?;
+    let mut header = [0u8; ChunkResponse::ENCODED_LEN];
+    recv.read_exact(&mut header).await?;
+    let response = ChunkResponse::decode(&header, &request)?;
+    match response.status {
+        ChunkStatus::Found => {
+            let mut bytes = vec![0u8; chunk.len as usize];
+            recv.read_exact(&mut bytes).await?;
+            Ok(bytes)
+        }
+        other => bail!("peer answered {other:?}"),
+    }
+}
+
+/// Serves one chunk request.
+async fn serve_chunk(
+    daemon: Arc<Daemon>,
+    link: Arc<PeerLink>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<()> {
+    let mut header = [0u8; ChunkRequest::ENCODED_LEN];
+    recv.read_exact(&mut header).await?;
+    let request = ChunkRequest::decode(&header)?;
+    let open = link
+        .folders
+        .lock()
+        .expect("poisoned")
+        .contains(&request.share);
+    let map = daemon
+        .folder(&request.share)
+        .filter(|_| open)
+        .map(|rt| Arc::clone(&rt.chunks.read().expect("poisoned")));
+    let Some(map) = map else {
+        send.write_all(&ChunkResponse::refused().encode()).await?;
+        send.finish()?;
+        return Ok(());
+    };
+    let (hash, len) = (request.hash, request.len);
+    let bytes = tokio::task::spawn_blocking(move || map.read_chunk(&hash, len)).await?;
+    match bytes {
+        Some(bytes) => {
+            send.write_all(&ChunkResponse::found(&request).encode())
+                .await?;
+            send.write_all(&bytes).await?;
+            link.bytes_out
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            daemon
+                .counters
+                .bytes_sent
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        None => send.write_all(&ChunkResponse::not_found().encode()).await?,
+    }
+    send.finish()?;
+    Ok(())
+}
+
+/// Runs one peer connection until it closes.
+pub async fn run_connection(daemon: Arc<Daemon>, conn: PeerConnection, via: &'static str) {
+    if conn.peer == daemon.device_id {
+        conn.connection.close(0u32.into(), b"connected to itself");
+        return;
+    }
+    if conn.role == Role::Initiator {
+        daemon
+            .peers
+            .note_dialled(conn.connection.remote_address(), conn.peer);
+    }
+    let link = Arc::new(PeerLink {
+        device: conn.peer,
+        name: Mutex::new(String::new()),
+        conn: conn.clone(),
+        via,
+        folders: Mutex::new(HashSet::new()),
+        bad_for: Mutex::new(HashSet::new()),
+        bytes_in: AtomicU64::new(0),
+        bytes_out: AtomicU64::new(0),
+    });
+    if let Some(loser) = daemon.peers.register(Arc::clone(&link), daemon.device_id) {
+        loser
+            .conn
+            .connection
+            .close(0u32.into(), b"duplicate connection");
+        if Arc::ptr_eq(&loser, &link) {
+            return;
+        }
+    }
+    let address = conn.connection.remote_address().to_string();
+    tracing::info!("peer {} connected ({via}, {address})", conn.peer);
+    let _ = daemon.events.send(Event::PeerConnected {
+        device_id: conn.peer.to_string(),
+        address,
+    });
+    if let Err(e) = drive_control(&daemon, &link).await {
+        tracing::info!("peer {}: {e:#}", conn.peer);
+    }
+    daemon.peers.remove(&conn.peer, conn.connection.stable_id());
+    if daemon.peers.get(&conn.peer).is_none() {
+        for rt in daemon.all_folders() {
+            rt.folder.forget_peer(&conn.peer);
+            rt.wake.notify_one();
+        }
+        let _ = daemon.events.send(Event::PeerDisconnected {
+            device_id: conn.peer.to_string(),
+        });
+    }
+    conn.connection.close(0u32.into(), b"bye");
+}
+
+async fn run_chunk_server(daemon: Arc<Daemon>, link: Arc<PeerLink>) {
+    loop {
+        match link.conn.accept_chunk_stream().await {
+            Ok((send, recv)) => {
+                let (d, l) = (Arc::clone(&daemon), Arc::clone(&link));
+                tokio::spawn(async move {
+                    if let Err(e) = serve_chunk(d, l, send, recv).await {
+                        tracing::debug!("chunk request: {e:#}");
+                    }
+                });
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// The key this device offers for a folder: a receive-only folder offers
+/// only its read-only key, so its own changes are never signed.
+fn offered_key(rt: &super::FolderRuntime) -> FolderKey {
+    let f = &rt.folder;
+    if f.key.kind() == KeyKind::ReadWrite && !f.announces_changes() {
+        f.key
+            .to_read_only()
+            .map(FolderKey::ReadOnly)
+            .unwrap_or_else(|_| f.key.clone())
+    } else {
+        f.key.clone()
+    }
+}
+
+/// A stable id for this device's index of a folder (a new database gets a
+/// new one only with a new device identity; peers re-read the full index on
+/// every connection anyway).
+fn index_id(daemon: &Daemon, share: &ShareId) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(daemon.device_id.as_bytes());
+    h.update(share.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(b) | 1
+}
+
+/// Drives the control stream: hello, folder opening, index exchange.
+async fn drive_control(daemon: &Arc<Daemon>, link: &Arc<PeerLink>) -> Result<()> {
+    let conn = &link.conn;
+    let (mut send, mut recv) = match conn.role {
+        Role::Initiator => conn.open_control_stream().await?,
+        Role::Responder => conn.accept_control_stream().await?,
+    };
+    // Chunk streams come after the control stream; served while it lives.
+    let server = tokio::spawn(run_chunk_server(Arc::clone(daemon), Arc::clone(link)));
+    let _stop_server = AbortOnDrop(server);
+    let role = match conn.role {
+        Role::Initiator => ProofRole::Initiator,
+        Role::Responder => ProofRole::Responder,
+    };
+    let name = daemon.config.lock().expect("poisoned").device.name.clone();
+    let client = format!("meshsync {}", env!("CARGO_PKG_VERSION"));
+    let mut proto = Connection::new(
+        role,
+        LocalInfo::new(daemon.device_id, &name, &client),
+        conn.channel_binding,
+        conn.peer,
+    );
+    // What was sent of each open folder's index: the last sequence covered.
+    let mut sent: HashMap<ShareId, u64> = HashMap::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut stopping = daemon.stopping.subscribe();
+    loop {
+        while let Some(bytes) = proto.poll_transmit() {
+            send.write_all(&bytes)
+                .await
+                .context("writing the control stream")?;
+        }
+        if proto.is_closed() {
+            return Ok(());
+        }
+        tokio::select! {
+            read = recv.read(&mut buf) => {
+                let keys = folder_keys(daemon);
+                match read.context("reading the control stream")? {
+                    Some(n) => {
+                        if let Err(e) = proto.handle_bytes(&buf[..n], &keys) {
+                            tracing::warn!("peer {} broke the protocol: {e}", link.device);
+                        }
+                    }
+                    None => {
+                        let _ = proto.handle_stream_end();
+                        return Ok(());
+                    }
+                }
+                while let Some(event) = proto.poll_event() {
+                    handle_event(daemon, link, &mut proto, &mut sent, event)?;
+                }
+            }
+            _ = tick.tick() => {
+                send_index_updates(daemon, &mut proto, &mut sent);
+            }
+            _ = stopping.changed() => {
+                proto.close(CloseCode::Normal, "shutting down");
+                while let Some(bytes) = proto.poll_transmit() {
+                    let _ = send.write_all(&bytes).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn folder_keys(daemon: &Daemon) -> HashMap<ShareId, FolderKey> {
+    daemon
+        .all_folders()
+        .iter()
+        .filter(|rt| !rt.folder.paused.load(Ordering::SeqCst))
+        .map(|rt| (rt.folder.share, offered_key(rt)))
+        .collect()
+}
+
+fn handle_event(
+    daemon: &Arc<Daemon>,
+    link: &Arc<PeerLink>,
+    proto: &mut Connection,
+    sent: &mut HashMap<ShareId, u64>,
+    event: ProtoEvent,
+) -> Result<()> {
+    match event {
+        ProtoEvent::HelloReceived { device_name, .. } => {
+            *link.name.lock().expect("poisoned") = device_name;
+            for rt in daemon.all_folders() {
+                if rt.folder.paused.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let offer = FolderOffer::fresh(
+                    index_id(daemon, &rt.folder.share),
+                    rt.folder.max_sequence(),
+                );
+                if let Err(e) = proto.open_folder(&offered_key(&rt), offer) {
+                    tracing::debug!("offering {}: {e}", rt.folder.share);
+                }
+            }
+        }
+        ProtoEvent::FolderRequested { share, .. } => {
+            if let Some(rt) = daemon.folder(&share) {
+                let offer = FolderOffer::fresh(index_id(daemon, &share), rt.folder.max_sequence());
+                if let Err(e) = proto.open_folder(&offered_key(&rt), offer) {
+                    tracing::debug!("answering {share}: {e}");
+                }
+            }
+        }
+        ProtoEvent::FolderOpened {
+            share, send_from, ..
+        } => {
+            link.folders.lock().expect("poisoned").insert(share);
+            sent.insert(share, send_from.saturating_sub(1));
+            send_index_updates(daemon, proto, sent);
+            if let Some(rt) = daemon.folder(&share) {
+                rt.wake.notify_one();
+            }
+        }
+        ProtoEvent::IndexReceived { share, batch } => {
+            if link.bad_for.lock().expect("poisoned").contains(&share) {
+                return Ok(());
+            }
+            if let Some(rt) = daemon.folder(&share) {
+                rt.folder.receive_index(
+                    link.device,
+                    batch.entries,
+                    batch.last_sequence,
+                    batch.signed,
+                );
+                rt.wake.notify_one();
+            }
+        }
+        ProtoEvent::FolderRejected { share, reason } => {
+            tracing::warn!(
+                "peer {} offered folder {share} and was refused: {reason:?}",
+                link.device
+            );
+        }
+        ProtoEvent::FolderRefused { share, reason } => {
+            tracing::info!("peer {} refused folder {share}: {reason:?}", link.device);
+        }
+        ProtoEvent::Closed { code, reason, by } => {
+            tracing::info!(
+                "connection to {} closed by {by:?}: {code:?} {reason}",
+                link.device
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Sends each open folder's index entries the peer has not seen yet.
+fn send_index_updates(daemon: &Daemon, proto: &mut Connection, sent: &mut HashMap<ShareId, u64>) {
+    for (share, done) in sent.iter_mut() {
+        let Some(rt) = daemon.folder(share) else {
+            continue;
+        };
+        let max = rt.folder.max_sequence();
+        if max <= *done {
+            continue;
+        }
+        let entries = rt.folder.changes_since(*done);
+        let mut first = *done + 1;
+        let batches: Vec<&[meshsync_core::entry::FileEntry]> =
+            entries.chunks(MAX_BATCH_ENTRIES).collect();
+        let count = batches.len().max(1);
+        for (i, batch) in batches
+            .into_iter()
+            .chain(std::iter::once(&[][..]))
+            .take(count)
+            .enumerate()
+        {
+            let last = if i + 1 == count {
+                max
+            } else {
+                batch.last().map_or(max, |e| e.sequence)
+            };
+            if let Err(e) = proto.send_index_batch(*share, first, last, batch) {
+                tracing::warn!("sending index of {share}: {e}");
+                break;
+            }
+            first = last + 1;
+            *done = last;
+        }
+    }
+}

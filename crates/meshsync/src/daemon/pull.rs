@@ -1,0 +1,509 @@
+//! Carrying out a folder's planned actions on this device, fetching content
+//! from the swarm.
+//!
+//! Files are put together with [`Assembly`]: chunks this device already has
+//! anywhere are copied locally (and verified); the rest are requested from
+//! every connected peer that announced them, each chunk from the holder with
+//! the fewest bytes in flight, with a bounded window per peer, so a faster
+//! peer is asked more often. A chunk that fails its hash gets its peer
+//! dropped for this folder and is fetched elsewhere. Partial files live in
+//! `.meshsync/partial/` and survive a disconnect or a restart.
+//!
+//! Finished files are flushed in batches (one `syncfs`) and then renamed
+//! into place only if the target is still what the scan saw; a change made
+//! meanwhile is kept and the incoming version waits for the next round.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Result, anyhow};
+use meshsync_core::entry::{ChunkRef, FileEntry, FileKind};
+use meshsync_core::global::ChunkSources;
+use meshsync_core::ids::{DeviceId, ShareId};
+use meshsync_core::plan::{Action, Side};
+use meshsync_store::apply::{self, Assembly};
+use meshsync_store::chunkmap::{ChunkMap, ChunkReader};
+use meshsync_store::db::{IndexDb, StoredEntry};
+use meshsync_store::write::{self, WriteError};
+use tokio::task::JoinSet;
+
+use super::folder::Folder;
+use crate::config::FolderMode;
+
+/// Where chunks come from: the connected peers.
+pub trait ChunkSource: Send + Sync + 'static {
+    /// Fetches one chunk from `peer` (the bytes are verified by the caller).
+    fn fetch(
+        &self,
+        peer: DeviceId,
+        share: ShareId,
+        chunk: ChunkRef,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send;
+    /// Peers connected now.
+    fn connected(&self) -> Vec<DeviceId>;
+    /// Stops asking `peer` for this folder's chunks (it sent a bad one).
+    fn mark_bad(&self, peer: DeviceId, share: ShareId);
+}
+
+/// Requests in flight per peer.
+const WINDOW_PER_PEER: usize = 64;
+/// Files assembled at once.
+const PARALLEL_FILES: usize = 16;
+/// Finished files flushed and renamed together.
+const BATCH_FILES: usize = 4096;
+
+/// What one apply round did.
+#[derive(Debug, Default, Clone)]
+pub struct ApplyReport {
+    /// Files written.
+    pub files: u64,
+    /// Bytes fetched from peers.
+    pub bytes_fetched: u64,
+    /// Bytes taken from local files.
+    pub bytes_local: u64,
+    /// Paths deleted (or moved to versions).
+    pub deleted: u64,
+    /// Conflict copies kept.
+    pub conflicts: u64,
+    /// Per-path failures.
+    pub errors: Vec<String>,
+}
+
+struct Finished {
+    partial: PathBuf,
+    target: PathBuf,
+    expected: Option<StoredEntry>,
+    entry: FileEntry,
+}
+
+/// Carries out `actions` (this side's, in plan order) for `folder`.
+pub async fn apply<S: ChunkSource>(
+    folder: Arc<Folder>,
+    actions: Vec<Action>,
+    sources: ChunkSources<DeviceId>,
+    peers: Arc<S>,
+    db: Arc<IndexDb>,
+) -> ApplyReport {
+    let report = Arc::new(Mutex::new(ApplyReport::default()));
+    let fail = |r: &Mutex<ApplyReport>, e: String| r.lock().expect("poisoned").errors.push(e);
+    let local_map = Arc::new(folder.local_chunk_map());
+    let sources = Arc::new(sources);
+    let inflight: Arc<Mutex<HashMap<DeviceId, usize>>> = Arc::default();
+    let bad: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
+    let mut made_dirs: Vec<(PathBuf, FileEntry)> = Vec::new();
+    let mut records: Vec<StoredEntry> = Vec::new();
+    let mut forget = Vec::new();
+    let mut finished: Vec<Finished> = Vec::new();
+    let mut copies = JoinSet::new();
+    let backup = folder.config.mode == FolderMode::Backup;
+
+    for action in actions {
+        // Writes run concurrently; anything after them waits for them.
+        if !matches!(action, Action::Copy { .. }) {
+            drain(&mut copies, &mut finished, &report).await;
+        }
+        let result: Result<(), WriteError> = (|| -> Result<(), WriteError> {
+            match &action {
+                Action::KeepConflictCopy { entry, to, .. } => {
+                    let from = folder.abs(&entry.path);
+                    let to_abs = folder.abs(to);
+                    ensure_parent(&folder, &to_abs)?;
+                    let obs = apply::keep_conflict_copy(
+                        &from,
+                        &to_abs,
+                        folder.stored(&entry.path).as_ref(),
+                    )?;
+                    let mut moved = (**entry).clone();
+                    moved.path = to.clone();
+                    records.push(StoredEntry {
+                        entry: moved,
+                        local: Some(obs.local),
+                    });
+                    forget.push(entry.path.clone());
+                    report.lock().expect("poisoned").conflicts += 1;
+                }
+                Action::MakeDir { entry, .. } => {
+                    let abs = folder.abs(&entry.path);
+                    ensure_parent(&folder, &abs)?;
+                    let obs = apply::make_dir(&abs, entry.permissions | 0o700)?;
+                    records.push(StoredEntry {
+                        entry: (**entry).clone(),
+                        local: Some(obs.local),
+                    });
+                    made_dirs.push((abs, (**entry).clone()));
+                }
+                Action::Symlink {
+                    source,
+                    replaces,
+                    version,
+                    ..
+                } => {
+                    let abs = folder.abs(&source.path);
+                    ensure_parent(&folder, &abs)?;
+                    let expected = replaces.as_ref().and_then(|_| folder.stored(&source.path));
+                    let obs = write::write_symlink(
+                        &abs,
+                        source.symlink_target.as_deref().unwrap_or_default(),
+                        source.mtime,
+                        expected.as_ref(),
+                    )?;
+                    let mut entry = (**source).clone();
+                    entry.version = version.clone();
+                    records.push(StoredEntry {
+                        entry,
+                        local: Some(obs.local),
+                    });
+                }
+                Action::SetMetadata { entry, .. } => {
+                    let abs = folder.abs(&entry.path);
+                    let stored = folder.stored(&entry.path);
+                    let obs = apply::set_metadata(&abs, stored.as_ref(), entry)?;
+                    let mut recorded = (**entry).clone();
+                    if recorded.content.is_none() {
+                        recorded.content = stored.and_then(|s| s.entry.content);
+                    }
+                    records.push(StoredEntry {
+                        entry: recorded,
+                        local: Some(obs.local),
+                    });
+                }
+                Action::Delete {
+                    expected, version, ..
+                } => {
+                    let abs = folder.abs(&expected.path);
+                    let stored = folder.stored(&expected.path);
+                    let root = folder.root.clone();
+                    let rel = expected.path.clone();
+                    let keep = |p: &Path| archive(&root, &rel, p);
+                    let keep_ref: Option<&dyn Fn(&Path) -> Result<(), WriteError>> =
+                        (backup || versioning_on(&folder)).then_some(&keep);
+                    apply::delete(&abs, stored.as_ref(), expected.kind, keep_ref)?;
+                    let mut tomb = (**expected).clone();
+                    tomb.deleted = true;
+                    tomb.content = None;
+                    tomb.size = 0;
+                    tomb.version = version.clone();
+                    records.push(StoredEntry {
+                        entry: tomb,
+                        local: None,
+                    });
+                    report.lock().expect("poisoned").deleted += 1;
+                }
+                Action::RecordVersion { path, version } => {
+                    if let Some(mut s) = folder.stored(path) {
+                        if s.entry.version != *version {
+                            s.entry.version = version.clone();
+                            records.push(s);
+                        }
+                    }
+                }
+                Action::Copy { .. } => {}
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            fail(&report, e.to_string());
+        }
+        if let Action::Copy {
+            source,
+            replaces,
+            version,
+            from: Side::B,
+        } = action
+        {
+            while copies.len() >= PARALLEL_FILES {
+                drain_one(&mut copies, &mut finished, &report).await;
+            }
+            let mut entry = *source;
+            entry.version = version;
+            let job = CopyJob {
+                folder: Arc::clone(&folder),
+                replacing: replaces.is_some(),
+                entry,
+                local_map: Arc::clone(&local_map),
+                sources: Arc::clone(&sources),
+                peers: Arc::clone(&peers),
+                inflight: Arc::clone(&inflight),
+                bad: Arc::clone(&bad),
+                report: Arc::clone(&report),
+            };
+            copies.spawn(job.run());
+            if finished.len() >= BATCH_FILES {
+                commit_batch(
+                    &folder,
+                    std::mem::take(&mut finished),
+                    &mut records,
+                    &report,
+                    backup,
+                );
+            }
+        }
+    }
+    drain(&mut copies, &mut finished, &report).await;
+    commit_batch(&folder, finished, &mut records, &report, backup);
+    for (abs, entry) in made_dirs.iter().rev() {
+        let _ = std::fs::set_permissions(
+            abs,
+            std::os::unix::fs::PermissionsExt::from_mode(entry.permissions),
+        );
+        let _ = write::set_mtime_nofollow(abs, entry.mtime);
+    }
+    if let Err(e) = write::sync_filesystem(&folder.root) {
+        fail(&report, e.to_string());
+    }
+    if let Err(e) = folder.record(&db, records, forget) {
+        fail(&report, format!("recording the index: {e:#}"));
+    }
+    for peer in bad.lock().expect("poisoned").iter() {
+        peers.mark_bad(*peer, folder.share);
+    }
+    let r = report.lock().expect("poisoned").clone();
+    r
+}
+
+async fn drain(
+    set: &mut JoinSet<Result<Finished, String>>,
+    out: &mut Vec<Finished>,
+    report: &Mutex<ApplyReport>,
+) {
+    while !set.is_empty() {
+        drain_one(set, out, report).await;
+    }
+}
+
+async fn drain_one(
+    set: &mut JoinSet<Result<Finished, String>>,
+    out: &mut Vec<Finished>,
+    report: &Mutex<ApplyReport>,
+) {
+    match set.join_next().await {
+        Some(Ok(Ok(f))) => out.push(f),
+        Some(Ok(Err(e))) => report.lock().expect("poisoned").errors.push(e),
+        Some(Err(e)) => report
+            .lock()
+            .expect("poisoned")
+            .errors
+            .push(format!("copy task failed: {e}")),
+        None => {}
+    }
+}
+
+/// Flushes finished files and renames them into place.
+fn commit_batch(
+    folder: &Folder,
+    batch: Vec<Finished>,
+    records: &mut Vec<StoredEntry>,
+    report: &Mutex<ApplyReport>,
+    keep_replaced: bool,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = write::sync_filesystem(&folder.root) {
+        report.lock().expect("poisoned").errors.push(e.to_string());
+        return;
+    }
+    for f in batch {
+        let result = (|| -> Result<_, WriteError> {
+            let mut expected = f.expected.as_ref();
+            if expected.is_some() && (keep_replaced || versioning_on(folder)) {
+                // The old version goes to versions first, then the new one
+                // takes an empty place.
+                write::check_unchanged(&f.target, expected)?;
+                archive(&folder.root, &f.entry.path, &f.target)?;
+                expected = None;
+            }
+            apply::commit_partial(&f.partial, &f.target, expected)
+        })();
+        match result {
+            Ok(obs) => {
+                report.lock().expect("poisoned").files += 1;
+                records.push(StoredEntry {
+                    entry: f.entry,
+                    local: Some(obs.local),
+                });
+            }
+            Err(e) => report.lock().expect("poisoned").errors.push(e.to_string()),
+        }
+    }
+}
+
+fn versioning_on(folder: &Folder) -> bool {
+    !matches!(
+        folder.config.versioning,
+        crate::config::VersioningConfig::None
+    )
+}
+
+/// Moves a replaced or deleted file to `.meshsync/versions/`, named with
+/// the time it was archived (`name~YYYYMMDD-HHMMSS.ext`).
+fn archive(root: &Path, rel: &meshsync_core::path::RelPath, abs: &Path) -> Result<(), WriteError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let stamp = meshsync_core::conflict::format_utc_compact(now);
+    let name = rel.file_name();
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    let mut dir = root.join(meshsync_core::path::META_DIR).join("versions");
+    if let Some(parent) = rel.parent() {
+        dir = dir.join(parent.as_str());
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| WriteError::io(&dir, e))?;
+    let target = dir.join(format!("{stem}~{stamp}{ext}"));
+    std::fs::rename(abs, &target).map_err(|e| WriteError::io(abs, e))
+}
+
+fn ensure_parent(folder: &Folder, abs: &Path) -> Result<(), WriteError> {
+    let parent = abs.parent().expect("below the root");
+    let rel = parent.strip_prefix(&folder.root).expect("below the root");
+    write::ensure_real_dirs(&folder.root, rel, 0o755)
+}
+
+struct CopyJob<S> {
+    folder: Arc<Folder>,
+    replacing: bool,
+    entry: FileEntry,
+    local_map: Arc<ChunkMap>,
+    sources: Arc<ChunkSources<DeviceId>>,
+    peers: Arc<S>,
+    inflight: Arc<Mutex<HashMap<DeviceId, usize>>>,
+    bad: Arc<Mutex<HashSet<DeviceId>>>,
+    report: Arc<Mutex<ApplyReport>>,
+}
+
+impl<S: ChunkSource> CopyJob<S> {
+    async fn run(self) -> Result<Finished, String> {
+        let path = self.entry.path.clone();
+        self.fetch_file()
+            .await
+            .map_err(|e| format!("{}: {e:#}", self.folder.root.join(path.as_str()).display()))
+    }
+
+    async fn fetch_file(&self) -> Result<Finished> {
+        let entry = &self.entry;
+        if entry.kind != FileKind::File {
+            return Err(anyhow!("not a file"));
+        }
+        let content = entry
+            .content
+            .clone()
+            .ok_or_else(|| anyhow!("the announcing peer sent no chunk list"))?;
+        let target = self.folder.abs(&entry.path);
+        ensure_parent(&self.folder, &target)?;
+        let expected = if self.replacing {
+            self.folder.stored(&entry.path)
+        } else {
+            None
+        };
+        let (root, map) = (self.folder.root.clone(), Arc::clone(&self.local_map));
+        let content_for_start = content.clone();
+        let assembly = tokio::task::spawn_blocking(move || {
+            let empty = ChunkMap::default();
+            let mut reader = ChunkReader::new([&*map, &empty]);
+            Assembly::start(&root, &content_for_start, &mut reader)
+        })
+        .await??;
+        let assembly = Arc::new(assembly);
+        let mut fetches = JoinSet::new();
+        let mut fetched = 0u64;
+        for &(offset, chunk) in assembly.missing() {
+            while fetches.len() >= WINDOW_PER_PEER {
+                fetched += self.join_fetch(&mut fetches).await?;
+            }
+            let job = self.fetch_chunk(offset, chunk, Arc::clone(&assembly));
+            fetches.spawn(job);
+        }
+        while !fetches.is_empty() {
+            fetched += self.join_fetch(&mut fetches).await?;
+        }
+        {
+            let mut r = self.report.lock().expect("poisoned");
+            r.bytes_fetched += fetched;
+            r.bytes_local += assembly.bytes_local();
+        }
+        let assembly = Arc::try_unwrap(assembly).map_err(|_| anyhow!("assembly still shared"))?;
+        let partial = assembly.finish(entry.permissions, entry.mtime)?;
+        Ok(Finished {
+            partial,
+            target,
+            expected,
+            entry: entry.clone(),
+        })
+    }
+
+    async fn join_fetch(&self, set: &mut JoinSet<Result<u64>>) -> Result<u64> {
+        match set.join_next().await {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => Err(anyhow!("fetch task failed: {e}")),
+            None => Ok(0),
+        }
+    }
+
+    /// Fetches one chunk from the least busy holder, trying others if one
+    /// fails or sends bad bytes.
+    fn fetch_chunk(
+        &self,
+        offset: u64,
+        chunk: ChunkRef,
+        assembly: Arc<Assembly>,
+    ) -> impl Future<Output = Result<u64>> + Send + 'static {
+        let peers = Arc::clone(&self.peers);
+        let sources = Arc::clone(&self.sources);
+        let inflight = Arc::clone(&self.inflight);
+        let bad = Arc::clone(&self.bad);
+        let share = self.folder.share;
+        async move {
+            let mut tried: HashSet<DeviceId> = HashSet::new();
+            loop {
+                let connected = peers.connected();
+                let candidate = {
+                    let bad = bad.lock().expect("poisoned");
+                    let inflight = inflight.lock().expect("poisoned");
+                    sources
+                        .holders(&chunk.hash)
+                        .iter()
+                        .filter(|p| connected.contains(p) && !bad.contains(p) && !tried.contains(p))
+                        .min_by_key(|p| inflight.get(p).copied().unwrap_or(0))
+                        .copied()
+                };
+                let Some(peer) = candidate else {
+                    return Err(anyhow!(
+                        "no connected peer has chunk {} (tried {})",
+                        chunk.hash.to_hex(),
+                        tried.len()
+                    ));
+                };
+                tried.insert(peer);
+                *inflight.lock().expect("poisoned").entry(peer).or_default() += chunk.len as usize;
+                let result = peers.fetch(peer, share, chunk).await;
+                *inflight.lock().expect("poisoned").entry(peer).or_default() -= chunk.len as usize;
+                let bytes = match result {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::debug!("chunk {} from {peer:?}: {e:#}", chunk.hash.to_hex());
+                        continue;
+                    }
+                };
+                let a = Arc::clone(&assembly);
+                let written =
+                    tokio::task::spawn_blocking(move || a.write_chunk(offset, &chunk, &bytes))
+                        .await?;
+                match written {
+                    Ok(()) => return Ok(u64::from(chunk.len)),
+                    Err(WriteError::Verify { .. }) => {
+                        tracing::warn!(
+                            "peer {peer} sent a chunk that does not match its hash; not asking it again for this folder"
+                        );
+                        bad.lock().expect("poisoned").insert(peer);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+}
