@@ -46,4 +46,4 @@ pub use connection::{
     ReceivedBatch, RejectReason, Side,
 };
 pub use error::{CloseCode, ProtocolError, UsageError};
-pub use message::{PROTOCOL_VERSION, SUPPORTED_VERSIONS, VersionRange};
+pub use message::{PROTOCOL_VERSION, RefuseReason, SUPPORTED_VERSIONS, VersionRange};

@@ -7,6 +7,7 @@
 
 mod client;
 mod cmd_daemon;
+mod cmd_demo;
 mod cmd_key;
 mod cmd_sync;
 mod config;
@@ -51,6 +52,8 @@ enum Command {
     Join(cmd_daemon::JoinArgs),
     /// Run the daemon: keep the shared folders in sync with peers.
     Run,
+    /// Three devices on this machine sync a folder, an edit and a conflict.
+    Demo(cmd_demo::DemoArgs),
     /// This device's id, folders and peers.
     Status(cmd_daemon::StatusArgs),
     /// Scan a folder (or all) now.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Key(cmd) => cmd_key::run_key(cmd).map(|()| exit::SUCCESS),
+        Command::Demo(args) => cmd_demo::run(args),
         command => home::resolve(cli.home.as_deref()).and_then(|h| run_in_home(command, &h)),
     };
     match result {
@@ -118,7 +122,7 @@ fn restore_default_sigpipe() {
 fn run_in_home(command: Command, home: &std::path::Path) -> anyhow::Result<u8> {
     match command {
         Command::Sync(args) => cmd_sync::run(args, home),
-        Command::Key(_) => unreachable!("handled without a home"),
+        Command::Key(_) | Command::Demo(_) => unreachable!("handled without a home"),
         Command::Id => cmd_key::run_id(home).map(|()| exit::SUCCESS),
         Command::Init(args) => cmd_daemon::init(args, home),
         Command::Share(args) => cmd_daemon::share(args, home),

@@ -452,7 +452,17 @@ fn handle_event(
                 }
             }
         }
-        ProtoEvent::FolderRequested { share, .. } => {
+        ProtoEvent::FolderRequested { share, peer } => {
+            // Plaintext names and chunk hashes go only to a peer that proved
+            // it can read the folder (storage-only peers are not served yet).
+            if !peer.read_proven {
+                tracing::info!(
+                    "peer {} holds folder {share} without its data key; refused",
+                    link.device
+                );
+                let _ = proto.refuse_folder(share, meshsync_proto::message::RefuseReason::Refused);
+                return Ok(());
+            }
             if let Some(rt) = daemon.folder(&share) {
                 let offer = FolderOffer::fresh(index_id(daemon, &share), rt.folder.max_sequence());
                 if let Err(e) = proto.open_folder(&offered_key(&rt), offer) {
@@ -471,7 +481,8 @@ fn handle_event(
             }
         }
         ProtoEvent::IndexReceived { share, batch } => {
-            if link.bad_for.lock().expect("poisoned").contains(&share) {
+            let open = link.folders.lock().expect("poisoned").contains(&share);
+            if !open || link.bad_for.lock().expect("poisoned").contains(&share) {
                 return Ok(());
             }
             if let Some(rt) = daemon.folder(&share) {
@@ -504,7 +515,19 @@ fn handle_event(
     Ok(())
 }
 
-/// Sends each open folder's index entries the peer has not seen yet.
+/// Encoded bytes a batch may hold (well under the 16 MiB frame limit).
+const BATCH_BYTES: usize = 4 << 20;
+
+/// A generous estimate of an entry's encoded size.
+fn entry_size(e: &meshsync_core::entry::FileEntry) -> usize {
+    128 + e.path.as_str().len()
+        + e.content.as_ref().map_or(0, |c| 48 + 40 * c.chunks.len())
+        + 16 * e.version.counters().len()
+}
+
+/// Sends each open folder's index entries the peer has not seen yet, in
+/// batches bounded by entry count and encoded size; the last batch's range
+/// ends at the folder's current sequence.
 fn send_index_updates(daemon: &Daemon, proto: &mut Connection, sent: &mut HashMap<ShareId, u64>) {
     for (share, done) in sent.iter_mut() {
         let Some(rt) = daemon.folder(share) else {
@@ -515,16 +538,21 @@ fn send_index_updates(daemon: &Daemon, proto: &mut Connection, sent: &mut HashMa
             continue;
         }
         let entries = rt.folder.changes_since(*done);
+        let mut batches: Vec<&[meshsync_core::entry::FileEntry]> = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, e) in entries.iter().enumerate() {
+            let size = entry_size(e);
+            if i > start && (i - start >= MAX_BATCH_ENTRIES || bytes + size > BATCH_BYTES) {
+                batches.push(&entries[start..i]);
+                start = i;
+                bytes = 0;
+            }
+            bytes += size;
+        }
+        batches.push(&entries[start..]);
+        let count = batches.len();
         let mut first = *done + 1;
-        let batches: Vec<&[meshsync_core::entry::FileEntry]> =
-            entries.chunks(MAX_BATCH_ENTRIES).collect();
-        let count = batches.len().max(1);
-        for (i, batch) in batches
-            .into_iter()
-            .chain(std::iter::once(&[][..]))
-            .take(count)
-            .enumerate()
-        {
+        for (i, batch) in batches.into_iter().enumerate() {
             let last = if i + 1 == count {
                 max
             } else {
