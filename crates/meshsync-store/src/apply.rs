@@ -68,6 +68,9 @@ pub fn set_metadata(
     observe(abs)
 }
 
+/// Keeps a file instead of deleting it (moves it to versions).
+pub type KeepFile<'a> = &'a dyn Fn(&Path) -> Result<(), WriteError>;
+
 /// Deletes a file, symlink or (empty) directory, if it is still what the
 /// scan saw. With `keep_in`, a file is moved there instead of unlinked
 /// (versioning).
@@ -75,7 +78,7 @@ pub fn delete(
     abs: &Path,
     expected: Option<&StoredEntry>,
     kind: FileKind,
-    keep: Option<&dyn Fn(&Path) -> Result<(), WriteError>>,
+    keep: Option<KeepFile<'_>>,
 ) -> Result<(), WriteError> {
     write::check_unchanged(abs, expected)?;
     let result = match (kind, keep) {

@@ -457,7 +457,7 @@ impl Control for Daemon {
         for rt in self.all_folders() {
             let matches = folder
                 .as_ref()
-                .is_none_or(|p| std::fs::canonicalize(p).map_or(false, |c| c == rt.folder.root));
+                .is_none_or(|p| std::fs::canonicalize(p).is_ok_and(|c| c == rt.folder.root));
             if matches {
                 any = true;
                 rt.scan_requested.store(true, Ordering::SeqCst);

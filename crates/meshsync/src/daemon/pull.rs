@@ -177,7 +177,7 @@ pub async fn apply<S: ChunkSource>(
                     let root = folder.root.clone();
                     let rel = expected.path.clone();
                     let keep = |p: &Path| archive(&root, &rel, p);
-                    let keep_ref: Option<&dyn Fn(&Path) -> Result<(), WriteError>> =
+                    let keep_ref: Option<apply::KeepFile<'_>> =
                         (backup || versioning_on(&folder)).then_some(&keep);
                     apply::delete(&abs, stored.as_ref(), expected.kind, keep_ref)?;
                     let mut tomb = (**expected).clone();
@@ -192,11 +192,11 @@ pub async fn apply<S: ChunkSource>(
                     report.lock().expect("poisoned").deleted += 1;
                 }
                 Action::RecordVersion { path, version } => {
-                    if let Some(mut s) = folder.stored(path) {
-                        if s.entry.version != *version {
-                            s.entry.version = version.clone();
-                            records.push(s);
-                        }
+                    if let Some(mut s) = folder.stored(path)
+                        && s.entry.version != *version
+                    {
+                        s.entry.version = version.clone();
+                        records.push(s);
                     }
                 }
                 Action::Copy { .. } => {}
@@ -259,8 +259,7 @@ pub async fn apply<S: ChunkSource>(
     for peer in bad.lock().expect("poisoned").iter() {
         peers.mark_bad(*peer, folder.share);
     }
-    let r = report.lock().expect("poisoned").clone();
-    r
+    report.lock().expect("poisoned").clone()
 }
 
 async fn drain(
