@@ -26,6 +26,25 @@ pub struct WinnerKey {
     pub content: Option<crate::ids::Hash>,
     /// Size in bytes.
     pub size: u64,
+    /// A digest of everything else that can differ (kind, permissions,
+    /// symlink target), so that the order is total: two copies that tie on
+    /// all of it are the same, whichever wins.
+    pub state: crate::ids::Hash,
+}
+
+/// The winner key of an entry changed last by `device`.
+pub fn winner_key(e: &crate::entry::FileEntry, device: ShortId) -> WinnerKey {
+    let mut h = blake3::Hasher::new();
+    h.update(&[e.kind as u8, u8::from(e.deleted)]);
+    h.update(&e.permissions.to_le_bytes());
+    h.update(e.symlink_target.as_deref().unwrap_or("").as_bytes());
+    WinnerKey {
+        mtime: e.mtime,
+        device,
+        content: e.content.as_ref().map(|c| c.hash),
+        size: e.size,
+        state: h.finalize().into(),
+    }
 }
 
 /// The name the losing copy of `path` is kept under.
@@ -134,6 +153,7 @@ mod tests {
             device: ShortId(dev),
             content: hash.map(|b| crate::ids::Hash([b; 32])),
             size: 1,
+            state: crate::ids::Hash([0; 32]),
         };
         assert!(key(2, 1, None) > key(1, 9, None));
         assert!(key(1, 9, None) > key(1, 1, None));

@@ -77,17 +77,13 @@ fn prefer(candidate: &FileEntry, current: &FileEntry) -> bool {
 }
 
 fn key(e: &FileEntry) -> WinnerKey {
-    WinnerKey {
-        mtime: e.mtime,
-        device: e
-            .version
-            .counters()
-            .iter()
-            .max_by_key(|(d, c)| (*c, *d))
-            .map_or(ShortId(0), |(d, _)| *d),
-        content: e.content.as_ref().map(|c| c.hash),
-        size: e.size,
-    }
+    let device = e
+        .version
+        .counters()
+        .iter()
+        .max_by_key(|(d, c)| (*c, *d))
+        .map_or(ShortId(0), |(d, _)| *d);
+    crate::conflict::winner_key(e, device)
 }
 
 /// Which peers announced holding each chunk (any index, authoritative or not).

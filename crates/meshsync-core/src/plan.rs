@@ -201,6 +201,12 @@ pub enum Action {
         /// The tombstone's version, recorded on both sides.
         version: VersionVector,
         /// Made to make room for another kind of entry (runs before copies).
+        /// Executors record no tombstone for it: the write that follows
+        /// records the path. If that write never happens (a crash, a dropped
+        /// connection), the next scan finds the path gone and records a
+        /// local delete, which a concurrent change still beats; a recorded
+        /// tombstone with this version would instead claim the write that
+        /// never landed, and let a third device's change win silently.
         making_room: bool,
     },
     /// Both sides already agree: record the merged version on both.
@@ -574,11 +580,8 @@ fn winner(a: &FileEntry, b: &FileEntry, input: &PlanInput<'_>) -> Side {
         (true, false) => Side::A,
         (false, true) => Side::B,
         _ => {
-            let key = |e: &FileEntry, own: ShortId| conflict::WinnerKey {
-                mtime: e.mtime,
-                device: last_changer(&e.version).unwrap_or(own),
-                content: e.content.as_ref().map(|c| c.hash),
-                size: e.size,
+            let key = |e: &FileEntry, own: ShortId| {
+                conflict::winner_key(e, last_changer(&e.version).unwrap_or(own))
             };
             if key(a, input.a_device) >= key(b, input.b_device) {
                 Side::A

@@ -47,7 +47,7 @@ impl VersionVector {
     /// largest counter in the vector, so a new change is never mistaken for an
     /// old one even after merges.
     pub fn bump(&mut self, device: ShortId) {
-        self.bump_at(device, 0);
+        let _ = self.bump_at(device, 0);
     }
 
     /// Records a change by `device` whose own clock reads `clock` (a value
@@ -56,9 +56,15 @@ impl VersionVector {
     /// the vector. With a device clock, a device that crashed before saving
     /// its index can never hand out a counter it already gave a peer: its
     /// next change is still newer than anything it said before.
-    pub fn bump_at(&mut self, device: ShortId, clock: u64) {
+    ///
+    /// Returns the counter given, so the caller can remember the largest it
+    /// ever issued and pass one more as the next `clock` (a device must never
+    /// issue a counter twice for a path; a clock in seconds alone could).
+    pub fn bump_at(&mut self, device: ShortId, clock: u64) -> u64 {
         let next = self.0.iter().map(|(_, c)| *c).max().unwrap_or(0) + 1;
-        self.set(device, next.max(clock));
+        let counter = next.max(clock);
+        self.set(device, counter);
+        counter
     }
 
     fn set(&mut self, device: ShortId, counter: u64) {

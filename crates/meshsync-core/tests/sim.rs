@@ -6,93 +6,122 @@
 //! - **Devices** (2–6), each with an in-memory folder ([`sim::fs::Tree`]:
 //!   path -> file bytes / directory / symlink text, mode, mtime, inode,
 //!   ctime), a stored index ([`sim::scan::Snapshot`]), a short id and a clock
-//!   skew. A global virtual clock moves only when a history says so.
+//!   skew of -2..2 s. A global virtual clock (whole seconds) moves only when
+//!   a history says so, so same-second changes are common.
 //! - **Users** create, edit, delete, rename and chmod files, directories and
-//!   symlinks; a rename (of a directory too) is a delete plus a create with
-//!   the same bytes. Several devices change the same paths concurrently:
-//!   paths are built from four names, three levels deep.
+//!   symlinks. A rename (of a directory too) is a delete plus a create with
+//!   the same bytes; every write of bytes makes a new inode (as editors do);
+//!   a directory's ctime does not move when entries are added in it. Paths
+//!   come from four names, three levels deep, so devices collide.
 //! - **Syncs** between two devices work as `meshsync sync` does
-//!   (`meshsync-store`'s `local_sync.rs`): scan both trees exactly as the
-//!   real scanner would ([`sim::scan`]), hash what
+//!   (`meshsync-store`'s `scan.rs` and `local_sync.rs`): scan both trees as
+//!   the real scanner would ([`sim::scan`], counters from
+//!   `VersionVector::bump_at` with the device clock), hash what
 //!   [`meshsync_core::plan::content_needed`] names, call
 //!   [`meshsync_core::plan::plan`], run the actions as the real executor does
-//!   ([`sim::exec`]: every action checks the disk is still as scanned), and
-//!   commit each side's index at the end.
-//! - **The network** ([`sim::generate`]) decides which pair syncs when: requests
-//!   are delayed and overtake each other, are dropped or duplicated, and are
-//!   cut by partitions. A sync may stop after any action (the connection
-//!   drops, or a crash), either device may lose the sync's index updates
-//!   (a crash before the index commit: the disk keeps what was done, the
-//!   next scan re-derives the index), and a user may change a file between
-//!   the plan and its execution.
-//! - **Quiescence**: after the history, every partition heals and all pairs
-//!   sync, round after round (the clock moving one second per round), until
-//!   a whole round plans nothing at all (12 rounds at most).
+//!   ([`sim::exec`]: each checks the disk is still as scanned; the target
+//!   records the source's entry with the action's version, the source records
+//!   the version; a conflict loser is renamed and its old name forgotten
+//!   until the winner lands), and commit each side's index.
+//! - **The network** ([`sim::generate`]) decides which pair syncs when:
+//!   requests are delayed and overtake each other, are dropped or delivered
+//!   twice, and are dropped across partitions. A sync may stop after any
+//!   action (the connection drops); either device may crash before its index
+//!   commit, losing what the run recorded while its disk keeps what was done
+//!   (both crashing also loses the scans, as `meshsync sync`'s single
+//!   transaction would); a user may change a path between plan and execution.
+//!   Scans are committed before the exchange: DESIGN's flow persists an
+//!   observation before any peer sees it, and the core relies on that (a
+//!   device that forgot a scan a peer kept could hand out its counter twice).
+//! - **Quiescence**: after the history, partitions heal and all pairs sync,
+//!   round after round (the clock moving one second per round), until a whole
+//!   round plans nothing at all; 12 rounds at most.
 //!
 //! # The invariants
 //!
-//! Checked at every sync:
-//! - (3) every path an action names is a valid [`RelPath`] (it round-trips
-//!   through [`RelPath::new`]), not internal, and is in one of the two indexes
-//!   or is the conflict-copy name the same plan chose (a sibling named
-//!   `*.sync-conflict-*`, free on both sides); each action's `expected`,
-//!   `replaces` and `source` are the scanned entries; every version an action
-//!   records dominates both sides' versions of that path;
+//! At every sync:
+//! - (3) every path an action names is a valid [`meshsync_core::path::RelPath`]
+//!   (it round-trips through `RelPath::new`), not internal, and is in one of
+//!   the two indexes or is the conflict-copy name the same plan chose (a
+//!   sibling named `*.sync-conflict-*`, free on both sides); each action's
+//!   `expected`, `replaces` and `source` are the scanned entries; every
+//!   version an action records dominates both sides' versions of the path;
 //! - a device's recorded version of a path never goes backwards;
 //! - the executor refuses nothing when nothing changed since the scan;
+//! - planning with the sides swapped gives the mirror image of the plan
+//!   (every device picks the same winner, whichever side it plays);
 //! - right after a clean sync (complete, no crash, no race), planning the
-//!   same pair again gives an empty plan (the sync is idempotent);
-//! - one-way: no action writes to the source, and none deletes without
-//!   `--delete` except to make room for a kind change.
+//!   same pair again gives an empty plan;
+//! - one-way: no action writes to the source, the source's tree does not
+//!   change, and nothing is deleted without `--delete` except to make room
+//!   for a kind change.
 //!
-//! Checked at quiescence:
+//! At quiescence:
 //! - (1) convergence: every device has the same paths, with the same kind,
-//!   bytes (or link text), mode and, for files, mtime;
-//! - (2) nothing lost. The oracle gives every user write (a file's bytes or
-//!   a symlink's text, written at path P) a tag that travels with the bytes
-//!   on disk, never through an index. A write is *retired* when a user
-//!   operation on a device whose disk then held it replaces, deletes or
-//!   renames it there: that user saw it and chose to drop it. Every write not
-//!   retired must be, at quiescence, on every device at P or at a conflict
-//!   copy of P (P's name with `.sync-conflict-…` inserted, perhaps more than
-//!   once). So a version that lost a conflict must survive as a conflict
-//!   copy, a change beats a concurrent delete, and a sync never overwrites a
-//!   change it did not see. The rule is stricter than "scanned at a sync
-//!   point": writes that no scan saw before a sync overwrote them count too;
+//!   bytes or link text, mode and, for files, mtime;
+//! - (2) nothing lost. Every user write (a file's bytes or a symlink's text
+//!   at path P) gets a tag that travels with the bytes on disk (copies,
+//!   renames), never through an index, so the planner cannot see it. A
+//!   write is *dropped* when a user on a device whose disk held it replaces,
+//!   deletes or renames it, and the drop counts once that device's next scan
+//!   records a change there; a scan that finds the path unchanged with the
+//!   same bytes (a rename there and back, the same bytes written again)
+//!   makes the drop void. Writes that a scan or a sync records as one version
+//!   (identical bytes at the same path) drop together. Every write not
+//!   dropped must be, at quiescence, at P or at a conflict copy of P (P's
+//!   name with `.sync-conflict-…` inserted, perhaps several times, perhaps
+//!   numbered). So a version that lost a conflict survives as a conflict
+//!   copy, a change beats a concurrent delete, and no sync overwrites a
+//!   change it did not see. This is stricter than "scanned at a sync point":
+//!   a write no scan saw before a sync overwrote it counts too;
 //! - (4) idempotence: for every ordered pair, a new plan is empty (no
 //!   actions, not even version records, and no refusals);
 //! - one-way (A → B, with and without `--delete`): B holds A's live set
-//!   (same kind, mode, mtime and size; bytes too in checksum mode), plus
-//!   its own extras without `--delete`, none with it; the only refusal
-//!   allowed is a non-empty directory on B where A has a file, without
-//!   `--delete`.
+//!   (same kind, mode and mtime; same size, and same bytes in checksum mode:
+//!   metadata mode trusts size + mtime, as rsync does), plus its own extras
+//!   without `--delete` and none with it; the only refusal allowed is a
+//!   non-empty directory on B where A has a file, without `--delete`.
+//!
+//! Known open core bugs are stepped around in the sweeps ([`sim::world::Tolerate`]),
+//! each pinned by a `bugN_seed…` regression test that fails until it is
+//! fixed; drop the switch with the fix.
 //!
 //! # Running
 //!
-//! - `cargo test -p meshsync-core --test sim` runs a few thousand histories
-//!   from fixed seeds.
+//! - `cargo test -p meshsync-core --test sim` runs about 6,700 histories
+//!   from fixed seeds (a few seconds in debug) and the regression tests.
 //! - A failure prints its seed, the command that replays it
-//!   (`SIM_SEED=… cargo test -p meshsync-core --test sim <test>`; with
-//!   `SIM_SEED` set a sweep runs only that seed), and the history shrunk to
-//!   the fewest devices, steps and simplest syncs that still break the same
-//!   invariant, as Rust code for a regression test, with a trace of every
-//!   plan and both devices' trees and indexes at the end.
+//!   (`SIM_SEED=… cargo test -p meshsync-core --test sim <test>`: with
+//!   `SIM_SEED` set, a sweep runs only that seed), and the history shrunk to
+//!   the fewest devices and steps and the simplest syncs that still break the
+//!   same invariant, as Rust code for a regression test, with a trace of
+//!   every plan and both trees and indexes at the end.
 //! - `SIM_SOAK_SECS=600 cargo test -p meshsync-core --test sim --release --
-//!   --nocapture soak` runs random seeds for that long on one core and
-//!   prints histories per second; `SIM_SOAK_SEED` fixes the first seed.
+//!   --nocapture soak` runs random seeds on one core for that long and prints
+//!   histories per second (`SIM_SOAK_SEED` fixes the first seed;
+//!   `SIM_DEVICES=3 SIM_STEPS=30` fix the shape; `SIM_STORE_FORGET=1` mirrors
+//!   the store's executor where it forgets a conflict loser's name for good).
+//!
+//! # What it does not model (yet)
+//!
+//! Ignore rules, case-insensitive file systems and name collisions, the
+//! incremental index exchange by sequence number (each sync plans from two
+//! full indexes), multi-peer planning (`global.rs`), chunk transfer and
+//! partial files, read-only and encrypted peers, folder modes other than
+//! send-receive, clocks that go backwards, in-place edits that keep size,
+//! mtime and inode, and errors (EIO, ENOSPC) from the file system.
 //!
 //! # What the harness must never do
 //!
-//! Decide anything itself that the core decides (who wins, what to copy,
-//! what a conflict copy is called): it only scans, asks the planner and
-//! executes. It never reads the wall clock or an unseeded random source
-//! inside a history, so a seed replays bit for bit; only the soak loop
-//! looks at the wall clock, to know when to stop.
+//! Decide anything the core decides (who wins, what to copy, what a conflict
+//! copy is called): it only scans, asks the planner and executes. It never
+//! reads the wall clock or an unseeded random source inside a history, so a
+//! seed replays bit for bit; only the soak loop looks at the wall clock, to
+//! know when to stop.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use meshsync_core::path::RelPath;
 use meshsync_core::plan::Direction;
 
 mod sim {
@@ -110,7 +139,7 @@ use sim::shrink::shrink;
 use sim::world::*;
 
 /// Histories per sweep test under `cargo test`.
-const SWEEP: u64 = 1500;
+const SWEEP: u64 = 4000;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -120,6 +149,27 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
+/// The shape of seed `seed`'s history; `SIM_DEVICES` and `SIM_STEPS` fix
+/// it (for measuring; a replay needs the same variables).
+fn shape_of(seed: u64) -> Shape {
+    let mut shape = Shape::for_seed(seed);
+    if let Some(d) = env_u64("SIM_DEVICES") {
+        shape.devices = (d as usize).clamp(2, 6);
+    }
+    if let Some(n) = env_u64("SIM_STEPS") {
+        shape.steps = n as usize;
+    }
+    shape
+}
+
+/// The environment a replay needs besides `SIM_SEED`.
+fn replay_env() -> String {
+    ["SIM_DEVICES", "SIM_STEPS", "SIM_STORE_FORGET"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v} ")))
+        .collect()
+}
+
 /// Shrinks a failing seed's history and writes up everything needed to
 /// replay and understand it.
 fn report(cfg: &Config, test: &str, seed: u64, history: &History, v: &Violation) -> String {
@@ -127,7 +177,8 @@ fn report(cfg: &Config, test: &str, seed: u64, history: &History, v: &Violation)
     let (again, world) = run_history(cfg, &small, true);
     let mut out = String::new();
     out.push_str(&format!(
-        "\n==== seed {seed}: {v}\nreplay: SIM_SEED={seed} cargo test -p meshsync-core --test sim {test}\n"
+        "\n==== seed {seed}: {v}\nreplay: {}SIM_SEED={seed} cargo test -p meshsync-core --test sim {test}\n",
+        replay_env()
     ));
     out.push_str(&format!(
         "minimal history ({} devices, {} of {} steps):\n{small}\n",
@@ -162,7 +213,7 @@ fn sweep(test: &str, cfg: &Config, first: u64, count: u64) -> Stats {
     let mut stats = Stats::default();
     let mut failures: BTreeMap<Kind, (u64, History, Violation, usize)> = BTreeMap::new();
     for seed in seeds {
-        let (history, verdict, world) = run_generated(cfg, seed, Shape::for_seed(seed));
+        let (history, verdict, world) = run_generated(cfg, seed, shape_of(seed));
         stats.add(&world.stats);
         if let Err(v) = verdict {
             failures
@@ -184,12 +235,20 @@ fn sweep(test: &str, cfg: &Config, first: u64, count: u64) -> Stats {
     stats
 }
 
-/// The sweeps step around the known core bugs (each pinned by a failing
-/// regression test below), so that they keep finding new ones.
+/// The sweeps check every invariant: the bugs they once had to step around
+/// (see [`Tolerate`]) are fixed. `SIM_TOLERATE=1` steps around them again
+/// (to study a new bug while an old one is reintroduced), and
+/// `SIM_STORE_FORGET=1` mirrors the store's executor as it was before it
+/// applied forgotten names first (see [`Config::forget_wins`]).
 fn swept(direction: Direction) -> Config {
+    let tolerate = std::env::var_os("SIM_TOLERATE").is_some();
     Config {
         direction,
-        tolerate: Tolerate::all(),
+        tolerate: Tolerate {
+            winner_ties: tolerate,
+            room_cut: tolerate,
+        },
+        forget_wins: std::env::var_os("SIM_STORE_FORGET").is_some(),
         ..Config::default()
     }
 }
@@ -247,7 +306,7 @@ fn soak() {
             4 => 2,
             _ => 0,
         };
-        let (history, verdict, world) = run_generated(&modes[mode].1, seed, Shape::for_seed(seed));
+        let (history, verdict, world) = run_generated(&modes[mode].1, seed, shape_of(seed));
         stats.add(&world.stats);
         if let Err(v) = verdict {
             failures
@@ -285,7 +344,214 @@ fn soak() {
     }
 }
 
-#[allow(dead_code)]
-fn p(s: &str) -> RelPath {
-    RelPath::new(s).unwrap()
+/// Replays `history` under the strict configuration (no bug stepped
+/// around) and panics with a trace if an invariant breaks.
+fn replay(skews: &[i64], steps: Vec<Step>) {
+    replay_with(&Config::default(), skews, steps);
+}
+
+fn replay_with(cfg: &Config, skews: &[i64], steps: Vec<Step>) {
+    let history = History {
+        skews: skews.to_vec(),
+        steps,
+    };
+    let (verdict, world) = run_history(cfg, &history, true);
+    if let Err(v) = verdict {
+        let mut msg = format!("{v}\n{history}\ntrace:\n");
+        for line in world.trace.iter().flatten().chain(world.dump().iter()) {
+            msg.push_str(&format!("  {line}\n"));
+        }
+        panic!("{msg}");
+    }
+}
+
+// Regression tests: one per bug the simulation found, named after it, with
+// the seed that found it and the shrunk (or hand-shrunk) history.
+
+/// Seed 219: two concurrent edits of equal size and mtime were taken as
+/// equal in metadata mode; one was silently lost (fixed in e3d07f8).
+#[test]
+fn bug1_seed219_concurrent_edits_with_same_size_and_mtime_both_kept() {
+    replay(
+        &[0, 0],
+        vec![write(0, "c.txt", 7), write(1, "c.txt", 0), sync(0, 1)],
+    );
+}
+
+/// Seed 3: a tombstone against a device that never had the path planned a
+/// version record the executor cannot make, forever (fixed in e3d07f8).
+#[test]
+fn bug2_seed3_tombstone_against_never_seen_path_settles() {
+    replay(
+        &[0, 0, 0],
+        vec![symlink(1, "a", 0), sync(0, 1), remove(0, "a")],
+    );
+}
+
+/// Seed 31: a directory deleted on one side while a new child in it wins
+/// was planned for deletion ("directory is not empty") (fixed in e3d07f8).
+#[test]
+fn bug3_seed31_directory_with_surviving_child_is_kept() {
+    replay(
+        &[0, 0, 0],
+        vec![
+            mkdir(1, "b"),
+            sync(1, 0),
+            mkdir_mode(2, "c.txt", 0o700),
+            sync(0, 2).race(write(0, "b/b", 2)),
+            rename(2, "b", "c.txt/d"),
+        ],
+    );
+}
+
+/// Seeds 939, 100565: a directory replaced by a file deleted, to make room,
+/// a child created concurrently under it on the other device (fixed in
+/// e3d07f8: a conflict).
+#[test]
+fn bug4_seed100565_kind_change_keeps_concurrent_child() {
+    replay(
+        &[0, 0],
+        vec![
+            mkdir(0, "d"),
+            sync(0, 1),
+            write(1, "d/x", 5),
+            remove(0, "d"),
+            write(0, "d", 6),
+        ],
+    );
+}
+
+/// Seeds 989, 100077: deletes that make room recorded the parent's version
+/// on each child, which need not dominate the child's own (fixed in e3d07f8).
+#[test]
+fn bug4_seed100077_making_room_tombstones_dominate_the_child() {
+    replay(
+        &[0, 0],
+        vec![
+            mkdir(1, "d"),
+            sync(1, 0),
+            symlink(0, "d/a", 0),
+            sync(1, 0),
+            remove(1, "d"),
+            write(1, "d", 8),
+        ],
+    );
+}
+
+/// Seed 1259: after losing index updates in a crash, a device's next
+/// change got a counter below one its peer held, so the change lost to an
+/// older version (fixed in e3d07f8: device-clock counters, `bump_at`).
+#[test]
+fn bug5_seed1259_change_after_crash_is_not_older_than_before() {
+    replay(
+        &[0, 0, -1],
+        vec![
+            tick(1),
+            write(0, "d", 5),
+            sync(2, 0),
+            tick(1),
+            write(2, "d", 15),
+            tick(3914),
+            write(0, "d", 11),
+            tick(1),
+            sync(2, 0).crash(true, false),
+            write(2, "d.sync-conflict-20231114-231838-DAAAAAA", 9),
+        ],
+    );
+}
+
+/// Seed 191: a conflict copy's name was taken by an earlier conflict in the
+/// same second (the "last changer" after a merge named the wrong device),
+/// and the conflict was refused (fixed in e3d07f8: numbered names).
+#[test]
+fn bug6_seed191_second_conflict_in_the_same_second_gets_a_free_name() {
+    replay(
+        &[0, 0, 0],
+        vec![
+            write(2, "a", 13),
+            sync(2, 0),
+            tick(1),
+            write(2, "a", 16),
+            write(1, "a", 7),
+        ],
+    );
+}
+
+/// Seed 402209 (open): the conflict winner order is not total: two copies
+/// with the same mtime, last changer, content and size but another mode tie,
+/// and side A wins, so whether a chmod survives depends on which device
+/// starts the sync.
+#[test]
+fn bug7_seed402209_winner_does_not_depend_on_who_starts_the_sync() {
+    replay(
+        &[0, 0, 0],
+        vec![
+            write(2, "a", 12),
+            write(0, "a", 16),
+            sync(1, 2),
+            sync(0, 1),
+            chmod(2, "a", 0o755),
+        ],
+    );
+}
+
+/// Seed 523482 (open): a delete that makes room for a newer entry of
+/// another kind records the merged version, which already includes the
+/// incoming write. Cut after the delete, the tombstone claims that write; a
+/// concurrent change from a third device then beats the tombstone and
+/// dominates the write, which is lost without a conflict copy.
+#[test]
+fn bug8_seed523482_interrupted_kind_change_loses_nothing() {
+    replay(
+        &[0, 0, 0],
+        vec![
+            mkdir(1, "a"),
+            sync(0, 1),
+            remove(0, "a"),
+            write(0, "a", 5),
+            sync(0, 1).stop_after(1),
+            write(2, "a", 7),
+            sync(1, 2),
+        ],
+    );
+}
+
+/// The same, as the simulation first found it.
+#[test]
+fn bug8_seed523482_as_found() {
+    replay(
+        &[0, 0, 2, 0],
+        vec![
+            symlink(2, "a", 3),
+            write(3, "a", 1),
+            mkdir(1, "a"),
+            sync(0, 3),
+            sync(0, 2),
+            sync(3, 0).stop_after(1),
+            sync(1, 3),
+        ],
+    );
+}
+/// Seed 675677 (open): `bump_at` takes counters from the device clock in
+/// whole seconds, so two changes by one device in the same second share a
+/// counter. A conflict copy inherits the loser's vector ({d0:6,d1:9}); after
+/// a crash lost that record, the user's new write at the copy's path, in the
+/// same second, gets {d1:9}, is dominated, and is overwritten.
+#[test]
+fn bug9_seed675677_new_change_in_the_same_second_is_not_older() {
+    replay(
+        &[0, 0],
+        vec![
+            tick(6),
+            write(0, "c.txt", 12),
+            sync(1, 0),
+            tick(1),
+            write(0, "c.txt", 2),
+            tick(2),
+            chmod(1, "c.txt", 0o600),
+            sync(1, 0).crash(true, false),
+            write(1, "c.sync-conflict-20231114-221329-CAAAAAA.txt", 18),
+            sync(1, 0),
+        ],
+    );
 }

@@ -84,6 +84,17 @@ pub struct TreeMeta {
     pub sequence: u64,
     /// Synced two-way before: its `.meshsync` marker must be there.
     pub two_way: bool,
+    /// The largest version counter this tree ever issued: the next change
+    /// gets a larger one, even after a crash lost an index record.
+    pub last_counter: u64,
+}
+
+impl TreeMeta {
+    /// The clock to scan with: the wall clock, but never below a counter
+    /// issued before.
+    pub fn clock(&self, now_unix_secs: i64) -> u64 {
+        (now_unix_secs.max(0) as u64).max(self.last_counter + 1)
+    }
 }
 
 /// An open index database.

@@ -245,11 +245,17 @@ pub fn sync_paths(
     let scan_opts = ScanOptions {
         hash: policy,
         threads: opts.threads.div_ceil(2).max(2),
-        clock: opts.now_unix_secs.max(0) as u64,
+        clock: 0,
     };
     let (scan_a, scan_b) = std::thread::scope(|s| {
-        let a = s.spawn(|| scan_tree(&trees[0], stored_a, &ignore, &scan_opts));
-        let b = scan_tree(&trees[1], stored_b, &ignore, &scan_opts);
+        let opts_for = |t: &Tree| ScanOptions {
+            clock: t.meta.clock(opts.now_unix_secs),
+            ..scan_opts.clone()
+        };
+        let (opts_a, opts_b) = (opts_for(&trees[0]), opts_for(&trees[1]));
+        let (tree_a, rules) = (&trees[0], &ignore);
+        let a = s.spawn(move || scan_tree(tree_a, stored_a, rules, &opts_a));
+        let b = scan_tree(&trees[1], stored_b, &ignore, &opts_b);
         (a.join().expect("scan thread panicked"), b)
     });
     let mut report = SyncReport {
@@ -273,8 +279,10 @@ pub fn sync_paths(
             write::remove_stale_temps(&s.stale_temps);
         }
     }
-    trees[0].meta.sequence = scans[0].sequence;
-    trees[1].meta.sequence = scans[1].sequence;
+    for i in 0..2 {
+        trees[i].meta.sequence = scans[i].sequence;
+        trees[i].meta.last_counter = trees[i].meta.last_counter.max(scans[i].last_counter);
+    }
 
     let plan = plan_with_content(&trees, &mut scans, opts, &mut report);
     report.files_total = scans
@@ -304,14 +312,17 @@ pub fn sync_paths(
     for (i, s) in [scan_a, scan_b].into_iter().enumerate() {
         let mut index = s.index;
         let mut paths: std::collections::BTreeSet<RelPath> = s.changed.into_iter().collect();
-        for (path, entry) in std::mem::take(&mut run_updates[i]) {
-            index.insert(path.clone(), entry);
-            paths.insert(path);
-        }
+        // Forgotten names first: a conflict loser's old name is forgotten and
+        // then (usually) taken by the winner's copy, which must stay.
         for path in std::mem::take(&mut run_removals[i]) {
             paths.remove(&path);
             index.remove(&path);
             removals[i].push(path);
+        }
+        for (path, entry) in std::mem::take(&mut run_updates[i]) {
+            index.insert(path.clone(), entry);
+            removals[i].retain(|p| p != &path);
+            paths.insert(path);
         }
         removals[i].extend(s.forgotten);
         changed[i] = paths.into_iter().collect();
@@ -380,6 +391,7 @@ fn open_tree(db: &IndexDb, root: PathBuf) -> Result<Tree, SyncError> {
         short_id: db::short_id_for(&tree_id),
         sequence: 0,
         two_way: false,
+        last_counter: 0,
     });
     Ok(Tree {
         root,
@@ -748,8 +760,8 @@ impl<'a> Run<'a> {
                 side,
                 expected,
                 version,
-                ..
-            } => self.delete(side_index(*side), expected, version),
+                making_room,
+            } => self.delete(side_index(*side), expected, version, *making_room),
             Action::RecordVersion { path, version } => {
                 self.record_version(0, path, version, None);
                 self.record_version(1, path, version, None);
@@ -992,9 +1004,20 @@ impl<'a> Run<'a> {
         side: usize,
         expected: &FileEntry,
         version: &VersionVector,
+        making_room: bool,
     ) -> Result<(), WriteError> {
         let abs = self.abs(side, &expected.path);
         apply::delete(&abs, self.stored(side, &expected.path), expected.kind, None)?;
+        self.counters.files_deleted.fetch_add(1, Ordering::Relaxed);
+        if making_room {
+            // No tombstone (see `Action::Delete::making_room`): forgotten
+            // here; the write that follows records the path.
+            self.removals[side]
+                .lock()
+                .expect("poisoned")
+                .push(expected.path.clone());
+            return Ok(());
+        }
         let mut tomb = expected.clone();
         tomb.deleted = true;
         tomb.content = None;
@@ -1002,7 +1025,6 @@ impl<'a> Run<'a> {
         tomb.version = version.clone();
         self.record(side, tomb, None);
         self.record_version(1 - side, &expected.path, version, None);
-        self.counters.files_deleted.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -120,6 +120,8 @@ pub struct ScanOutcome {
     pub bytes_hashed: u64,
     /// Temporary files left by an interrupted run (absolute paths).
     pub stale_temps: Vec<PathBuf>,
+    /// The largest version counter this scan issued (0: none).
+    pub last_counter: u64,
     /// Paths whose name on disk is not their NFC form (e.g. NFD names made
     /// on macOS): relative path as stored on disk, by normalised path.
     pub disk_names: BTreeMap<RelPath, PathBuf>,
@@ -321,7 +323,7 @@ pub fn scan(
                     // Only local facts (inode, ctime, dir mtime) moved: no new version.
                     prev.expect("content_same implies prev").entry.sequence
                 } else {
-                    version.bump_at(device, options.clock);
+                    out.last_counter = out.last_counter.max(version.bump_at(device, options.clock));
                     out.sequence += 1;
                     out.sequence
                 };
@@ -370,7 +372,9 @@ pub fn scan(
         tomb.deleted = true;
         tomb.content = None;
         tomb.size = 0;
-        tomb.version.bump_at(device, options.clock);
+        out.last_counter = out
+            .last_counter
+            .max(tomb.version.bump_at(device, options.clock));
         out.sequence += 1;
         tomb.sequence = out.sequence;
         out.index.insert(

@@ -33,6 +33,8 @@ pub struct Outcome {
     pub errors: Vec<String>,
     /// How many actions were attempted.
     pub attempted: usize,
+    /// Paths whose disk the run changed, per side.
+    pub written: [BTreeSet<RelPath>; 2],
 }
 
 impl Outcome {
@@ -182,43 +184,18 @@ impl<'a> Run<'a> {
                 replaces,
                 version,
             } => self.symlink(ix(*from), source, replaces.is_some(), version),
-            Action::SetMetadata { side, entry, .. } => {
-                self.set_metadata(ix(*side), entry)?;
-                self.unify_writes(&entry.path);
-                Ok(())
-            }
+            Action::SetMetadata { side, entry, .. } => self.set_metadata(ix(*side), entry),
             Action::Delete {
                 side,
                 expected,
                 version,
-                ..
-            } => self.delete(ix(*side), expected, version),
+                making_room,
+            } => self.delete(ix(*side), expected, version, *making_room),
             Action::RecordVersion { path, version } => {
                 self.record_version(0, path, version, None);
                 self.record_version(1, path, version, None);
-                self.unify_writes(path);
                 Ok(())
             }
-        }
-    }
-
-    /// The oracle's bookkeeping, not the executor's: once both sides record
-    /// two identical copies of `path` as one version, they stand for the
-    /// same writes, and a user who later drops either drops them all.
-    fn unify_writes(&mut self, path: &RelPath) {
-        let (Some(x), Some(y)) = (self.trees[0].nodes.get(path), self.trees[1].nodes.get(path))
-        else {
-            return;
-        };
-        if x.kind == FileKind::Directory || x.kind != y.kind || x.payload != y.payload {
-            return;
-        }
-        let mut tags = x.tags.clone();
-        tags.extend(&y.tags);
-        tags.sort_unstable();
-        tags.dedup();
-        for t in 0..2 {
-            self.trees[t].nodes.get_mut(path).expect("checked").tags = tags.clone();
         }
     }
 
@@ -244,6 +221,8 @@ impl<'a> Run<'a> {
         moved.path = to.clone();
         self.record(side, moved, Some(local));
         self.out.forgotten[side].insert(entry.path.clone());
+        self.out.written[side].insert(entry.path.clone());
+        self.out.written[side].insert(to.clone());
         Ok(())
     }
 
@@ -276,6 +255,7 @@ impl<'a> Run<'a> {
         let local = tree.nodes[&entry.path].local;
         self.record(side, entry.clone(), Some(local));
         self.record_version(1 - side, &entry.path, &entry.version, None);
+        self.out.written[side].insert(entry.path.clone());
         Ok(())
     }
 
@@ -337,6 +317,7 @@ impl<'a> Run<'a> {
         entry.version = version.clone();
         self.record_version(from, path, version, Some(&content));
         self.record(to, entry, Some(local));
+        self.out.written[to].insert(path.clone());
         Ok(())
     }
 
@@ -392,6 +373,7 @@ impl<'a> Run<'a> {
         entry.version = version.clone();
         self.record(to, entry, Some(local));
         self.record_version(from, path, version, None);
+        self.out.written[to].insert(path.clone());
         Ok(())
     }
 
@@ -418,6 +400,7 @@ impl<'a> Run<'a> {
         }
         self.record(side, recorded, Some(local));
         self.record_version(1 - side, &entry.path, &entry.version, None);
+        self.out.written[side].insert(entry.path.clone());
         Ok(())
     }
 
@@ -426,6 +409,7 @@ impl<'a> Run<'a> {
         side: usize,
         expected: &FileEntry,
         version: &VersionVector,
+        making_room: bool,
     ) -> Result<(), String> {
         let path = &expected.path;
         let stored = self.stored_entry(side, path).cloned();
@@ -435,6 +419,13 @@ impl<'a> Run<'a> {
             return Err("directory is not empty; left in place".into());
         }
         tree.nodes.remove(path);
+        if making_room {
+            // As the store: no tombstone, the path is forgotten; the write
+            // that follows records it (see `Action::Delete::making_room`).
+            self.out.forgotten[side].insert(path.clone());
+            self.out.written[side].insert(path.clone());
+            return Ok(());
+        }
         let mut tomb = expected.clone();
         tomb.deleted = true;
         tomb.content = None;
@@ -442,6 +433,7 @@ impl<'a> Run<'a> {
         tomb.version = version.clone();
         self.record(side, tomb, None);
         self.record_version(1 - side, path, version, None);
+        self.out.written[side].insert(path.clone());
         Ok(())
     }
 }

@@ -37,6 +37,10 @@ pub struct Snapshot {
     pub local: BTreeMap<RelPath, LocalStat>,
     /// The device's last sequence number.
     pub sequence: u64,
+    /// The largest version counter the device ever issued (the store's
+    /// `TreeMeta::last_counter`): saved with the scan, so a counter is
+    /// never issued twice, even after a crash.
+    pub last_counter: u64,
 }
 
 /// Whether `node` still looks exactly as `entry` + `local` recorded it
@@ -51,12 +55,23 @@ pub fn matches(node: &Node, entry: &FileEntry, local: Option<&LocalStat>) -> boo
         && local == Some(&node.local)
 }
 
-/// Scans `tree` against the stored `previous` snapshot of device `device`.
-pub fn scan(tree: &Tree, previous: &Snapshot, device: ShortId, policy: HashPolicy) -> Snapshot {
+/// Scans `tree` against the stored `previous` snapshot of device `device`,
+/// whose clock reads `clock` (Unix seconds: new version counters are at
+/// least this, as the store's `ScanOptions::clock`).
+pub fn scan(
+    tree: &Tree,
+    previous: &Snapshot,
+    device: ShortId,
+    clock: u64,
+    policy: HashPolicy,
+) -> Snapshot {
     let mut out = Snapshot {
         sequence: previous.sequence,
+        last_counter: previous.last_counter,
         ..Snapshot::default()
     };
+    // The store's `TreeMeta::clock`: never below a counter issued before.
+    let clock = clock.max(previous.last_counter + 1);
     for (path, node) in &tree.nodes {
         let prev = previous.index.get(path);
         let prev_local = previous.local.get(path);
@@ -69,12 +84,13 @@ pub fn scan(tree: &Tree, previous: &Snapshot, device: ShortId, policy: HashPolic
                 }
             };
         let fresh = hash_now.then(|| node.content.as_deref().cloned().expect("files are hashed"));
-        if let Some(p) = prev {
-            if matches(node, p, prev_local) && (fresh.is_none() || fresh == p.content) {
-                out.index.insert(path.clone(), p.clone());
-                out.local.insert(path.clone(), node.local);
-                continue;
-            }
+        if let Some(p) = prev
+            && matches(node, p, prev_local)
+            && (fresh.is_none() || fresh == p.content)
+        {
+            out.index.insert(path.clone(), p.clone());
+            out.local.insert(path.clone(), node.local);
+            continue;
         }
         let mut version = prev.map(|p| p.version.clone()).unwrap_or_default();
         let content = fresh.or_else(|| {
@@ -102,7 +118,7 @@ pub fn scan(tree: &Tree, previous: &Snapshot, device: ShortId, policy: HashPolic
         let sequence = if content_same {
             prev.expect("content_same implies prev").sequence
         } else {
-            version.bump(device);
+            out.last_counter = out.last_counter.max(version.bump_at(device, clock));
             out.sequence += 1;
             out.sequence
         };
@@ -135,7 +151,7 @@ pub fn scan(tree: &Tree, previous: &Snapshot, device: ShortId, policy: HashPolic
         tomb.deleted = true;
         tomb.content = None;
         tomb.size = 0;
-        tomb.version.bump(device);
+        out.last_counter = out.last_counter.max(tomb.version.bump_at(device, clock));
         out.sequence += 1;
         tomb.sequence = out.sequence;
         out.index.insert(path.clone(), tomb);

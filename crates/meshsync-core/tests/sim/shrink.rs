@@ -3,7 +3,12 @@
 //! quarters, … single steps), then simpler steps (a sync without its race,
 //! crash or cut; shorter ticks; no clock skew), repeated to a fixed point.
 
+use std::time::{Duration, Instant};
+
 use crate::sim::world::{Config, History, Kind, Step, run_history};
+
+/// How long shrinking may take; past it, the smallest history so far is kept.
+const BUDGET: Duration = Duration::from_secs(20);
 
 fn fails(cfg: &Config, h: &History, kind: Kind) -> bool {
     matches!(run_history(cfg, h, false).0, Err(v) if v.kind == kind)
@@ -85,6 +90,8 @@ fn simpler(step: &Step) -> Vec<Step> {
 
 /// The smallest history derived from `history` that still fails with `kind`.
 pub fn shrink(cfg: &Config, history: &History, kind: Kind) -> History {
+    let started = Instant::now();
+    let fails = |h: &History| started.elapsed() < BUDGET && fails(cfg, h, kind);
     let mut best = history.clone();
     loop {
         let before = best.clone();
@@ -98,7 +105,7 @@ pub fn shrink(cfg: &Config, history: &History, kind: Kind) -> History {
                 .iter()
                 .filter_map(|s| without_device(s, d))
                 .collect();
-            if fails(cfg, &cand, kind) {
+            if fails(&cand) {
                 best = cand;
             }
         }
@@ -108,7 +115,7 @@ pub fn shrink(cfg: &Config, history: &History, kind: Kind) -> History {
             while i < best.steps.len() {
                 let mut cand = best.clone();
                 cand.steps.drain(i..(i + chunk).min(best.steps.len()));
-                if fails(cfg, &cand, kind) {
+                if fails(&cand) {
                     best = cand;
                 } else {
                     i += chunk;
@@ -120,7 +127,7 @@ pub fn shrink(cfg: &Config, history: &History, kind: Kind) -> History {
             for s in simpler(&best.steps[i]) {
                 let mut cand = best.clone();
                 cand.steps[i] = s;
-                if fails(cfg, &cand, kind) {
+                if fails(&cand) {
                     best = cand;
                     break;
                 }
@@ -130,7 +137,7 @@ pub fn shrink(cfg: &Config, history: &History, kind: Kind) -> History {
             if best.skews[i] != 0 {
                 let mut cand = best.clone();
                 cand.skews[i] = 0;
-                if fails(cfg, &cand, kind) {
+                if fails(&cand) {
                     best = cand;
                 }
             }

@@ -167,6 +167,7 @@ pub fn chmod(dev: usize, path: &str, mode: u32) -> Step {
     }
 }
 /// `Step::Scan`.
+#[allow(dead_code)] // Vocabulary of printed histories, for regression tests.
 pub fn rescan(dev: usize) -> Step {
     Step::Scan { dev }
 }
@@ -194,6 +195,7 @@ impl Step {
         }
     }
     /// A sync with another hash policy.
+    #[allow(dead_code)] // Vocabulary of printed histories, for regression tests.
     pub fn hash(mut self, h: HashPolicy) -> Step {
         self.sync_mut().hash = h;
         self
@@ -359,50 +361,23 @@ pub struct Config {
     pub tolerate: Tolerate,
 }
 
-/// Known core bugs a run steps around (each has a failing regression test;
-/// see the harness docs). All off: the strict run.
+/// Known, still open core bugs a run steps around, so that a sweep keeps
+/// finding new ones. Each has a regression test that fails until it is
+/// fixed; remove its switch with the fix. All off: the strict run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tolerate {
-    /// Bug 1: in metadata mode two concurrent edits of equal size and mtime
-    /// are taken as equal. Stepped around by hashing at every scan.
-    pub metadata_equal: bool,
-    /// Bug 2: a tombstone against a device that never had the path plans a
-    /// `RecordVersion` the executor cannot record, forever. Such actions
-    /// are not counted as work.
-    pub tombstone_record: bool,
-    /// Bug 3: a directory is deleted while a child in it wins ("directory is
-    /// not empty"). Such refusals are not counted as violations.
-    pub dir_delete_live_child: bool,
-    /// Bug 4: making room for a kind change deletes the old directory's
-    /// children whatever their own versions (concurrent children are lost)
-    /// and records the parent's version on them. The version is not checked
-    /// and "unsafe parent" refusals are not violations.
-    pub making_room: bool,
-    /// Bug 5: a device's new version of a path can be dominated by an old
-    /// one (the counter is per file, not per device), after it lost index
-    /// updates that a peer kept. Stepped around by making every crash lose
-    /// both sides' updates, as `meshsync sync`'s single transaction does.
-    pub counter_reuse: bool,
-    /// Bug 6: after a merge the "last changer" of a version can be the
-    /// wrong device, so a conflict's tie-break depends on which device is
-    /// side A, and a conflict-copy name can be taken already. Symmetry is
-    /// not checked and a taken name is not work right after a sync (the
-    /// next second's sync resolves it).
-    pub last_changer: bool,
-}
-
-impl Tolerate {
-    /// Every known bug.
-    pub fn all() -> Self {
-        Tolerate {
-            metadata_equal: true,
-            tombstone_record: true,
-            dir_delete_live_child: true,
-            making_room: true,
-            counter_reuse: true,
-            last_changer: true,
-        }
-    }
+    /// Bug 7: the conflict winner order is not total. Two concurrent copies
+    /// with the same mtime, last changer, content and size but another mode
+    /// (or two directories, or two symlinks) tie, and a tie goes to side A:
+    /// which change survives depends on which device starts the sync.
+    /// [`Kind::Asymmetric`] is not checked.
+    pub winner_ties: bool,
+    /// Bug 8: a delete that makes room for an entry of another kind records
+    /// the merged version, which includes the incoming write; cut between
+    /// the two, the tombstone claims the write, and a concurrent change from
+    /// a third device then makes the write lose without a conflict copy.
+    /// A cut never falls between such a delete and its write.
+    pub room_cut: bool,
 }
 
 impl Default for Config {
@@ -468,8 +443,11 @@ pub struct Written {
     pub kind: FileKind,
     /// The bytes or link text.
     pub payload: Rc<[u8]>,
-    /// Replaced or deleted by a later user operation on a device that held it.
+    /// Replaced or deleted by a later user operation on a device that held
+    /// it (meaningful on the representative of its class, see [`World::same_writes`]).
     pub retired: bool,
+    /// Union-find parent: writes later found to be one version share a class.
+    pub class: Tag,
     /// When ("step 3").
     pub at: usize,
 }
@@ -485,6 +463,10 @@ pub struct Device {
     pub snap: Snapshot,
     /// Its clock's offset, in seconds.
     pub skew: i64,
+    /// The oracle's: which writes each path held at the last committed scan.
+    pub scanned_tags: BTreeMap<RelPath, Vec<Tag>>,
+    /// The oracle's: writes the user dropped since the last scan, by path.
+    pub dropped: Vec<(RelPath, Vec<Tag>)>,
 }
 
 /// The short id of device `i`: distinct in the top bits, so conflict-copy
@@ -648,7 +630,15 @@ pub fn original_of(p: &RelPath) -> String {
     const MARK: &str = ".sync-conflict-";
     let mut name = p.file_name().to_string();
     while let Some(i) = name.find(MARK) {
-        let end = (i + MARK.len() + 15 + 1 + 7).min(name.len());
+        let mut end = (i + MARK.len() + 15 + 1 + 7).min(name.len());
+        // A numbered name (`-2`, `-3`, …) when the first one was taken.
+        let rest = &name[end..];
+        if let Some(n) = rest.strip_prefix('-') {
+            let digits = n.bytes().take_while(u8::is_ascii_digit).count();
+            if digits > 0 && n[digits..].chars().next().is_none_or(|c| c == '.') {
+                end += 1 + digits;
+            }
+        }
         name.replace_range(i..end, "");
     }
     match p.parent() {
@@ -670,6 +660,8 @@ impl World {
                     tree: Tree::default(),
                     snap: Snapshot::default(),
                     skew,
+                    scanned_tags: BTreeMap::new(),
+                    dropped: Vec::new(),
                 })
                 .collect(),
             clock: EPOCH,
@@ -695,6 +687,11 @@ impl World {
         }
     }
 
+    /// Device `dev`'s clock as the scanner's version clock.
+    pub fn clock_of(&self, dev: usize) -> u64 {
+        self.now(dev).secs.max(0) as u64
+    }
+
     /// Device `dev`'s clock.
     pub fn now(&self, dev: usize) -> Timestamp {
         Timestamp {
@@ -704,7 +701,9 @@ impl World {
     }
 
     fn new_tag(&mut self, dev: usize, path: &RelPath, kind: FileKind, payload: Rc<[u8]>) -> Tag {
+        let class = self.writes.len();
         self.writes.push(Written {
+            class,
             dev,
             path: path.clone(),
             kind,
@@ -715,9 +714,126 @@ impl World {
         self.writes.len() - 1
     }
 
+    fn class_of(&self, mut t: Tag) -> Tag {
+        while self.writes[t].class != t {
+            t = self.writes[t].class;
+        }
+        t
+    }
+
+    /// Whether write `t` (or one of its class) was dropped by a user.
+    pub fn retired(&self, t: Tag) -> bool {
+        self.writes[self.class_of(t)].retired
+    }
+
     fn retire(&mut self, tags: &[Tag]) {
         for &t in tags {
-            self.writes[t].retired = true;
+            let c = self.class_of(t);
+            self.writes[c].retired = true;
+        }
+    }
+
+    /// Records that `tags` stand for one version: a sync recorded identical
+    /// copies as one version, or a scan found a path unchanged whatever the
+    /// user did in between (a rename there and back, the same bytes written
+    /// again). Dropping any of them drops all.
+    pub fn same_writes(&mut self, tags: &[Tag]) {
+        let Some(&first) = tags.first() else { return };
+        let root = self.class_of(first);
+        for &t in tags {
+            let c = self.class_of(t);
+            if self.writes[c].retired {
+                self.writes[root].retired = true;
+            }
+            self.writes[c].class = root;
+        }
+    }
+
+    /// A user on `dev` dropped the writes `tags` held at `path`; it counts
+    /// once `dev`'s next scan registers a change there (see [`Self::note_scan`]).
+    fn drop_writes(&mut self, dev: usize, path: &RelPath, tags: Vec<Tag>) {
+        if !tags.is_empty() {
+            self.devices[dev].dropped.push((path.clone(), tags));
+        }
+    }
+
+    /// The oracle's side of a scan of device `dev` from `old` to `new`: a
+    /// live path whose version did not move holds the writes it held at the
+    /// last commit, whatever the user did in between, and a user's drop there
+    /// was no drop; every other drop since the last scan now counts.
+    fn note_scan(&mut self, dev: usize, old: &Snapshot, new: &Snapshot) {
+        let unchanged = |path: &RelPath| {
+            matches!(
+                (old.index.get(path), new.index.get(path)),
+                (Some(o), Some(n)) if o.is_live() && n.is_live() && o.version == n.version
+            )
+        };
+        let dropped = std::mem::take(&mut self.devices[dev].dropped);
+        for (path, tags) in dropped {
+            let w = &self.writes[tags[0]];
+            let same_bytes = self.devices[dev]
+                .tree
+                .nodes
+                .get(&path)
+                .is_some_and(|n| n.kind == w.kind && n.payload == w.payload);
+            if !(unchanged(&path) && same_bytes) {
+                self.retire(&tags);
+            }
+        }
+        let mut groups = Vec::new();
+        let d = &mut self.devices[dev];
+        for (path, node) in &d.tree.nodes {
+            if node.kind == FileKind::Directory {
+                continue;
+            }
+            if unchanged(path)
+                && let Some(before) = d.scanned_tags.get(path)
+                && before != &node.tags
+            {
+                let mut g = before.clone();
+                g.extend(&node.tags);
+                groups.push(g);
+            }
+        }
+        for g in groups {
+            self.same_writes(&g);
+        }
+    }
+
+    /// The writes each path of device `dev` holds now.
+    fn writes_on_disk(&self, dev: usize) -> BTreeMap<RelPath, Vec<Tag>> {
+        self.devices[dev]
+            .tree
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.kind != FileKind::Directory)
+            .map(|(p, n)| (p.clone(), n.tags.clone()))
+            .collect()
+    }
+
+    /// The oracle's side of a plan that records two copies as one version
+    /// (`RecordVersion`, `SetMetadata`): if both held the same bytes when
+    /// scanned, they stand for the same writes from now on.
+    fn note_same_versions(&mut self, plan: &Plan, limit: usize, scanned: [&Tree; 2]) {
+        let mut groups = Vec::new();
+        for act in plan.actions.iter().take(limit) {
+            let path = match act {
+                Action::RecordVersion { path, .. } => path,
+                Action::SetMetadata { entry, .. } => &entry.path,
+                _ => continue,
+            };
+            if let (Some(x), Some(y)) = (scanned[0].nodes.get(path), scanned[1].nodes.get(path))
+                && x.kind != FileKind::Directory
+                && x.kind == y.kind
+                && x.payload == y.payload
+            {
+                let mut g = x.tags.clone();
+                g.extend(&y.tags);
+                groups.push(g);
+            }
+        }
+        for g in groups {
+            self.same_writes(&g);
         }
     }
 
@@ -734,7 +850,16 @@ impl World {
             Step::Scan { dev } => {
                 if *dev < self.devices.len() {
                     let d = &self.devices[*dev];
-                    let snap = scan(&d.tree, &d.snap, d.id, HashPolicy::Deferred);
+                    let snap = scan(
+                        &d.tree,
+                        &d.snap,
+                        d.id,
+                        self.clock_of(*dev),
+                        HashPolicy::Deferred,
+                    );
+                    let old = d.snap.clone();
+                    self.note_scan(*dev, &old, &snap);
+                    self.devices[*dev].scanned_tags = self.writes_on_disk(*dev);
                     self.commit(*dev, snap)?;
                 }
                 Ok(())
@@ -773,10 +898,18 @@ impl World {
                 let mode = old
                     .filter(|n| n.kind == FileKind::File)
                     .map_or(0o644, |n| n.mode);
-                let old_tags = old.map(|n| n.tags.clone()).unwrap_or_default();
-                self.retire(&old_tags);
                 let bytes: Rc<[u8]> = Rc::from(data_bytes(*data));
-                let tag = self.new_tag(dev, path, FileKind::File, bytes.clone());
+                // Rewriting the very same bytes makes no new version of them:
+                // for the oracle they stay the writes they were.
+                let same = old.filter(|n| n.kind == FileKind::File && n.payload == bytes);
+                let tags = match same {
+                    Some(n) => n.tags.clone(),
+                    None => {
+                        let old_tags = old.map(|n| n.tags.clone()).unwrap_or_default();
+                        self.drop_writes(dev, path, old_tags);
+                        vec![self.new_tag(dev, path, FileKind::File, bytes.clone())]
+                    }
+                };
                 let tree = &mut self.devices[dev].tree;
                 let local = tree.fresh_local();
                 tree.nodes.insert(
@@ -788,7 +921,7 @@ impl World {
                         mode,
                         mtime: now,
                         local,
-                        tags: vec![tag],
+                        tags,
                     },
                 );
                 true
@@ -808,7 +941,7 @@ impl World {
                     .get(path)
                     .map(|n| n.tags.clone())
                     .unwrap_or_default();
-                self.retire(&old_tags);
+                self.drop_writes(dev, path, old_tags);
                 let link: Rc<[u8]> = Rc::from(format!("t{target}").into_bytes());
                 let tag = self.new_tag(dev, path, FileKind::Symlink, link.clone());
                 let tree = &mut self.devices[dev].tree;
@@ -849,8 +982,8 @@ impl World {
             }
             Step::Remove { path, .. } => {
                 let removed = self.devices[dev].tree.remove_tree(path);
-                for (_, n) in &removed {
-                    self.retire(&n.tags);
+                for (p, n) in &removed {
+                    self.drop_writes(dev, p, n.tags.clone());
                 }
                 !removed.is_empty()
             }
@@ -869,7 +1002,7 @@ impl World {
                 for (p, mut n) in moved {
                     let suffix = &p.as_str()[from.as_str().len()..];
                     let np = RelPath::new(&format!("{to}{suffix}")).expect("valid moved path");
-                    self.retire(&n.tags);
+                    self.drop_writes(dev, &p, n.tags.clone());
                     if n.kind != FileKind::Directory {
                         n.tags = vec![self.new_tag(dev, &np, n.kind, n.payload.clone())];
                     }
@@ -899,17 +1032,17 @@ impl World {
     fn commit(&mut self, dev: usize, snap: Snapshot) -> Result<(), Violation> {
         let old = &self.devices[dev].snap;
         for (path, new) in &snap.index {
-            if let Some(o) = old.index.get(path) {
-                if !newer_or_equal(&new.version, &o.version) {
-                    return Err(self.violation(
-                        Kind::VersionRegressed,
-                        format!(
-                            "device {dev}: {path}: {} became {}",
-                            fmt_entry(o),
-                            fmt_entry(new)
-                        ),
-                    ));
-                }
+            if let Some(o) = old.index.get(path)
+                && !newer_or_equal(&new.version, &o.version)
+            {
+                return Err(self.violation(
+                    Kind::VersionRegressed,
+                    format!(
+                        "device {dev}: {path}: {} became {}",
+                        fmt_entry(o),
+                        fmt_entry(new)
+                    ),
+                ));
             }
         }
         self.devices[dev].snap = snap;
@@ -942,24 +1075,21 @@ impl World {
     /// Scans devices `a` and `b` (without committing), fills in the hashes
     /// the planner asks for, and plans.
     fn scan_and_plan(&self, a: usize, b: usize, hash: HashPolicy) -> (Snapshot, Snapshot, Plan) {
-        let hash = if self.cfg.tolerate.metadata_equal && hash == HashPolicy::Deferred {
-            HashPolicy::Changed
-        } else {
-            hash
-        };
         let (da, db) = (&self.devices[a], &self.devices[b]);
-        let mut sa = scan(&da.tree, &da.snap, da.id, hash);
-        let mut sb = scan(&db.tree, &db.snap, db.id, hash);
+        let mut sa = scan(&da.tree, &da.snap, da.id, self.clock_of(a), hash);
+        let mut sb = scan(&db.tree, &db.snap, db.id, self.clock_of(b), hash);
         let needed = plan::content_needed(&self.plan_input(a, b, &sa.index, &sb.index, hash));
         for (side, path) in needed {
             let (snap, tree) = match side {
                 Side::A => (&mut sa, &da.tree),
                 Side::B => (&mut sb, &db.tree),
             };
-            if let (Some(e), Some(n)) = (snap.index.get_mut(&path), tree.nodes.get(&path)) {
-                if n.kind == FileKind::File && e.size == n.size() && e.mtime == n.mtime {
-                    e.content = n.content.as_deref().cloned();
-                }
+            if let (Some(e), Some(n)) = (snap.index.get_mut(&path), tree.nodes.get(&path))
+                && n.kind == FileKind::File
+                && e.size == n.size()
+                && e.mtime == n.mtime
+            {
+                e.content = n.content.as_deref().cloned();
             }
         }
         let plan = plan::plan(&self.plan_input(a, b, &sa.index, &sb.index, hash));
@@ -978,6 +1108,11 @@ impl World {
         }
         self.stats.syncs += 1;
         let (sa, sb, plan) = self.scan_and_plan(a, b, s.hash);
+        let (old_a, old_b) = (self.devices[a].snap.clone(), self.devices[b].snap.clone());
+        self.note_scan(a, &old_a, &sa);
+        self.note_scan(b, &old_b, &sb);
+        let at_scan = [self.writes_on_disk(a), self.writes_on_disk(b)];
+        let trees_at_scan = [self.devices[a].tree.clone(), self.devices[b].tree.clone()];
         let line = format!(
             "#{} {}: {} actions",
             self.step_no,
@@ -996,7 +1131,7 @@ impl World {
             }
         }
         self.check_plan(&plan, &sa.index, &sb.index)?;
-        if !self.cfg.tolerate.last_changer {
+        if !self.cfg.tolerate.winner_ties {
             self.check_symmetry(a, b, &plan, &sa.index, &sb.index, s.hash)?;
         }
         self.stats.conflicts += plan
@@ -1023,7 +1158,10 @@ impl World {
             Direction::TwoWay => None,
         };
 
-        let limit = s.stop_after.unwrap_or(usize::MAX);
+        let mut limit = s.stop_after.unwrap_or(usize::MAX);
+        if self.cfg.tolerate.room_cut && limit < plan.actions.len() {
+            limit = past_pending_writes(&plan, limit);
+        }
         let now = [self.now(a), self.now(b)];
         let forget_wins = self.cfg.forget_wins;
         let outcome = {
@@ -1033,6 +1171,11 @@ impl World {
         };
         self.stats.actions += outcome.attempted as u64;
         self.stats.refused_actions += outcome.errors.len() as u64;
+        self.note_same_versions(
+            &plan,
+            outcome.attempted,
+            [&trees_at_scan[0], &trees_at_scan[1]],
+        );
         let complete = outcome.attempted == plan.actions.len();
         self.stats.interrupted += u64::from(!complete);
         if self.trace.is_some() {
@@ -1061,33 +1204,20 @@ impl World {
                 );
             }
         }
-        let unexpected: Vec<&String> = outcome
-            .errors
-            .iter()
-            .filter(|e| {
-                !(self.cfg.tolerate.dir_delete_live_child
-                    && e.ends_with("directory is not empty; left in place")
-                    || self.cfg.tolerate.making_room
-                        && e.ends_with("unsafe parent (not a directory)"))
-            })
-            .collect();
-        if !raced && self.cfg.check_self_refusal && !unexpected.is_empty() {
-            let all: Vec<&str> = unexpected.iter().map(|e| e.as_str()).collect();
+        if !raced && self.cfg.check_self_refusal && !outcome.errors.is_empty() {
             return Err(self.violation(
                 Kind::SelfRefused,
-                format!("nothing changed since the scan, yet: {}", all.join("; ")),
+                format!(
+                    "nothing changed since the scan, yet: {}",
+                    outcome.errors.join("; ")
+                ),
             ));
         }
-        let (sa_index, sb_index) = (sa.index.clone(), sb.index.clone());
         // Scans are committed before the exchange (a peer never sees an
         // observation its device could lose); a crash loses what the run
         // recorded. When both crash, nothing of this sync is kept, scans
         // included: `meshsync sync` commits both trees in one transaction.
-        let crash = if self.cfg.tolerate.counter_reuse && s.crash != [false, false] {
-            [true, true]
-        } else {
-            s.crash
-        };
+        let crash = s.crash;
         let both_crash = crash == [true, true];
         for (side, (dev, mut snap)) in [(a, sa), (b, sb)].into_iter().enumerate() {
             if crash[side] {
@@ -1098,27 +1228,33 @@ impl World {
                 if both_crash {
                     continue;
                 }
-            } else {
-                outcome.commit_into(side, &mut snap);
             }
+            // The oracle's: what the committed entries stand for.
+            let mut tags = at_scan[side].clone();
+            if !crash[side] {
+                outcome.commit_into(side, &mut snap);
+                let now = self.writes_on_disk(dev);
+                for path in &outcome.written[side] {
+                    match now.get(path) {
+                        Some(t) => tags.insert(path.clone(), t.clone()),
+                        None => tags.remove(path),
+                    };
+                }
+            }
+            self.devices[dev].scanned_tags = tags;
             self.commit(dev, snap)?;
         }
         let clean = complete && s.crash == [false, false] && !raced && outcome.errors.is_empty();
         if clean && self.cfg.check_resync && self.cfg.direction == Direction::TwoWay {
-            let (xa, xb, mut again) = self.scan_and_plan(a, b, s.hash);
-            if self.cfg.tolerate.last_changer {
-                again
-                    .refused
-                    .retain(|r| !r.reason.contains("exists already"));
-            }
-            if self.has_work(&again, &xa.index, &xb.index) {
+            let (_, _, again) = self.scan_and_plan(a, b, s.hash);
+            if has_work(&again, self.cfg.direction) {
                 return Err(self.violation(
                     Kind::ResyncNotEmpty,
                     format!("devices {a},{b}: {}", plan_text(&again)),
                 ));
             }
         }
-        let busy = self.has_work(&plan, &sa_index, &sb_index);
+        let busy = has_work(&plan, self.cfg.direction);
         Ok(SyncReport { plan, busy })
     }
 
@@ -1132,11 +1268,6 @@ impl World {
         ib: &Index,
         hash: HashPolicy,
     ) -> Result<(), Violation> {
-        let hash = if self.cfg.tolerate.metadata_equal && hash == HashPolicy::Deferred {
-            HashPolicy::Changed
-        } else {
-            hash
-        };
         if self.cfg.direction != Direction::TwoWay {
             return Ok(());
         }
@@ -1169,20 +1300,6 @@ impl World {
             ));
         }
         Ok(())
-    }
-
-    /// Whether `plan` (from indexes `a`, `b`) has work: actions, or (in
-    /// two-way mode) refusals, less what a tolerated bug explains.
-    fn has_work(&self, plan: &Plan, a: &Index, b: &Index) -> bool {
-        let two_way = self.cfg.direction == Direction::TwoWay;
-        let tolerated = |act: &Action| match act {
-            Action::RecordVersion { path, .. } if self.cfg.tolerate.tombstone_record => {
-                let (x, y) = (a.get(path), b.get(path));
-                x.is_none() || y.is_none()
-            }
-            _ => false,
-        };
-        plan.actions.iter().any(|x| !tolerated(x)) || (two_way && !plan.refused.is_empty())
     }
 
     /// Invariant (3) and the plan's agreement with the indexes it came from.
@@ -1299,9 +1416,7 @@ impl World {
                 } => {
                     if idx(*side).get(&expected.path) != Some(expected) || !expected.is_live() {
                         Some("`expected` is not the scanned entry")
-                    } else if !dominates(version)
-                        && !(*making_room && self.cfg.tolerate.making_room)
-                    {
+                    } else if !dominates(version) {
                         Some("the tombstone's version does not dominate both sides")
                     } else if self.cfg.direction == (Direction::OneWay { delete: false })
                         && !making_room
@@ -1418,7 +1533,7 @@ impl World {
         }
         // (2) Nothing lost.
         for (tag, w) in self.writes.iter().enumerate() {
-            if w.retired {
+            if self.retired(tag) {
                 continue;
             }
             let holds = |n: &Node| n.kind == w.kind && n.payload == w.payload;
@@ -1455,8 +1570,8 @@ impl World {
                 if a == b {
                     continue;
                 }
-                let (xa, xb, p) = self.scan_and_plan(a, b, self.cfg.quiesce_hash);
-                if self.has_work(&p, &xa.index, &xb.index) {
+                let (_, _, p) = self.scan_and_plan(a, b, self.cfg.quiesce_hash);
+                if has_work(&p, self.cfg.direction) {
                     return Err(self.violation(
                         Kind::NotIdempotent,
                         format!("devices {a},{b}: {}", plan_text(&p)),
@@ -1521,13 +1636,11 @@ impl World {
                 ));
             }
         }
-        if delete {
-            if let Some(extra) = dst.keys().find(|p| !src.contains_key(*p)) {
-                return Err(self.violation(
-                    Kind::OneWayMismatch,
-                    format!("{extra} is on the destination only, despite --delete"),
-                ));
-            }
+        if delete && let Some(extra) = dst.keys().find(|p| !src.contains_key(*p)) {
+            return Err(self.violation(
+                Kind::OneWayMismatch,
+                format!("{extra} is on the destination only, despite --delete"),
+            ));
         }
         Ok(())
     }
@@ -1568,6 +1681,37 @@ fn mirror(x: &mut Action) {
         Action::Copy { from, .. } | Action::Symlink { from, .. } => *from = from.other(),
         Action::RecordVersion { .. } => {}
     }
+}
+
+/// A cut after `limit` actions moved past the write of every path whose
+/// making-room delete is before the cut (bug 8's step-around).
+fn past_pending_writes(plan: &Plan, limit: usize) -> usize {
+    let mut end = limit;
+    for act in &plan.actions[..limit] {
+        if let Action::Delete {
+            expected,
+            making_room: true,
+            ..
+        } = act
+        {
+            let write = plan.actions.iter().rposition(|w| {
+                matches!(
+                    w,
+                    Action::Copy { .. } | Action::Symlink { .. } | Action::MakeDir { .. }
+                ) && w.path() == &expected.path
+            });
+            if let Some(i) = write {
+                end = end.max(i + 1);
+            }
+        }
+    }
+    end
+}
+
+/// Whether `plan` has work: actions (version records too), or, in
+/// two-way mode, refusals.
+fn has_work(plan: &Plan, direction: Direction) -> bool {
+    !plan.actions.is_empty() || (direction == Direction::TwoWay && !plan.refused.is_empty())
 }
 
 /// A plan as one line.

@@ -128,6 +128,7 @@ impl Folder {
             short_id: device.short(),
             sequence: 0,
             two_way: true,
+            last_counter: 0,
         });
         let stored = db.load(&tree_id)?;
         let paused = config.paused;
@@ -168,7 +169,7 @@ impl Folder {
 
     /// Scans the folder (blocking) and stores the changes. Returns how many
     /// entries changed. Without the marker, nothing is scanned.
-    pub fn scan(&self, db: &IndexDb, clock: u64) -> Result<usize> {
+    pub fn scan(&self, db: &IndexDb, now_unix_secs: i64) -> Result<usize> {
         if !self.marker_present() {
             let mut st = self.state.lock().expect("poisoned");
             st.state = FolderStateKind::Error;
@@ -182,10 +183,14 @@ impl Folder {
             Ok(text) => IgnoreRules::parse(&text)?,
             Err(_) => IgnoreRules::none(),
         };
-        let (previous, last_seq) = {
+        let (previous, last_seq, clock) = {
             let mut st = self.state.lock().expect("poisoned");
             st.state = FolderStateKind::Scanning;
-            (std::mem::take(&mut st.local.index), st.meta.sequence)
+            (
+                std::mem::take(&mut st.local.index),
+                st.meta.sequence,
+                st.meta.clock(now_unix_secs),
+            )
         };
         let outcome = scan::scan(
             &self.root,
@@ -203,6 +208,7 @@ impl Folder {
         let changed = outcome.changed.len();
         let mut st = self.state.lock().expect("poisoned");
         st.meta.sequence = outcome.sequence;
+        st.meta.last_counter = st.meta.last_counter.max(outcome.last_counter);
         let upserts: Vec<&StoredEntry> = outcome
             .changed
             .iter()

@@ -231,10 +231,10 @@ impl Daemon {
         let folder = Arc::clone(&rt.folder);
         self.set_state(&folder, FolderStateKind::Scanning);
         let db = Arc::clone(&self.db);
-        let clock = now_secs().max(0) as u64;
+        let now = now_secs();
         let f = Arc::clone(&folder);
         let result = tokio::task::spawn_blocking(move || {
-            let r = f.scan(&db, clock);
+            let r = f.scan(&db, now);
             (r, f.local_chunk_map())
         })
         .await;
