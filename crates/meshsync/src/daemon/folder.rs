@@ -31,6 +31,7 @@ use meshsync_core::ignore::{IGNORE_FILE, IgnoreRules};
 use meshsync_core::keys::{FolderKey, KeyKind};
 use meshsync_core::path::{META_DIR, RelPath};
 use meshsync_core::plan::{self, Action, Direction, EntryMap, Index, Plan, PlanInput, Side};
+use meshsync_core::version::Causality;
 use meshsync_store::db::{IndexDb, StoredEntry, TreeMeta, TreeUpdate};
 use meshsync_store::scan::{self, HashPolicy, ScanOptions, ScanOutcome};
 use serde::Serialize;
@@ -185,7 +186,6 @@ impl Folder {
         };
         let (previous, last_seq, clock) = {
             let mut st = self.state.lock().expect("poisoned");
-            st.state = FolderStateKind::Scanning;
             (
                 std::mem::take(&mut st.local.index),
                 st.meta.sequence,
@@ -226,7 +226,6 @@ impl Folder {
             .find(|p| p.is_error)
             .map(|p| format!("{}: {}", p.path.display(), p.reason));
         st.local = outcome;
-        st.state = FolderStateKind::Idle;
         Ok(changed)
     }
 
@@ -299,23 +298,30 @@ impl Folder {
             compare: meshsync_core::entry::CompareMode::Metadata,
             now_unix_secs,
         });
-        let mut local_only = 0;
         let actions: Vec<Action> = plan
             .actions
             .into_iter()
-            .filter(|a| {
-                let ours = action_side(a) == Side::A;
-                if !ours && !matches!(a, Action::RecordVersion { .. }) {
-                    local_only += 1;
-                }
-                ours
-            })
+            .filter(|a| action_side(a) == Side::A)
             .collect();
-        st.local_only_changes = if self.announces_changes() {
+        let local_only = if self.announces_changes() {
             0
         } else {
-            local_only
+            // Changes here that no authoritative peer has: what this device
+            // holds that the swarm does not take.
+            let theirs = global_index(&authoritative[1..]);
+            st.local
+                .index
+                .values()
+                .filter(|s| match theirs.get(&s.entry.path) {
+                    None => s.entry.is_live(),
+                    Some(t) => matches!(
+                        s.entry.version.compare(&t.version),
+                        Causality::Newer | Causality::Concurrent
+                    ),
+                })
+                .count() as u64
         };
+        st.local_only_changes = local_only;
         st.need_files = actions
             .iter()
             .filter(|a| matches!(a, Action::Copy { .. } | Action::Symlink { .. }))

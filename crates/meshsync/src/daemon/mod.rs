@@ -58,8 +58,6 @@ pub struct FolderRuntime {
 /// Counters behind `/metrics`.
 #[derive(Default)]
 pub struct Counters {
-    /// Chunk bytes received.
-    pub bytes_received: AtomicU64,
     /// Chunk bytes sent.
     pub bytes_sent: AtomicU64,
     /// Files written.
@@ -132,6 +130,15 @@ impl Daemon {
         let mut opened = Vec::new();
         for fc in configs {
             let path = fc.path.clone();
+            // Already running: nothing to load.
+            let share = fc
+                .key
+                .trim()
+                .parse::<meshsync_core::keys::FolderKey>()
+                .map(|k| k.share_id());
+            if share.is_ok_and(|s| self.folders.read().expect("poisoned").contains_key(&s)) {
+                continue;
+            }
             match Folder::open(fc, self.device_id, &self.db) {
                 Ok(folder) => {
                     let mut folders = self.folders.write().expect("poisoned");
@@ -355,7 +362,11 @@ impl Daemon {
         use notify::{RecursiveMode, Watcher};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
+            // Reads (our own scans, chunks served to peers) change nothing;
+            // only modifications, creations and removals ask for a scan.
+            if let Ok(ev) = res
+                && !ev.kind.is_access()
+            {
                 for p in ev.paths {
                     let _ = tx.send(p);
                 }
@@ -504,7 +515,7 @@ impl Control for Daemon {
     fn metrics(&self) -> Metrics {
         let c = &self.counters;
         Metrics {
-            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            bytes_received: self.peers.bytes_received.load(Ordering::Relaxed),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             files_synced: c.files_synced.load(Ordering::Relaxed),
             chunks_rejected: c.chunks_rejected.load(Ordering::Relaxed),

@@ -57,6 +57,8 @@ pub struct PeerRegistry {
     links: Mutex<HashMap<DeviceId, Arc<PeerLink>>>,
     /// Which device answered at a dialled address.
     dialled: Mutex<HashMap<SocketAddr, DeviceId>>,
+    /// Chunk bytes received from all peers, ever.
+    pub bytes_received: AtomicU64,
 }
 
 impl PeerRegistry {
@@ -79,8 +81,12 @@ impl PeerRegistry {
                 None
             }
             Some(existing) => {
-                if initiator(&link) > initiator(existing) {
-                    links.insert(link.device, link).filter(|_| true)
+                // The same device dialled again: the old connection is one it
+                // gave up on (a restart, a network change), so the new one
+                // wins. Both dialled at once: the larger id's dial wins.
+                let (new, old) = (initiator(&link), initiator(existing));
+                if new == old || new > old {
+                    links.insert(link.device, link)
                 } else {
                     Some(link)
                 }
@@ -161,6 +167,8 @@ impl ChunkSource for PeerRegistry {
             .ok_or_else(|| anyhow!("peer {peer} is not connected"))?;
         let bytes = fetch_chunk(&link.conn, share, chunk).await?;
         link.bytes_in
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.bytes_received
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(bytes)
     }
