@@ -85,7 +85,7 @@ impl PeerRegistry {
                 // gave up on (a restart, a network change), so the new one
                 // wins. Both dialled at once: the larger id's dial wins.
                 let (new, old) = (initiator(&link), initiator(existing));
-                if new == old || new > old {
+                if new >= old {
                     links.insert(link.device, link)
                 } else {
                     Some(link)
