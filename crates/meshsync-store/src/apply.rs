@@ -106,6 +106,9 @@ pub fn observe(abs: &Path) -> Result<Observed, WriteError> {
         .ok_or(WriteError::TargetChanged { path: abs.into() })
 }
 
+/// Files at least this large get their space reserved before assembly.
+const PREALLOCATE_MIN: u64 = 1 << 20;
+
 /// A file being put together from chunks, under
 /// `ROOT/.meshsync/partial/<content hash>`.
 pub struct Assembly {
@@ -122,14 +125,19 @@ impl Assembly {
     /// `root`: chunks already in a partial file from an earlier attempt are
     /// kept if they verify; chunks `local` holds are copied (and verified);
     /// the rest is [`Assembly::missing`].
+    ///
+    /// The partial file is named by content and path, so two files with the
+    /// same content assembled at once never share one.
     pub fn start(
         root: &Path,
+        path: &meshsync_core::path::RelPath,
         content: &Content,
         local: &mut ChunkReader<'_, 2>,
     ) -> Result<Self, WriteError> {
         let dir = root.join(META_DIR).join("partial");
         fs::create_dir_all(&dir).map_err(|e| WriteError::io(&dir, e))?;
-        let partial = dir.join(content.hash.to_hex());
+        let path_tag = &blake3::hash(path.as_str().as_bytes()).to_hex()[..16];
+        let partial = dir.join(format!("{}-{path_tag}", content.hash.to_hex()));
         let existed = partial.exists();
         let file = File::options()
             .read(true)
@@ -141,7 +149,10 @@ impl Assembly {
             .open(&partial)
             .map_err(|e| WriteError::io(&partial, e))?;
         let total: u64 = content.chunks.iter().map(|c| u64::from(c.len)).sum();
-        if !existed {
+        // Reserving space up front pays for large files (a full disk fails
+        // at once, less fragmentation); for small ones it is one more
+        // journal transaction per file.
+        if !existed && total >= PREALLOCATE_MIN {
             preallocate(&file, total).map_err(|e| WriteError::io(&partial, e))?;
         }
         let mut missing = Vec::new();
@@ -272,7 +283,9 @@ mod tests {
         assert!(content.chunks.len() > 3);
         let empty = ChunkMap::default();
         let mut reader = ChunkReader::new([&empty, &empty]);
-        let a = Assembly::start(root.path(), &content, &mut reader).unwrap();
+        let name = meshsync_core::path::RelPath::new("out.bin").unwrap();
+        let name = meshsync_core::path::RelPath::new("out.bin").unwrap();
+        let a = Assembly::start(root.path(), &name, &content, &mut reader).unwrap();
         let missing = a.missing().to_vec();
         assert_eq!(missing.len(), content.chunks.len());
         // Write half, in reverse order, then "crash".
@@ -287,7 +300,7 @@ mod tests {
             Err(WriteError::Verify { .. })
         ));
         drop(a);
-        let b = Assembly::start(root.path(), &content, &mut reader).unwrap();
+        let b = Assembly::start(root.path(), &name, &content, &mut reader).unwrap();
         assert_eq!(b.missing().len(), missing.len() - missing.len() / 2);
         for (off, c) in b.missing().to_vec() {
             b.write_chunk(off, &c, &data[off as usize..off as usize + c.len as usize])

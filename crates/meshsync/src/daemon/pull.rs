@@ -50,7 +50,7 @@ pub trait ChunkSource: Send + Sync + 'static {
 /// Requests in flight per peer.
 const WINDOW_PER_PEER: usize = 64;
 /// Files assembled at once.
-const PARALLEL_FILES: usize = 16;
+const PARALLEL_FILES: usize = 64;
 /// Finished files flushed and renamed together.
 const BATCH_FILES: usize = 4096;
 
@@ -401,10 +401,11 @@ impl<S: ChunkSource> CopyJob<S> {
         };
         let (root, map) = (self.folder.root.clone(), Arc::clone(&self.local_map));
         let content_for_start = content.clone();
+        let path = entry.path.clone();
         let assembly = tokio::task::spawn_blocking(move || {
             let empty = ChunkMap::default();
             let mut reader = ChunkReader::new([&*map, &empty]);
-            Assembly::start(&root, &content_for_start, &mut reader)
+            Assembly::start(&root, &path, &content_for_start, &mut reader)
         })
         .await??;
         let assembly = Arc::new(assembly);
