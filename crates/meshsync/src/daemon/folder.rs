@@ -185,9 +185,11 @@ impl Folder {
             Err(_) => IgnoreRules::none(),
         };
         let (previous, last_seq, clock) = {
-            let mut st = self.state.lock().expect("poisoned");
+            let st = self.state.lock().expect("poisoned");
+            // A copy: peers and the API keep reading the current index while
+            // the scan runs (scans and pulls of one folder never overlap).
             (
-                std::mem::take(&mut st.local.index),
+                st.local.index.clone(),
                 st.meta.sequence,
                 st.meta.clock(now_unix_secs),
             )

@@ -92,6 +92,8 @@ pub struct Daemon {
     pub stopping: watch::Sender<bool>,
     /// The transport, once bound.
     pub transport: tokio::sync::OnceCell<Arc<Transport>>,
+    /// File-system notifications (folders opened later are added to it).
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
 }
 
 fn now_secs() -> i64 {
@@ -120,6 +122,7 @@ impl Daemon {
             counters: Counters::default(),
             stopping: watch::channel(false).0,
             transport: tokio::sync::OnceCell::new(),
+            watcher: Mutex::new(None),
         });
         Ok(daemon)
     }
@@ -358,10 +361,10 @@ impl Daemon {
     }
 
     /// Watches folder roots and asks for a scan (debounced) when they change.
-    fn watch_folders(self: &Arc<Self>) -> Option<notify::RecommendedWatcher> {
+    fn watch_folders(self: &Arc<Self>) {
         use notify::{RecursiveMode, Watcher};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Reads (our own scans, chunks served to peers) change nothing;
             // only modifications, creations and removals ask for a scan.
             if let Ok(ev) = res
@@ -377,12 +380,14 @@ impl Daemon {
                 "file-system notifications unavailable: {e}; relying on periodic rescans"
             )
         })
-        .ok()?;
+        .ok();
+        let Some(mut watcher) = watcher else { return };
         for rt in self.all_folders() {
             if let Err(e) = watcher.watch(&rt.folder.root, RecursiveMode::Recursive) {
                 tracing::warn!("cannot watch {}: {e}", rt.folder.root.display());
             }
         }
+        *self.watcher.lock().expect("poisoned") = Some(watcher);
         let d = Arc::clone(self);
         tokio::spawn(async move {
             // Debounce: collect events for a moment, then wake the folders.
@@ -409,7 +414,16 @@ impl Daemon {
                 }
             }
         });
-        Some(watcher)
+    }
+
+    /// Adds a folder opened after start to the file-system watch.
+    fn watch(&self, root: &Path) {
+        use notify::{RecursiveMode, Watcher};
+        if let Some(w) = self.watcher.lock().expect("poisoned").as_mut()
+            && let Err(e) = w.watch(root, RecursiveMode::Recursive)
+        {
+            tracing::warn!("cannot watch {}: {e}", root.display());
+        }
     }
 
     fn reload_config(self: &Arc<Self>) -> Vec<Arc<FolderRuntime>> {
@@ -561,7 +575,7 @@ pub async fn run(home: &Path) -> Result<()> {
     for rt in folders {
         tokio::spawn(Arc::clone(&daemon).run_folder(rt));
     }
-    let _watcher = daemon.watch_folders();
+    daemon.watch_folders();
     tokio::spawn(Arc::clone(&daemon).accept_peers(Arc::clone(&transport)));
     tokio::spawn(Arc::clone(&daemon).dial_static_peers(Arc::clone(&transport)));
     let control: Arc<dyn Control> = daemon.clone();
@@ -579,6 +593,7 @@ pub async fn run(home: &Path) -> Result<()> {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {
                     for rt in reloader.reload_config() {
+                        reloader.watch(&rt.folder.root);
                         tokio::spawn(Arc::clone(&reloader).run_folder(rt));
                     }
                 }
