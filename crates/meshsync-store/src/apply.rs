@@ -284,7 +284,6 @@ mod tests {
         let empty = ChunkMap::default();
         let mut reader = ChunkReader::new([&empty, &empty]);
         let name = meshsync_core::path::RelPath::new("out.bin").unwrap();
-        let name = meshsync_core::path::RelPath::new("out.bin").unwrap();
         let a = Assembly::start(root.path(), &name, &content, &mut reader).unwrap();
         let missing = a.missing().to_vec();
         assert_eq!(missing.len(), content.chunks.len());
