@@ -30,7 +30,10 @@ Phases:
            idle, need_files == 0, local_files/local_bytes == expected, a peer
            is on the folder, and a walk of its tree finds the expected numbers
            of files, dirs and symlinks (time_s = when the last b got there,
-           walk included).  Afterwards (untimed) a's folder is paused, because
+           walk included).  A b that has the folder open but stays empty
+           (idle, need 0, 0 files, 0 bytes in) for MESHSYNC_STALL_S (30) s
+           fails the phase at once ("STALLED": it never got a's index)
+           instead of waiting for the phase timeout.  Afterwards (untimed) a's folder is paused, because
            the daemon's file watcher would otherwise pick up the driver's
            mutation before `update` starts and sync it outside the timed phase.
   update   rescan + resume SRC on a (REST POSTs, what `meshsync rescan|resume
@@ -64,6 +67,7 @@ NPEERS = int(ENV.get("MESHSYNC_PEERS", "1"))
 POLL_S = max(0.1, float(ENV.get("MESHSYNC_POLL_S", "0.1")))  # harness rule: <= 10 Hz
 LOG = ENV.get("MESHSYNC_LOG", "meshsync=info")
 KEEP = ENV.get("BENCH_KEEP") == "1"
+STALL_S = float(ENV.get("MESHSYNC_STALL_S", "30"))
 EXCLUDE = [".meshsync"]
 
 
@@ -418,21 +422,27 @@ def cmd_scan():
     metric("peers", len(bs))
 
 
-def wait_peers(a, bs, ex, t0, ready=lambda b: True, tag="sync"):
-    """Polls every b (10 Hz) until folder_done + tree walk; returns {name: s since t0}."""
+def wait_peers(a, bs, ex, t0, ready=lambda b: True, tag="sync", on_poll=lambda: None, stall_check=False):
+    """Polls every b (10 Hz) until folder_done + tree walk; returns {name: s since t0}.
+    stall_check: fail early when a b has the folder open with a peer but got
+    nothing at all (idle, need 0, no files, 0 bytes in) for STALL_S seconds:
+    it never received the index (see the daemon bug notes in p2p results)."""
     done = {}
     walks = 0
     polls = 0
     last = {}
+    stalled_since = {}
     t_end = deadline()
     while len(done) < len(bs):
         tp = time.perf_counter()
         polls += 1
+        on_poll()
         for b in bs:
             if b.name in done:
                 continue
             try:
-                f = b.folder()
+                st = b.status()
+                f = b.folder(st)
             except Exception as e:  # noqa: BLE001  (API not up yet)
                 last[b.name] = repr(e)
                 if not b.alive():
@@ -440,6 +450,17 @@ def wait_peers(a, bs, ex, t0, ready=lambda b: True, tag="sync"):
                     raise SystemExit(f"meshsync {b.name} exited")
                 continue
             last[b.name] = f
+            if stall_check and ex["files"] > 0:
+                empty = (f["peers"] >= 1 and f["state"] == "idle" and f["need_files"] == 0
+                         and f["local_files"] == 0 and sum(p["bytes_in"] for p in st["peers"]) == 0)
+                if not empty:
+                    stalled_since.pop(b.name, None)
+                elif time.perf_counter() - stalled_since.setdefault(b.name, time.perf_counter()) > STALL_S:
+                    dump_debug(tag, a, bs)
+                    metric("stalled", b.name)
+                    raise SystemExit(
+                        f"{b.name} STALLED: folder open with {f['peers']} peer(s) but idle, need 0, 0 files, "
+                        f"0 bytes in for {STALL_S:.0f} s: it never got the index (t={time.perf_counter() - t0:.1f} s)")
             if folder_done(f, ex) and ready(b):
                 walks += 1
                 ok, w = tree_complete(b, ex)
@@ -501,7 +522,7 @@ def cmd_initial():
     t0 = time.perf_counter()
     for b in bs:
         b.start()
-    done, polls, walks = wait_peers(a, bs, ex, t0, tag="initial sync")
+    done, polls, walks = wait_peers(a, bs, ex, t0, tag="initial sync", stall_check=True)
     t = max(done.values())
     metric("time_s", round(t, 3))
     metric("mib_per_s", round(ex["bytes"] / 2**20 / t, 1))
@@ -547,18 +568,18 @@ def cmd_update():
     t_cmd = time.perf_counter() - t0
     t_a = [None]
 
+    def check_a():  # a's index changed: it finished a scan since the trigger
+        if t_a[0] is None and a.counter("meshsync_scans_total") > scans0:
+            t_a[0] = time.perf_counter() - t0
+
     def ready(b):
-        now = time.perf_counter()
         if t_a[0] is None:
-            if a.counter("meshsync_scans_total") > scans0:
-                t_a[0] = now - t0
-            else:
-                return False
+            return False
         if sse_ok:
             return len(streams[b.name].synced(b.path)) > 0
-        return now - t0 - t_a[0] > 1.0
+        return time.perf_counter() - t0 - t_a[0] > 1.0
 
-    done, polls, walks = wait_peers(a, bs, ex, t0, ready=ready, tag="re-sync")
+    done, polls, walks = wait_peers(a, bs, ex, t0, ready=ready, tag="re-sync", on_poll=check_a)
     t = max(done.values())
     metric("time_s", round(t, 3))
     for name, v in sorted(done.items()):

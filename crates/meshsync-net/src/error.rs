@@ -78,7 +78,8 @@ pub enum NetError {
         remote: SocketAddr,
         /// The device asked for.
         expected: DeviceId,
-        /// The device that answered (it proved holding this key).
+        /// The device named by the certificate the peer presented. Not
+        /// proven: the handshake is aborted before the peer signs.
         actual: DeviceId,
     },
 

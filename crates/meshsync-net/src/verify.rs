@@ -37,7 +37,8 @@ pub(crate) enum Outcome {
     Refused(CertificateError),
     /// The peer is a valid device but not the one the caller pinned.
     UnexpectedPeer {
-        /// The device the peer proved to be (its certificate's key).
+        /// The device named by the peer's certificate (unproven: refused
+        /// before the handshake signature).
         actual: DeviceId,
     },
 }

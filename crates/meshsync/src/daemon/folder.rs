@@ -338,6 +338,40 @@ impl Folder {
         (actions, sources)
     }
 
+    /// Removes partial downloads that no known version of any file needs
+    /// any more (the file was deleted or replaced on its source before it
+    /// arrived). Only when a signed peer's index is at hand: right after a
+    /// restart nothing is known yet, and a partial file must survive to
+    /// resume. Returns how many were removed.
+    pub fn remove_abandoned_partials(&self) -> usize {
+        let wanted: std::collections::HashSet<String> = {
+            let st = self.state.lock().expect("poisoned");
+            if !st.remotes.values().any(|r| r.authoritative) {
+                return 0;
+            }
+            let local = st.local.index.values().map(|s| &s.entry);
+            let remote = st.remotes.values().flat_map(|r| r.entries.values());
+            local
+                .chain(remote)
+                .filter(|e| e.is_live())
+                .filter_map(|e| e.content.as_ref().map(|c| c.hash.to_hex()))
+                .collect()
+        };
+        let dir = self.root.join(META_DIR).join("partial");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let hash = name.split('-').next().unwrap_or_default();
+            if !wanted.contains(hash) && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Where `path` is on disk.
     pub fn abs(&self, path: &RelPath) -> PathBuf {
         let st = self.state.lock().expect("poisoned");

@@ -269,6 +269,8 @@ impl Daemon {
         for _round in 0..8 {
             let (actions, sources) = folder.plan_pull(now_secs());
             if actions.is_empty() {
+                let f = Arc::clone(&folder);
+                let _ = tokio::task::spawn_blocking(move || f.remove_abandoned_partials()).await;
                 break;
             }
             self.set_state(&folder, FolderStateKind::Syncing);
