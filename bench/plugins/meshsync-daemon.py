@@ -31,7 +31,7 @@ Phases:
            is on the folder, and a walk of its tree finds the expected numbers
            of files, dirs and symlinks (time_s = when the last b got there,
            walk included).  A b that has the folder open but stays empty
-           (idle, need 0, 0 files, 0 bytes in) for MESHSYNC_STALL_S (30) s
+           (need 0, 0 files, 0 bytes in) for MESHSYNC_STALL_S (30) s
            fails the phase at once ("STALLED": it never got a's index)
            instead of waiting for the phase timeout.  Afterwards (untimed) a's folder is paused, because
            the daemon's file watcher would otherwise pick up the driver's
@@ -41,8 +41,9 @@ Phases:
            reported a sync round (folder-synced on its /rest/events stream,
            subscribed before the trigger) and is idle with need 0 and the
            expected counts (status and tree walk).
-  teardown SIGTERM every recorded PID, SIGKILL after 10 s; removes the extra
-           peers' trees and the index databases unless BENCH_KEEP=1.
+  teardown SIGTERM every recorded PID, SIGKILL after 10 s; removes the index
+           databases and the extra peers' trees unless BENCH_KEEP=1 (within a
+           time budget; bench/p2p.sh sweeps state/trash-* leftovers).
 Metrics: ms_bytes_in (chunk bytes the b's received, from their status),
 ms_a_bytes_out, per-peer completion times (time_bI_s), polls, peers.
 Binary: $MESHSYNC_BIN (default target/release/meshsync of this repository).
@@ -425,7 +426,7 @@ def cmd_scan():
 def wait_peers(a, bs, ex, t0, ready=lambda b: True, tag="sync", on_poll=lambda: None, stall_check=False):
     """Polls every b (10 Hz) until folder_done + tree walk; returns {name: s since t0}.
     stall_check: fail early when a b has the folder open with a peer but got
-    nothing at all (idle, need 0, no files, 0 bytes in) for STALL_S seconds:
+    nothing at all (need 0, no files, 0 bytes in) for STALL_S seconds:
     it never received the index (see the daemon bug notes in p2p results)."""
     done = {}
     walks = 0
@@ -451,15 +452,17 @@ def wait_peers(a, bs, ex, t0, ready=lambda b: True, tag="sync", on_poll=lambda: 
                 continue
             last[b.name] = f
             if stall_check and ex["files"] > 0:
-                empty = (f["peers"] >= 1 and f["state"] == "idle" and f["need_files"] == 0
-                         and f["local_files"] == 0 and sum(p["bytes_in"] for p in st["peers"]) == 0)
+                # (not "idle": the daemon's own rescan loop flips an empty
+                # folder between idle and scanning every ~0.5 s)
+                empty = (f["peers"] >= 1 and f["need_files"] == 0 and f["local_files"] == 0
+                         and sum(p["bytes_in"] for p in st["peers"]) == 0)
                 if not empty:
                     stalled_since.pop(b.name, None)
                 elif time.perf_counter() - stalled_since.setdefault(b.name, time.perf_counter()) > STALL_S:
                     dump_debug(tag, a, bs)
                     metric("stalled", b.name)
                     raise SystemExit(
-                        f"{b.name} STALLED: folder open with {f['peers']} peer(s) but idle, need 0, 0 files, "
+                        f"{b.name} STALLED: folder open with {f['peers']} peer(s) but need 0, 0 files, "
                         f"0 bytes in for {STALL_S:.0f} s: it never got the index (t={time.perf_counter() - t0:.1f} s)")
             if folder_done(f, ex) and ready(b):
                 walks += 1
@@ -629,13 +632,38 @@ def cmd_teardown():
             except ProcessLookupError:
                 pass
     if not KEEP:
-        for b in bs[1:]:
-            shutil.rmtree(os.path.dirname(b.path), ignore_errors=True)
         for n in [a] + bs:
             try:
                 os.remove(os.path.join(n.home, "index.redb"))
             except OSError:
                 pass
+        # The extra peers' trees (N x the dataset) live in state/, which the
+        # driver keeps: delete them, within a time budget (the driver allows
+        # teardown 60 s; deleting 60,000 files on a busy 2-core box can take
+        # longer).  Whatever is left is in state/trash-*, which bench/p2p.sh
+        # sweeps after each run.
+        t_end = time.time() + float(ENV.get("MESHSYNC_TEARDOWN_RM_S", "35"))
+        trash = []
+        for b in bs[1:]:
+            d = os.path.dirname(b.path)
+            if os.path.isdir(d):
+                t = os.path.join(STATE, "trash-" + os.path.basename(d))
+                os.rename(d, t)
+                trash.append(t)
+        for t in trash:
+            for root, dirs, files in os.walk(t, topdown=False):
+                if time.time() > t_end:
+                    note(f"teardown: left {t} (time budget); bench/p2p.sh removes it")
+                    return
+                for f in files:
+                    try:
+                        os.unlink(os.path.join(root, f))
+                    except OSError:
+                        pass
+                try:
+                    os.rmdir(root)
+                except OSError:
+                    pass
 
 
 if __name__ == "__main__":

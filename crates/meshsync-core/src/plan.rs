@@ -752,14 +752,19 @@ fn apply(
             // In two-way sync, a child that `from` never saw deleted (created
             // or changed concurrently under the directory) must not be
             // deleted to make room: that is a conflict, and the directory wins.
+            // Only a child the other side knows it deleted (a tombstone that
+            // dominates the child) may go to make room. A child it does not
+            // have, or has live (the global view folds in this side's own
+            // children), was made or changed without it: a conflict.
             let unseen_child = input.direction == Direction::TwoWay
                 && subtree.iter().any(|child| {
-                    let seen = input.index(from).entry(&child.path).map(|e| &e.version);
-                    !seen.is_some_and(|v| {
-                        matches!(
-                            v.compare(&child.version),
-                            Causality::Newer | Causality::Equal
-                        )
+                    let theirs = input.index(from).entry(&child.path);
+                    !theirs.is_some_and(|e| {
+                        e.deleted
+                            && matches!(
+                                e.version.compare(&child.version),
+                                Causality::Newer | Causality::Equal
+                            )
                     })
                 });
             if unseen_child {

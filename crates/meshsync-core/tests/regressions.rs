@@ -3,10 +3,11 @@
 //! and the replay of the core fuzz targets over their seed corpus and over
 //! random input.
 //!
-//! Each test is named after the bug it pins (`syncthing_6252_…`,
-//! `unison_262_…`) and says in one line what went wrong there. The daemon-
-//! and disk-level halves of these bugs are in
-//! `crates/meshsync/tests/security.rs`; `docs/reliability.md` lists both.
+//! Each test is named after the bug it pins (`syncthing_6252_…`) and says
+//! first what went wrong there. Tests named `regression_…` pin a meshsync
+//! bug found this way: they fail until it is fixed. The daemon- and
+//! disk-level halves of these bugs are in `crates/meshsync/tests/security.rs`;
+//! `docs/reliability.md` lists both.
 //!
 //! The fuzz targets are plain functions in `fuzz/src/core_targets.rs`,
 //! included here so that `cargo test` runs exactly what the fuzzer runs.
@@ -334,6 +335,7 @@ fn syncthing_6252_stale_tombstone_does_not_delete_a_newer_file() {
 #[test]
 fn regression_global_view_keeps_files_created_in_a_dir_replaced_elsewhere() {
     for (what, replacement) in [
+        ("file", file("sub", b"now a file", JUN, &[(A, 1), (B, 7)])),
         (
             "symlink",
             FileEntry {
@@ -344,7 +346,6 @@ fn regression_global_view_keeps_files_created_in_a_dir_replaced_elsewhere() {
                 ..file("sub", b"", JUN, &[(A, 1), (B, 7)])
             },
         ),
-        ("file", file("sub", b"now a file", JUN, &[(A, 1), (B, 7)])),
     ] {
         // A created two files in `sub` (its directory entry unchanged, as
         // the scanner records it); B, which never saw them, replaced `sub`.
@@ -355,7 +356,7 @@ fn regression_global_view_keeps_files_created_in_a_dir_replaced_elsewhere() {
             dir("sub/deeper", &[(A, 5)]),
             file("sub/deeper/x.txt", b"x", JUN, &[(A, 6)]),
         ]);
-        let b = index(&[
+        let b = index([
             &replacement,
             &tombstone(file("sub/one.txt", b"", JAN, &[]), &[(A, 2), (B, 7)]),
         ]);

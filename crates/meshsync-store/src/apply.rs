@@ -134,8 +134,10 @@ impl Assembly {
         content: &Content,
         local: &mut ChunkReader<'_, 2>,
     ) -> Result<Self, WriteError> {
+        // Never through a symlink: `.meshsync` and `partial` must be real
+        // directories inside the folder.
+        write::ensure_real_dirs(root, Path::new(&format!("{META_DIR}/partial")), 0o700)?;
         let dir = root.join(META_DIR).join("partial");
-        fs::create_dir_all(&dir).map_err(|e| WriteError::io(&dir, e))?;
         let path_tag = &blake3::hash(path.as_str().as_bytes()).to_hex()[..16];
         let partial = dir.join(format!("{}-{path_tag}", content.hash.to_hex()));
         let existed = partial.exists();
@@ -230,19 +232,35 @@ impl Assembly {
     }
 }
 
-/// Moves a finished (and flushed) partial file over `target`, if `target`
-/// is still what the scan saw (`None`: it must not exist).
+/// Moves a finished (and flushed) partial file over `target` (below
+/// `root`), if `target` is still what the scan saw (`None`: it must not
+/// exist). The rename goes into the target's directory opened without
+/// following symlinks, so a directory swapped for a symlink while the file
+/// was downloading is refused, never written through.
 pub fn commit_partial(
     partial: &Path,
+    root: &Path,
     target: &Path,
     expected: Option<&StoredEntry>,
 ) -> Result<Observed, WriteError> {
-    match expected {
-        None => write::rename_no_replace(partial, target)?,
-        Some(_) => {
-            write::check_unchanged(target, expected)?;
-            fs::rename(partial, target).map_err(|e| WriteError::io(target, e))?;
+    let parent = target.parent().expect("a target has a parent");
+    let rel = parent
+        .strip_prefix(root)
+        .map_err(|_| WriteError::UnsafeParent {
+            path: target.into(),
+        })?;
+    let name = target.file_name().expect("a target has a name");
+    let dir = write::open_dir_nofollow(root, rel)?;
+    if expected.is_some() {
+        write::check_unchanged(target, expected)?;
+    }
+    match write::rename_into(partial, &dir, name, expected.is_none(), target) {
+        Err(WriteError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(WriteError::TargetChanged {
+                path: target.into(),
+            });
         }
+        other => other?,
     }
     observe(target)
 }
@@ -307,7 +325,7 @@ mod tests {
         }
         let partial = b.finish(0o644, Default::default()).unwrap();
         let target = root.path().join("out.bin");
-        commit_partial(&partial, &target, None).unwrap();
+        commit_partial(&partial, root.path(), &target, None).unwrap();
         assert_eq!(fs::read(&target).unwrap(), data);
     }
 }

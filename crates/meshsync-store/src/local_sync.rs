@@ -228,7 +228,8 @@ pub fn sync_paths(
     let two_way = opts.direction == Direction::TwoWay;
     if two_way {
         for t in &trees {
-            if t.meta.two_way && !t.root.join(META_DIR).is_dir() {
+            let marker_ok = fs::symlink_metadata(t.root.join(META_DIR)).is_ok_and(|m| m.is_dir());
+            if t.meta.two_way && !marker_ok {
                 return Err(SyncError::MarkerMissing(t.root.clone()));
             }
         }

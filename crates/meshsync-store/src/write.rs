@@ -263,6 +263,81 @@ pub fn ensure_real_dirs(root: &Path, dir: &Path, mode: u32) -> Result<(), WriteE
     Ok(())
 }
 
+/// Opens directory `rel` below `root`, one component at a time, refusing
+/// any component that is a symlink (`O_NOFOLLOW | O_DIRECTORY`): what is
+/// opened is really inside the folder, whatever changes meanwhile.
+pub fn open_dir_nofollow(root: &Path, rel: &Path) -> Result<File, WriteError> {
+    let mut dir = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(root)
+        .map_err(|e| WriteError::io(root, e))?;
+    for component in rel.components() {
+        let name = CString::new(component.as_os_str().as_bytes()).map_err(|_| {
+            WriteError::UnsafeParent {
+                path: root.join(rel),
+            }
+        })?;
+        // SAFETY: a valid directory descriptor and C string.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) => WriteError::UnsafeParent {
+                    path: root.join(rel),
+                },
+                _ => WriteError::io(&root.join(rel), e),
+            });
+        }
+        // SAFETY: a descriptor openat just returned, owned from here on.
+        dir = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    }
+    Ok(dir)
+}
+
+/// Renames `from` to `name` inside the open directory `dir` (never over an
+/// existing file when `no_replace`).
+pub fn rename_into(
+    from: &Path,
+    dir: &File,
+    name: &std::ffi::OsStr,
+    no_replace: bool,
+    shown_as: &Path,
+) -> Result<(), WriteError> {
+    let (a, b) = (
+        cstr(from)?,
+        CString::new(name.as_bytes()).map_err(|_| WriteError::UnsafeParent {
+            path: shown_as.into(),
+        })?,
+    );
+    let flags = if no_replace {
+        libc::RENAME_NOREPLACE
+    } else {
+        0
+    };
+    // SAFETY: valid C strings and a valid directory descriptor.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            dir.as_raw_fd(),
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(WriteError::io(shown_as, io::Error::last_os_error()))
+    }
+}
+
 /// Renames `from` to `to` unless `to` exists (never overwrites).
 pub fn rename_no_replace(from: &Path, to: &Path) -> Result<(), WriteError> {
     let (a, b) = (cstr(from)?, cstr(to)?);

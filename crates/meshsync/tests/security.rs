@@ -1292,3 +1292,45 @@ fn regression_marker_replaced_by_a_symlink_is_not_written_through() {
         },
     );
 }
+
+// Bug: files created in a directory on one device are lost when another
+// device replaced that directory (by a file here) meanwhile. The daemon's
+// global view takes the replacement as a whole but keeps the new children
+// below it, and planning against it deletes them "to make room" (see
+// regressions.rs `regression_global_view_keeps_files_created_in_a_dir_replaced_elsewhere`).
+#[test]
+fn regression_files_created_in_a_dir_replaced_on_another_device_are_kept() {
+    let dir = Dir::new("sec-kind-change");
+    let (mut a, mut b) = pair(&dir, |d| {
+        d.write_with("a/d/old.txt", "old\n", 0o644, T1);
+    });
+    a.start();
+    b.start();
+    let (pa, pb) = (dir.path("a"), dir.path("b"));
+    converge(&[&a, &b], &pa, &pb);
+
+    b.stop();
+    fs::remove_dir_all(pb.join("d")).unwrap();
+    fs::write(pb.join("d"), "d is now a file, on B\n").unwrap();
+    dir.write_with("a/d/new.txt", "created on A, never seen by B\n", 0o644, T2);
+    eventually("A to scan its new file", &[&a], || {
+        let f = a.folder_status(&pa);
+        (f["local_files"] == 2).then_some(()).ok_or(format!("{f}"))
+    });
+    b.start();
+    eventually("B's file to reach A", &[&a, &b], || {
+        (!holders_of(&pa, b"d is now a file, on B\n").is_empty())
+            .then_some(())
+            .ok_or("not yet".into())
+    });
+    holds_for(QUIET, "A's new file surviving on A", &[&a, &b], || {
+        (!holders_of(&pa, b"created on A, never seen by B\n").is_empty())
+            .then_some(())
+            .ok_or(format!("lost; A holds {:?}", names_in(&pa)))
+    });
+    eventually("A's new file on B too", &[&a, &b], || {
+        (!holders_of(&pb, b"created on A, never seen by B\n").is_empty())
+            .then_some(())
+            .ok_or(format!("B holds {:?}", names_in(&pb)))
+    });
+}

@@ -165,7 +165,9 @@ impl Folder {
 
     /// Whether the folder marker is there.
     pub fn marker_present(&self) -> bool {
-        self.root.join(META_DIR).is_dir()
+        // A real directory: a symlink there could lead partial files and
+        // versions out of the folder.
+        std::fs::symlink_metadata(self.root.join(META_DIR)).is_ok_and(|m| m.is_dir())
     }
 
     /// Scans the folder (blocking) and stores the changes. Returns how many
@@ -300,10 +302,49 @@ impl Folder {
             compare: meshsync_core::entry::CompareMode::Metadata,
             now_unix_secs,
         });
+        // Where this device won a conflict, the plan writes its copy to the
+        // other side, which only the peers can do; here the winner must
+        // record a version newer than both copies, or the next round sees
+        // the same conflict again (and makes another conflict copy).
+        let won: std::collections::BTreeSet<RelPath> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::KeepConflictCopy {
+                    side: Side::B,
+                    entry,
+                    ..
+                } => Some(entry.path.clone()),
+                _ => None,
+            })
+            .collect();
+        let clock = st.meta.clock(now_unix_secs);
         let actions: Vec<Action> = plan
             .actions
             .into_iter()
-            .filter(|a| action_side(a) == Side::A)
+            .filter_map(|a| {
+                if action_side(&a) == Side::A {
+                    return Some(a);
+                }
+                let (path, version) = match &a {
+                    Action::Copy {
+                        source, version, ..
+                    }
+                    | Action::Symlink {
+                        source, version, ..
+                    } => (&source.path, version),
+                    Action::MakeDir { entry, .. } => (&entry.path, &entry.version),
+                    _ => return None,
+                };
+                won.contains(path).then(|| {
+                    let mut version = version.clone();
+                    version.bump_at(self.device, clock);
+                    Action::RecordVersion {
+                        path: path.clone(),
+                        version,
+                    }
+                })
+            })
             .collect();
         let local_only = if self.announces_changes() {
             0

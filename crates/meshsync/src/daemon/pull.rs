@@ -314,7 +314,7 @@ fn commit_batch(
                 archive(&folder.root, &f.entry.path, &f.target)?;
                 expected = None;
             }
-            apply::commit_partial(&f.partial, &f.target, expected)
+            apply::commit_partial(&f.partial, &folder.root, &f.target, expected)
         })();
         match result {
             Ok(obs) => {
@@ -348,11 +348,13 @@ fn archive(root: &Path, rel: &meshsync_core::path::RelPath, abs: &Path) -> Resul
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    let mut dir = root.join(meshsync_core::path::META_DIR).join("versions");
+    let mut relative = PathBuf::from(meshsync_core::path::META_DIR).join("versions");
     if let Some(parent) = rel.parent() {
-        dir = dir.join(parent.as_str());
+        relative = relative.join(parent.as_str());
     }
-    std::fs::create_dir_all(&dir).map_err(|e| WriteError::io(&dir, e))?;
+    // Never through a symlink out of the folder.
+    write::ensure_real_dirs(root, &relative, 0o700)?;
+    let dir = root.join(&relative);
     let target = dir.join(format!("{stem}~{stamp}{ext}"));
     std::fs::rename(abs, &target).map_err(|e| WriteError::io(abs, e))
 }
