@@ -29,9 +29,21 @@ for path in args:
             runs[r["run_id"]][r["phase"]] = r
 
 
+def bin_tag(ph):
+    """'bin SHA' from the tool_version p2p.sh records, else the version."""
+    v = next(iter(ph.values())).get("tool_version", "")
+    return v.split("bin ", 1)[1].rstrip(")").strip() if "bin " in v else v
+
+
+# several meshsync builds in the input: label each run with its binary
+MS_BUILDS = {bin_tag(ph) for ph in runs.values() if ph and next(iter(ph.values()))["tool"].startswith("meshsync")}
+
+
 def tool_label(ph):
     any_r = next(iter(ph.values()))
     tool = any_r["tool"]
+    if tool.startswith("meshsync") and len(MS_BUILDS) > 1:
+        tool += "@" + bin_tag(ph)[:8]
     peers = ph.get("setup", {}).get("metrics", {}).get("peers")
     return f"{tool} x{peers}" if peers and peers > 1 else tool
 
@@ -186,13 +198,14 @@ for d in datasets:
 swarm = [t for t in ms_tools if " x" in t]
 if swarm:
     print("\n## meshsync: 1 source and N empty peers vs 1 peer alone (time_s + flush_s, median s)\n")
-    print("| dataset | phase | meshsync x1 s (n) | tool | xN s (n) | xN / x1 | per-peer done s | from a MiB | from peers MiB | A sent MiB | wire MiB | peers verified |")
+    print("| dataset | phase | x1 s (n) | tool | xN s (n) | xN / x1 | per-peer done s | from a MiB | from peers MiB | A sent MiB | wire MiB | peers verified |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d in datasets:
         for phase in ("initial", "update"):
-            one = med((d, "meshsync-daemon"), phase, durable)
             for t in swarm:
                 key = (d, t)
+                t1 = t.rsplit(" x", 1)[0]
+                one = med((d, t1), phase, durable)
                 many = med(key, phase, durable)
                 if many is None and not data.get(key):
                     continue
@@ -205,7 +218,7 @@ if swarm:
                 wire = med(key, phase, lambda m, ph: m.get("wire_bytes"))
                 ver = [ph[phase]["metrics"].get("extra_verify_ok") for ph in data[key] if phase in ph]
                 f = lambda x: "–" if x is None else f"{x / MIB:.1f}"
-                print(f"| {d} | {phase} | {fmt(one)} ({n_of((d, 'meshsync-daemon'), phase)}) | {t} | {fmt(many)} ({n_of(key, phase)}) | "
+                print(f"| {d} | {phase} | {fmt(one)} ({n_of((d, t1), phase)}) | {t} | {fmt(many)} ({n_of(key, phase)}) | "
                       f"{ratio(many, one)} | {per} | {f(fa)} | {f(fp)} | {f(ao)} | {f(wire)} | {ver} |")
 
 print("\n## Runs used (tool versions, run ids)\n")

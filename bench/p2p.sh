@@ -66,6 +66,9 @@ fi
 echo "meshsync binary: $MESHSYNC_BIN ($MESHSYNC_BUILD_INFO)"
 echo "results: $BENCH_RESULTS"
 
+# extra peers' trees the plug-in's teardown had no time to delete (untimed, between runs)
+sweep() { find "$BENCH_RUNS" -mindepth 3 -maxdepth 3 -path '*/state/trash-peer-b*' -prune -exec rm -rf {} + 2>/dev/null || true; }
+
 if [ "$PEERS" -gt 0 ]; then
   "$SHARED/run.sh" --gen "${DATASETS[@]}" >/dev/null
   for r in $(seq "$REPS"); do
@@ -73,6 +76,7 @@ if [ "$PEERS" -gt 0 ]; then
       for n in 1 "$PEERS"; do
         echo "##### rep $r: meshsync-daemon x$n $d  $(date -Is)"
         MESHSYNC_PEERS=$n "$SHARED/run.sh" meshsync-daemon "$d" || echo "##### FAILED: meshsync-daemon x$n $d (rc=$?)"
+        sweep
       done
     done
   done

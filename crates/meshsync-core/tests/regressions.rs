@@ -324,12 +324,12 @@ fn syncthing_6252_stale_tombstone_does_not_delete_a_newer_file() {
 // ---------------------------------------------------------------------------
 // A directory replaced on one device while files are created in it on another
 
-/// Bug (found by `security.rs`): in the global view a daemon plans
-/// against, a directory replaced by a symlink or a file on one device wins
-/// as a whole, yet the children another device created in it meanwhile
-/// stay in the view below it. Planning against that view deletes those
-/// children "to make room": files nobody else ever saw are lost, with no
-/// conflict copy. The pairwise planner gets the same case right (sim
+/// Bug (found by `security.rs`; fixed in ed0b12e): in the global view a
+/// daemon plans against, a directory replaced by a symlink or a file on one
+/// device won as a whole, yet the children another device created in it
+/// meanwhile stayed in the view below it. Planning against that view
+/// deleted those children "to make room": files nobody else ever saw were
+/// lost, with no conflict copy. The pairwise planner gets the same case right (sim
 /// `bug4_seed100565_kind_change_keeps_concurrent_child`): the contrast at
 /// the end.
 #[test]

@@ -19,6 +19,19 @@ use meshsync_store::identity::DeviceIdentity;
 
 const WRITE_SIZE: usize = 1 << 20;
 
+/// This process's CPU time (user + system) in seconds, from
+/// `/proc/self/stat`; `None` where that does not exist. Bytes per CPU-second
+/// is a figure that stays comparable when other work shares the machine.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields, in clock ticks (100 per second on Linux).
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 struct Args {
     bytes: u64,
     runs: usize,
@@ -75,6 +88,7 @@ async fn run_once(sender: &Transport, receiver: &Transport, bytes: u64) -> f64 {
     let responder = responder.expect("accept").expect("handshake");
 
     let start = Instant::now();
+    let cpu_start = process_cpu_seconds();
     let send = tokio::spawn(async move {
         let buffer = vec![0x5au8; WRITE_SIZE];
         let (mut stream, _recv) = initiator.open_control_stream().await.expect("open");
@@ -94,6 +108,9 @@ async fn run_once(sender: &Transport, receiver: &Transport, bytes: u64) -> f64 {
         received += chunk.bytes.len() as u64;
     }
     let elapsed = start.elapsed();
+    let cpu = process_cpu_seconds()
+        .zip(cpu_start)
+        .map(|(end, start)| end - start);
     assert_eq!(received, bytes, "short transfer");
     let initiator = send.await.expect("sender task");
     let stats = initiator.connection.stats();
@@ -101,6 +118,13 @@ async fn run_once(sender: &Transport, receiver: &Transport, bytes: u64) -> f64 {
         "  lost packets {}, congestion events {}, rtt {:?}",
         stats.path.lost_packets, stats.path.congestion_events, stats.path.rtt
     );
+    if let Some(cpu) = cpu {
+        println!(
+            "  CPU {cpu:.2} s for {:.2} s wall: {:.2} Gbit per CPU-second",
+            elapsed.as_secs_f64(),
+            bytes as f64 * 8.0 / cpu / 1e9
+        );
+    }
     initiator.connection.close(0u32.into(), b"done");
     bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
 }

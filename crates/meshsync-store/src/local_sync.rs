@@ -854,6 +854,7 @@ impl<'a> Run<'a> {
             src_stored,
             source,
             &target,
+            Some(&self.trees[to].root),
             previous_avg,
             [&self.chunk_maps[to], &target_chunks],
         )?;
@@ -1081,6 +1082,7 @@ fn copy_file(
     src_stored: Option<&StoredEntry>,
     source: &FileEntry,
     target: &Path,
+    target_root: Option<&Path>,
     previous_avg: Option<u32>,
     local_chunks: [&ChunkMap; 2],
 ) -> Result<Copied, WriteError> {
@@ -1112,7 +1114,13 @@ fn copy_file(
         return Err(changed());
     }
     let params = ChunkParams::for_file(source.size, previous_avg);
-    let mut temp = TempFile::beside(target)?;
+    // Inside a tree, the temporary file is made in the target's directory
+    // opened without following links (a directory swapped for a symlink
+    // after the parent check cannot redirect the write).
+    let mut temp = match target_root {
+        Some(root) => TempFile::below(root, target)?,
+        None => TempFile::beside(target)?,
+    };
     temp.preallocate(source.size)?;
     advise_sequential(&src);
     let mut reader = ChunkReader::new(local_chunks);
@@ -1303,6 +1311,7 @@ fn sync_single_file(
         Some(&stored_src),
         &source,
         &target,
+        None,
         prev_avg,
         [&local, &ChunkMap::default()],
     )

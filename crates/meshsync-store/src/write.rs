@@ -99,33 +99,74 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A temporary file being filled; removed on drop unless committed.
 pub struct TempFile {
     file: Option<File>,
-    temp: PathBuf,
+    /// The target's directory, opened once: the temporary file is created
+    /// and renamed relative to it, so a parent swapped for a symlink after
+    /// the check cannot redirect the write.
+    dir: File,
+    temp_name: CString,
+    target_name: CString,
     target: PathBuf,
     committed: bool,
 }
 
 impl TempFile {
-    /// Creates a temporary file beside `target` (whose parent must exist and
-    /// be a real directory).
+    /// Creates a temporary file beside `target`, whose parent is taken as
+    /// given (links in that path are followed: it is what the user named).
     pub fn beside(target: &Path) -> Result<Self, WriteError> {
-        let dir = target.parent().expect("a target has a parent");
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(parent)
+            .map_err(|e| WriteError::io(target, e))?;
+        Self::in_dir(dir, target)
+    }
+
+    /// Creates a temporary file beside `target`, a path below `root` whose
+    /// parents are opened one by one without following any symlink.
+    pub fn below(root: &Path, target: &Path) -> Result<Self, WriteError> {
+        let parent = target.parent().expect("a target has a parent");
+        let rel = parent
+            .strip_prefix(root)
+            .map_err(|_| WriteError::UnsafeParent {
+                path: target.into(),
+            })?;
+        Self::in_dir(open_dir_nofollow(root, rel)?, target)
+    }
+
+    fn in_dir(dir: File, target: &Path) -> Result<Self, WriteError> {
         let name = format!(
             "{TEMP_PREFIX}{}-{}",
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let temp = dir.join(name);
-        let file = File::options()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|e| WriteError::io(target, e))?;
+        let temp_name = CString::new(name).expect("no NUL");
+        let target_name = CString::new(target.file_name().expect("a target has a name").as_bytes())
+            .map_err(|_| WriteError::UnsafeParent {
+                path: target.into(),
+            })?;
+        // SAFETY: a valid directory descriptor and C string.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                temp_name.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(WriteError::io(target, io::Error::last_os_error()));
+        }
+        // SAFETY: a descriptor openat just returned, owned from here on.
+        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         Ok(TempFile {
             file: Some(file),
-            temp,
+            dir,
+            temp_name,
+            target_name,
             target: target.into(),
             committed: false,
         })
@@ -173,21 +214,34 @@ impl TempFile {
     /// Renames the temporary file over the target if the target is still as
     /// `expected` says (`None`: it must not exist). Returns the new file's facts.
     pub fn commit(mut self, expected: Option<&StoredEntry>) -> Result<Observed, WriteError> {
-        match expected {
-            // "Must not exist" is checked by the rename itself, atomically.
-            None => rename_no_replace(&self.temp, &self.target).map_err(|e| match e {
-                WriteError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists => {
-                    WriteError::TargetChanged {
-                        path: self.target.clone(),
-                    }
+        if expected.is_some() {
+            check_unchanged(&self.target, expected)?;
+        }
+        // "Must not exist" is checked by the rename itself, atomically.
+        let flags = if expected.is_none() {
+            libc::RENAME_NOREPLACE
+        } else {
+            0
+        };
+        // SAFETY: a valid directory descriptor and C strings.
+        let rc = unsafe {
+            libc::renameat2(
+                self.dir.as_raw_fd(),
+                self.temp_name.as_ptr(),
+                self.dir.as_raw_fd(),
+                self.target_name.as_ptr(),
+                flags,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+                WriteError::TargetChanged {
+                    path: self.target.clone(),
                 }
-                other => other,
-            })?,
-            Some(_) => {
-                check_unchanged(&self.target, expected)?;
-                fs::rename(&self.temp, &self.target)
-                    .map_err(|e| WriteError::io(&self.target, e))?;
-            }
+            } else {
+                WriteError::io(&self.target, e)
+            });
         }
         self.committed = true;
         match Observed::of(&self.target) {
@@ -203,7 +257,10 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = fs::remove_file(&self.temp);
+            // SAFETY: a valid directory descriptor and C string.
+            unsafe {
+                libc::unlinkat(self.dir.as_raw_fd(), self.temp_name.as_ptr(), 0);
+            }
         }
     }
 }

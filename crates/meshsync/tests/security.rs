@@ -24,7 +24,8 @@
 //!
 //! Races are made deterministic, not left to timing: a daemon serving a
 //! download is frozen with SIGSTOP once the download has started (seen on
-//! disk), the race is run, and the daemon is let go.
+//! disk), or a file lease blocks `meshsync sync` inside its `open` of a
+//! source file; the race is run, and the process is let go.
 
 mod daemon_util;
 mod security_util;
@@ -46,8 +47,8 @@ use meshsync_proto::message::{Message, OpenFolder};
 use meshsync_proto::{CloseCode, Connection, Event, FolderOffer, ProtocolError};
 use proto_targets::{BINDING, FOLDER_SECRET, Scenario, connection_at, peer_device};
 use security_util::{
-    CreateWatch, Frozen, MeteredAlloc, RawKind, daemon_pid, entries, frame, metered, poll_until,
-    raw_batch_frame, raw_entry, raw_progress_frame, read_proof,
+    CreateWatch, Frozen, Lease, MeteredAlloc, RawKind, daemon_pid, entries, frame, metered,
+    poll_until, raw_batch_frame, raw_entry, raw_progress_frame, read_proof,
 };
 use util::{Dir, MIB, TmpfsMount, is_root, random_bytes};
 
@@ -1134,8 +1135,19 @@ fn syncthing_cve_2017_1000420_daemon_never_writes_through_a_symlinked_dir() {
     dir.write_with("a/sub/deeper/x.txt", "x\n", 0o644, T2);
     b.start();
     dir.write_with("a/later.txt", "later\n", 0o644, T2);
-    eventually("B to get A's later file", &[&a, &b], || {
-        has_content(&pb.join("later.txt"), b"later\n")
+    // B's link loses to A's concurrent changes below it: it is kept as a
+    // conflict copy (a link is data, never followed), `sub` is made again
+    // as a real directory, and A's files land inside the folder.
+    eventually("A's files in a real sub/ on B", &[&a, &b], || {
+        has_content(&pb.join("later.txt"), b"later\n")?;
+        let md = fs::symlink_metadata(pb.join("sub")).map_err(|e| e.to_string())?;
+        if !md.is_dir() {
+            return Err("sub is not a real directory on B".into());
+        }
+        has_content(
+            &pb.join("sub/authorized_keys"),
+            b"ssh-ed25519 AAAA attacker\n",
+        )
     });
     holds_for(
         QUIET,
@@ -1151,17 +1163,51 @@ fn syncthing_cve_2017_1000420_daemon_never_writes_through_a_symlinked_dir() {
     );
 }
 
-// Syncthing #3801: a directory swapped for a symlink *during* a pull sent
-// the pulled file through the link. `meshsync sync` is frozen right after
-// it created its first temporary file in DST/d, d is swapped for a link to
-// a directory outside, and the sync goes on.
+// Bug (Syncthing #3801 in `meshsync sync`): a directory swapped for a
+// symlink between the check of a target's parents and the creation of its
+// temporary file sends the file through the link. `copy` checks the
+// parents (`ensure_parent`), opens the source, then creates the temporary
+// file by path (`TempFile::beside`), which follows the link. The test
+// holds a lease on the source, so the sync's `open` of it blocks exactly
+// in that window; swaps DST/d for a link to a directory outside; and lets
+// the open go on.
 #[test]
-fn syncthing_3801_sync_never_writes_through_a_dir_swapped_mid_sync() {
+fn regression_sync_never_writes_through_a_dir_swapped_mid_sync() {
     let d = Dir::new("sec-swap-sync");
+    d.write_with("src/d/f.bin", random_bytes(10, 64 * 1024), 0o644, T1);
+    d.mkdir("dst/d");
+    let outside = d.mkdir("outside");
+    let lease = Lease::take(&d.path("src/d/f.bin"));
+    let mut child = d.spawn_sync(&["src", "dst"]);
+    let blocked = poll_until(Duration::from_secs(20), || {
+        lease.breaking() || child.try_wait().unwrap().is_some()
+    }) && lease.breaking();
+    if blocked {
+        fs::rename(d.path("dst/d"), d.path("moved-away")).unwrap();
+        std::os::unix::fs::symlink(&outside, d.path("dst/d")).unwrap();
+    }
+    drop(lease);
+    let out = util::Output::from_output(child.wait_with_output().unwrap());
+    assert!(blocked, "the sync never opened its source\n{out}");
+    assert!(
+        names_in(&outside).is_empty(),
+        "written through the swapped directory: {:?}\n{out}",
+        names_in(&outside)
+    );
+    assert_eq!(out.code, 3, "the swapped path is reported\n{out}");
+}
+
+// Syncthing #3801, the other window: the directory is swapped after the
+// temporary files exist, before they are renamed into place. The sync is
+// frozen (SIGSTOP) at its first temporary file in DST/d, d is swapped,
+// and the sync goes on: every rename must fail, none may land outside.
+#[test]
+fn syncthing_3801_sync_never_renames_through_a_dir_swapped_after_writing() {
+    let d = Dir::new("sec-swap-sync-late");
     for i in 0..6 {
         d.write_with(
             &format!("src/d/f{i}.bin"),
-            random_bytes(10 + i, 4 * MIB),
+            random_bytes(20 + i, 4 * MIB),
             0o644,
             T1,
         );
@@ -1169,7 +1215,7 @@ fn syncthing_3801_sync_never_writes_through_a_dir_swapped_mid_sync() {
     d.mkdir("dst/d");
     let outside = d.mkdir("outside");
     let watch = CreateWatch::new(&d.path("dst/d"));
-    let mut child = d.spawn_sync(&["src", "dst"]);
+    let mut child = d.spawn_sync(&["src", "dst", "--threads", "1"]);
     let seen = watch.wait_for(util::TEMP_PREFIX, Duration::from_secs(20), || {
         child.try_wait().unwrap().is_some()
     });
@@ -1188,12 +1234,11 @@ fn syncthing_3801_sync_never_writes_through_a_dir_swapped_mid_sync() {
     assert_eq!(out.code, 3, "the swapped paths are reported\n{out}");
 }
 
-// Bug (Syncthing #3801 in the daemon): a directory swapped for a symlink
-// while a file in it downloads sends the file through the link. The
-// daemon checks the parent directories when a download starts
-// (pull.rs ensure_parent), assembles the file in .meshsync/partial/, and
-// renames it into place later without checking them again, so the rename
-// follows the link out of the folder.
+// Bug (Syncthing #3801 in the daemon; fixed in ed0b12e): a directory
+// swapped for a symlink while a file in it downloaded sent the file through
+// the link. The daemon checked the parent directories when a download
+// started, assembled the file in .meshsync/partial/, and renamed it into
+// place later by path, so the rename followed the link out of the folder.
 #[test]
 fn regression_dir_swapped_for_symlink_during_a_pull_is_not_written_through() {
     let dir = Dir::new("sec-swap-daemon");
@@ -1248,10 +1293,10 @@ fn regression_dir_swapped_for_symlink_during_a_pull_is_not_written_through() {
     );
 }
 
-// Bug: the folder marker `.meshsync` replaced by a symlink is followed.
-// The marker check (`is_dir`) accepts a link to a directory, and downloads
-// are assembled in `.meshsync/partial/` (created with `create_dir_all`),
-// so partial files are written through the link, outside the folder.
+// Bug (fixed in ed0b12e): the folder marker `.meshsync` replaced by a
+// symlink was followed. The marker check (`is_dir`) accepted a link to a
+// directory, and downloads were assembled in `.meshsync/partial/` (created
+// with `create_dir_all`), so partial files went through the link.
 #[test]
 fn regression_marker_replaced_by_a_symlink_is_not_written_through() {
     let dir = Dir::new("sec-marker-link");
@@ -1293,11 +1338,12 @@ fn regression_marker_replaced_by_a_symlink_is_not_written_through() {
     );
 }
 
-// Bug: files created in a directory on one device are lost when another
-// device replaced that directory (by a file here) meanwhile. The daemon's
-// global view takes the replacement as a whole but keeps the new children
-// below it, and planning against it deletes them "to make room" (see
-// regressions.rs `regression_global_view_keeps_files_created_in_a_dir_replaced_elsewhere`).
+// Bug (data loss; fixed in ed0b12e): files created in a directory on one
+// device were lost when another device replaced that directory (by a file
+// here) meanwhile. The daemon's global view took the replacement as a
+// whole but kept the new children below it, and planning against it
+// deleted them "to make room" (see regressions.rs
+// `regression_global_view_keeps_files_created_in_a_dir_replaced_elsewhere`).
 #[test]
 fn regression_files_created_in_a_dir_replaced_on_another_device_are_kept() {
     let dir = Dir::new("sec-kind-change");

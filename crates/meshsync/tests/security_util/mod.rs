@@ -3,7 +3,8 @@
 //! the key material, as an attacker holding that material could), an
 //! allocation meter, and process control for races made deterministic
 //! (freeze a daemon or a sync with SIGSTOP at a chosen moment, found by
-//! inotify or polling).
+//! inotify or polling; or block a sync inside its `open` of a file with a
+//! file lease).
 //!
 //! Every process signalled here is one the test started itself (found by
 //! its unique `--home` or by its `Child`).
@@ -417,4 +418,52 @@ pub fn http(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A write lease (`fcntl(F_SETLEASE)`) held on a file: another process's
+/// `open` of it blocks until the lease is released, which pins that process
+/// at a known point (just after its `open` call started) as long as the
+/// test needs. Needs the file's owner (or root).
+pub struct Lease {
+    file: fs::File,
+}
+
+impl Lease {
+    /// Takes a write lease on `path` (which nobody else may have open).
+    pub fn take(path: &Path) -> Lease {
+        // The kernel tells the holder of a lease that is being broken with
+        // SIGIO, whose default action ends the process; polling is enough.
+        // SAFETY: installing SIG_IGN has no memory effects.
+        unsafe {
+            libc::signal(libc::SIGIO, libc::SIG_IGN);
+        }
+        let file = fs::File::open(path).expect("opening the leased file");
+        // SAFETY: fcntl on a descriptor we own.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) };
+        assert_eq!(
+            rc,
+            0,
+            "F_SETLEASE on {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        Lease { file }
+    }
+
+    /// Whether another process is blocked opening the file.
+    pub fn breaking(&self) -> bool {
+        // SAFETY: fcntl on a descriptor we own. While a break is pending,
+        // F_GETLEASE reports the type the lease is being broken to.
+        let kind = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_GETLEASE) };
+        kind != libc::F_WRLCK
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // SAFETY: as above; releasing lets the blocked open go on.
+        unsafe {
+            libc::fcntl(self.file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK);
+        }
+    }
 }
