@@ -18,7 +18,11 @@
 # to $BENCH_RUNS/bin/SHA/meshsync, so a rebuild of target/ while the matrix
 # runs does not change the binary under test; its hash is in every record's
 # tool_version.  Env knobs of the harness pass through (BENCH_PHASE_TIMEOUT,
-# BENCH_KEEP, BENCH_DROP_CACHES, BENCH_STRACE, ...); MESHSYNC_BIN skips the build.
+# BENCH_KEEP, BENCH_DROP_CACHES, BENCH_STRACE, ...); MESHSYNC_BIN skips the build
+# (then MESHSYNC_BUILD_INFO may say what it is).  Several meshsync builds in one
+# results file are told apart by compare_p2p.py (label meshsync-daemon@BIN).
+# In --peers mode the extra peers' trees that the plug-in's teardown could not
+# delete in its time budget (state/trash-peer-b*) are removed between runs.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"

@@ -176,12 +176,15 @@ class Node:
             pre = ["strace", "-f", "-qq", "-e", "trace=connect,bind,sendto,sendmsg,recvfrom",
                    "-o", os.path.join(STATE, f"strace-{self.name}.txt")]
         logf = open(self.log, "ab")
-        env = dict(ENV, RUST_LOG=LOG)
-        p = subprocess.Popen(pre + [BIN, "--home", self.home, "run"], stdout=logf, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        env = dict(ENV, RUST_LOG=LOG, MS_PIDS=os.path.join(STATE, "pids"), MS_LABEL=self.label)
+        # The shell records its own PID, then becomes the daemon (exec): the
+        # PID is in state/pids before any process named "meshsync" exists, so
+        # the driver's sampler never sees the daemon unlabelled.
+        p = subprocess.Popen(["/bin/sh", "-c", 'echo "$$ $MS_LABEL" >> "$MS_PIDS"; exec "$@"', "sh",
+                              *pre, BIN, "--home", self.home, "run"],
+                             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                             start_new_session=True)
         logf.close()
-        with open(os.path.join(STATE, "pids"), "a") as f:
-            f.write(f"{p.pid} {self.label}\n")
         self.proc = p
         return p
 
@@ -197,6 +200,9 @@ class Node:
         return None
 
     def alive(self):
+        proc = getattr(self, "proc", None)
+        if proc is not None:  # started by this process (its PID may not be in state/pids yet)
+            return proc.poll() is None
         p = self.pid()
         return p is not None and not is_gone(p)
 
