@@ -81,7 +81,7 @@ fn parse_args() -> Args {
     args
 }
 
-async fn run_once(sender: &Transport, receiver: &Transport, bytes: u64) -> f64 {
+async fn run_once(sender: &Transport, receiver: &Transport, bytes: u64) -> (f64, String) {
     let addr = receiver.local_addr();
     let (initiator, responder) = tokio::join!(sender.connect(addr, None), receiver.accept());
     let initiator = initiator.expect("connect");
@@ -114,19 +114,24 @@ async fn run_once(sender: &Transport, receiver: &Transport, bytes: u64) -> f64 {
     assert_eq!(received, bytes, "short transfer");
     let initiator = send.await.expect("sender task");
     let stats = initiator.connection.stats();
-    eprintln!(
-        "  lost packets {}, congestion events {}, rtt {:?}",
-        stats.path.lost_packets, stats.path.congestion_events, stats.path.rtt
-    );
-    if let Some(cpu) = cpu {
-        println!(
-            "  CPU {cpu:.2} s for {:.2} s wall: {:.2} Gbit per CPU-second",
-            elapsed.as_secs_f64(),
-            bytes as f64 * 8.0 / cpu / 1e9
-        );
-    }
     initiator.connection.close(0u32.into(), b"done");
-    bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
+    let rate = bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9;
+    let cpu = cpu.map_or_else(
+        || "CPU time unknown".to_owned(),
+        |cpu| {
+            format!(
+                "CPU {cpu:.2} s, {:.2} Gbit per CPU-second",
+                bytes as f64 * 8.0 / cpu / 1e9
+            )
+        },
+    );
+    let detail = format!(
+        "{:.2} s; {cpu}; {} packets lost, {} congestion events",
+        elapsed.as_secs_f64(),
+        stats.path.lost_packets,
+        stats.path.congestion_events
+    );
+    (rate, detail)
 }
 
 #[tokio::main]
@@ -145,8 +150,8 @@ async fn main() {
     );
     let mut rates = Vec::new();
     for run in 1..=args.runs {
-        let rate = run_once(&sender, &receiver, args.bytes).await;
-        println!("run {run}: {rate:.2} Gbit/s");
+        let (rate, detail) = run_once(&sender, &receiver, args.bytes).await;
+        println!("run {run}: {rate:.2} Gbit/s ({detail})");
         rates.push(rate);
     }
     rates.sort_by(f64::total_cmp);
