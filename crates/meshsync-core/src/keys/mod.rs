@@ -35,6 +35,7 @@
 //! zeroizes its secret bytes on drop.
 
 mod crypt;
+pub mod discovery;
 mod error;
 mod folder;
 mod password;
