@@ -370,7 +370,7 @@ def cmd_setup():
         raise SystemExit(f"no meshsync binary at {BIN} (set MESHSYNC_BIN)")
     for n in [a] + bs:
         shutil.rmtree(n.home, ignore_errors=True)
-        n.cli("init", "--listen", f"127.0.0.1:{n.listen}", "--api", f"127.0.0.1:{n.api}", "--name", f"bench-{n.name}")
+        n.cli("init", "--listen", f"127.0.0.1:{n.listen}", "--api", f"127.0.0.1:{n.api}", "--name", f"bench-{n.name}", "--offline")
     share = json.loads(a.cli("share", a.path, "--json"))
     key = share["read_write"]
     a.cli("pause", a.path)  # held until `scan` (no daemon runs yet: edits the config)

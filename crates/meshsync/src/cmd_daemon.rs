@@ -33,6 +33,35 @@ pub struct InitArgs {
     /// This device's name (default: the host name).
     #[arg(long)]
     pub name: Option<String>,
+    /// A tracker to announce to and find peers through (repeatable).
+    #[arg(long = "tracker", value_name = "HOST:PORT")]
+    pub trackers: Vec<String>,
+    /// Do not announce on or listen to the local network.
+    #[arg(long)]
+    pub no_lan: bool,
+    /// The UDP port of LAN announcements.
+    #[arg(long, value_name = "PORT", default_value_t = crate::config::DEFAULT_LAN_PORT)]
+    pub lan_port: u16,
+    /// Do not use the BitTorrent mainline DHT.
+    #[arg(long)]
+    pub no_dht: bool,
+    /// DHT bootstrap nodes instead of the public ones (repeatable; for a
+    /// private or test DHT).
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
+    pub dht_bootstrap: Vec<String>,
+    /// Do not ask the router to forward the port (UPnP IGD, NAT-PMP).
+    #[arg(long)]
+    pub no_upnp: bool,
+    /// Do not use relays.
+    #[arg(long)]
+    pub no_relay: bool,
+    /// Do not exchange peer addresses with connected peers.
+    #[arg(long)]
+    pub no_pex: bool,
+    /// Turn off every discovery method that reaches beyond the static peer
+    /// addresses (LAN, DHT, UPnP, relay, PEX); trackers given still apply.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// Flags of `meshsync share`.
@@ -88,7 +117,16 @@ pub fn init(args: InitArgs, home: &Path) -> Result<u8> {
     }
     let identity = DeviceIdentity::load_or_create(home).context("creating the device identity")?;
     let name = args.name.unwrap_or_else(host_name);
-    let config = Config::new(name, args.listen, args.api, random_hex(16)?);
+    let mut config = Config::new(name, args.listen, args.api, random_hex(16)?);
+    let d = &mut config.discovery;
+    d.trackers = args.trackers;
+    d.lan = !(args.no_lan || args.offline);
+    d.lan_port = args.lan_port;
+    d.dht = !(args.no_dht || args.offline);
+    d.dht_bootstrap = args.dht_bootstrap;
+    d.upnp = !(args.no_upnp || args.offline);
+    d.relay = !(args.no_relay || args.offline);
+    d.pex = !(args.no_pex || args.offline);
     config.save(home)?;
     println!("device id: {}", identity.device_id());
     println!("config:    {}", Config::path(home).display());
@@ -251,6 +289,7 @@ fn offline_status(config: &Config, home: &Path) -> Result<Status> {
         listen: config.device.listen.to_string(),
         folders,
         peers: Vec::new(),
+        discovery: Default::default(),
     })
 }
 
@@ -278,8 +317,8 @@ fn print_status(s: &Status) {
     }
     for p in &s.peers {
         println!(
-            "  peer {} ({}) at {} via {}",
-            p.device_id, p.name, p.address, p.via
+            "  peer {} ({}) at {} via {}, {}",
+            p.device_id, p.name, p.address, p.via, p.path
         );
     }
 }

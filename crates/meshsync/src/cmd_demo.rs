@@ -141,7 +141,10 @@ pub fn run(args: DemoArgs) -> Result<u8> {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        Config::new(name.into(), listen, api_addr, api_key.clone()).save(&home)?;
+        let mut config = Config::new(name.into(), listen, api_addr, api_key.clone());
+        // The demo stays on loopback: no LAN, DHT, UPnP or relay traffic.
+        config.discovery = crate::config::DiscoveryConfig::offline();
+        config.save(&home)?;
         demo.devices.push(Device {
             name,
             home,

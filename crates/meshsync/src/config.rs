@@ -22,9 +22,74 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub struct Config {
     /// This device.
     pub device: DeviceConfig,
+    /// How peers are found.
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
     /// Shared folders.
     #[serde(default, rename = "folder")]
     pub folders: Vec<FolderConfig>,
+}
+
+/// How this device finds peers (`[discovery]`). Each method can be turned
+/// off on its own; static peer addresses (per folder) always work.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DiscoveryConfig {
+    /// Announce on and listen to the local network (UDP multicast and
+    /// broadcast).
+    pub lan: bool,
+    /// The UDP port of LAN announcements.
+    pub lan_port: u16,
+    /// Trackers (`HOST:PORT`): they introduce peers of the same folder and
+    /// help two peers behind NAT reach each other.
+    pub trackers: Vec<String>,
+    /// Use the trackers' relays when no direct path works.
+    pub relay: bool,
+    /// Announce and look up folders on the BitTorrent mainline DHT.
+    pub dht: bool,
+    /// DHT bootstrap nodes (`HOST:PORT`); empty: the public mainline
+    /// bootstrap nodes.
+    pub dht_bootstrap: Vec<String>,
+    /// Share the addresses of other peers of a folder with its peers (and
+    /// learn from theirs).
+    pub pex: bool,
+    /// Ask the router to forward the listening port (UPnP IGD, NAT-PMP).
+    pub upnp: bool,
+}
+
+/// The default UDP port of LAN announcements.
+pub const DEFAULT_LAN_PORT: u16 = 21029;
+
+impl DiscoveryConfig {
+    /// Nothing beyond static peer addresses: for tests, benchmarks and the
+    /// demo, which must not send a packet off this machine.
+    pub fn offline() -> Self {
+        DiscoveryConfig {
+            lan: false,
+            trackers: Vec::new(),
+            relay: false,
+            dht: false,
+            dht_bootstrap: Vec::new(),
+            pex: false,
+            upnp: false,
+            ..Default::default()
+        }
+    }
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            lan: true,
+            lan_port: DEFAULT_LAN_PORT,
+            trackers: Vec::new(),
+            relay: true,
+            dht: true,
+            dht_bootstrap: Vec::new(),
+            pex: true,
+            upnp: true,
+        }
+    }
 }
 
 /// This device's settings.
@@ -135,6 +200,7 @@ impl Config {
                 api_key,
                 rescan_interval_secs: default_rescan_secs(),
             },
+            discovery: DiscoveryConfig::default(),
             folders: Vec::new(),
         }
     }

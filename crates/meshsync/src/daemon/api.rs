@@ -764,6 +764,7 @@ mod tests {
                 name: format!("{id}-laptop"),
                 address: "192.0.2.7:22000".to_owned(),
                 via: "static".to_owned(),
+                path: "direct".to_owned(),
                 folders: folders.iter().map(|s| (*s).to_owned()).collect(),
                 bytes_in: 5,
                 bytes_out: 6,
@@ -778,6 +779,7 @@ mod tests {
                         peer("DEV-ONE", &["SHAREA", "SHAREB"]),
                         peer("DEV-TWO", &["SHAREB"]),
                     ],
+                    discovery: Default::default(),
                 },
                 metrics: Metrics {
                     bytes_received: 4096,

@@ -21,6 +21,35 @@ pub struct Status {
     pub folders: Vec<FolderStatus>,
     /// Every connected peer.
     pub peers: Vec<PeerStatus>,
+    /// What discovery knows.
+    #[serde(default)]
+    pub discovery: DiscoveryStatus,
+}
+
+/// Discovery's state: which methods are on, this device's addresses as
+/// others see them, and every address found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct DiscoveryStatus {
+    /// The methods turned on (`lan`, `tracker`, `relay`, `dht`, `pex`,
+    /// `upnp`).
+    pub methods: Vec<String>,
+    /// This device's addresses as reported by routers and trackers.
+    pub own_addresses: Vec<String>,
+    /// Addresses found, with how and the device expected there.
+    pub candidates: Vec<CandidateStatus>,
+}
+
+/// One address discovery found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CandidateStatus {
+    /// The address.
+    pub address: String,
+    /// The device expected there, if known.
+    pub device_id: Option<String>,
+    /// How it was found.
+    pub via: String,
+    /// The kind of path.
+    pub path: String,
 }
 
 /// One folder's status.
@@ -61,9 +90,12 @@ pub struct PeerStatus {
     pub name: String,
     /// The address of the connection.
     pub address: String,
-    /// How it was found and reached: `static` (configured address),
-    /// `incoming` (it connected to us).
+    /// How it was found: `static` (configured address), `lan`, `tracker`,
+    /// `dht`, `pex` (another peer told us), `incoming` (it connected to us).
     pub via: String,
+    /// The network path: `direct`, `hole-punched` or `relayed`.
+    #[serde(default = "direct_path")]
+    pub path: String,
     /// Folders shared with it (share ids).
     pub folders: Vec<String>,
     /// Bytes received from it.
@@ -167,4 +199,8 @@ impl FolderStateKind {
             FolderStateKind::Stopped => "stopped",
         }
     }
+}
+
+fn direct_path() -> String {
+    "direct".to_owned()
 }

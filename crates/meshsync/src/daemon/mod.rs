@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod control;
+pub mod discovery;
 pub mod folder;
 pub mod peer;
 pub mod pull;
@@ -84,6 +85,8 @@ pub struct Daemon {
     pub folders: RwLock<HashMap<ShareId, Arc<FolderRuntime>>>,
     /// Connected peers.
     pub peers: Arc<PeerRegistry>,
+    /// Addresses discovery found.
+    pub book: Arc<discovery::AddressBook>,
     /// Events for the API.
     pub events: broadcast::Sender<Event>,
     /// Counters.
@@ -118,6 +121,7 @@ impl Daemon {
             db,
             folders: RwLock::new(HashMap::new()),
             peers: Arc::new(PeerRegistry::default()),
+            book: Arc::new(discovery::AddressBook::default()),
             events,
             counters: Counters::default(),
             stopping: watch::channel(false).0,
@@ -125,6 +129,36 @@ impl Daemon {
             watcher: Mutex::new(None),
         });
         Ok(daemon)
+    }
+
+    fn discovery_status(&self, cfg: &crate::config::DiscoveryConfig) -> control::DiscoveryStatus {
+        let methods = [
+            ("lan", cfg.lan),
+            ("tracker", !cfg.trackers.is_empty()),
+            ("relay", cfg.relay && !cfg.trackers.is_empty()),
+            ("dht", cfg.dht),
+            ("pex", cfg.pex),
+            ("upnp", cfg.upnp),
+        ];
+        control::DiscoveryStatus {
+            methods: methods
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(m, _)| (*m).to_owned())
+                .collect(),
+            own_addresses: self.book.own().iter().map(ToString::to_string).collect(),
+            candidates: self
+                .book
+                .all()
+                .iter()
+                .map(|c| control::CandidateStatus {
+                    address: c.addr.to_string(),
+                    device_id: c.device.map(|d| d.to_string()),
+                    via: c.found.as_str().to_owned(),
+                    path: c.path.as_str().to_owned(),
+                })
+                .collect(),
+        }
     }
 
     /// Opens configured folders that are not open yet; returns the new ones.
@@ -315,11 +349,16 @@ impl Daemon {
         self.set_state(&folder, state);
     }
 
-    /// Connects to every configured static peer address not connected yet.
-    async fn dial_static_peers(self: Arc<Self>, transport: Arc<Transport>) {
+    /// Connects to every configured static peer address and every due
+    /// candidate of the address book that is not connected yet; woken by
+    /// new candidates, else every few seconds.
+    async fn dial_peers(self: Arc<Self>, transport: Arc<Transport>) {
+        use discovery::{Candidate, Found, PathKind};
         let mut stopping = self.stopping.subscribe();
+        let mut static_due: HashMap<std::net::SocketAddr, std::time::Instant> = HashMap::new();
         loop {
-            let addrs: Vec<std::net::SocketAddr> = {
+            let now = std::time::Instant::now();
+            let statics: Vec<std::net::SocketAddr> = {
                 let cfg = self.config.lock().expect("poisoned");
                 let mut a: Vec<_> = cfg
                     .folders
@@ -330,32 +369,63 @@ impl Daemon {
                 a.dedup();
                 a
             };
-            for addr in addrs {
-                if self.peers.has_address(&addr) {
+            let mut dials: Vec<Candidate> = Vec::new();
+            for addr in statics {
+                if static_due.get(&addr).is_none_or(|t| *t <= now) {
+                    static_due.insert(addr, now + Duration::from_secs(3));
+                    dials.push(Candidate {
+                        addr,
+                        device: None,
+                        found: Found::Static,
+                        path: PathKind::Direct,
+                    });
+                }
+            }
+            dials.extend(self.book.due());
+            for c in dials {
+                let connected = match c.device {
+                    Some(d) => d == self.device_id || self.peers.get(&d).is_some(),
+                    None => self.peers.has_address(&c.addr),
+                };
+                if connected {
                     continue;
                 }
                 let d = Arc::clone(&self);
                 let t = Arc::clone(&transport);
                 tokio::spawn(async move {
-                    match t.connect(addr, None).await {
-                        Ok(pc) => peer::run_connection(d, pc, "static").await,
-                        Err(e) => tracing::debug!("connecting to {addr}: {e}"),
+                    match t.connect(c.addr, c.device).await {
+                        Ok(pc) => {
+                            d.book.dialled(c.addr, true);
+                            peer::run_connection(d, pc, c.found, c.path).await;
+                        }
+                        Err(e) => {
+                            d.book.dialled(c.addr, false);
+                            tracing::debug!("connecting to {} ({}): {e}", c.addr, c.found.as_str());
+                        }
                     }
                 });
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+                _ = self.book.changed.notified() => {}
                 _ = stopping.changed() => return,
             }
         }
     }
 
     async fn accept_peers(self: Arc<Self>, transport: Arc<Transport>) {
+        use discovery::{Found, PathKind};
         while let Some(incoming) = transport.accept().await {
             match incoming {
                 Ok(pc) => {
+                    // A connection from an address discovery knows (a hole
+                    // punch, a relay tunnel) keeps what the book says of it.
+                    let (found, path) = match self.book.get(&pc.connection.remote_address()) {
+                        Some(c) => (c.found, c.path),
+                        None => (Found::Incoming, PathKind::Direct),
+                    };
                     let d = Arc::clone(&self);
-                    tokio::spawn(peer::run_connection(d, pc, "incoming"));
+                    tokio::spawn(peer::run_connection(d, pc, found, path));
                 }
                 Err(e) => tracing::info!("refused a connection: {e}"),
             }
@@ -476,6 +546,7 @@ impl Control for Daemon {
                 .map_or_else(|| cfg.device.listen.to_string(), |a| a.to_string()),
             folders,
             peers,
+            discovery: self.discovery_status(&cfg.discovery),
         }
     }
 
@@ -563,6 +634,9 @@ pub async fn run(home: &Path) -> Result<()> {
             .with_context(|| format!("listening on {listen}"))?,
     );
     let _ = daemon.transport.set(Arc::clone(&transport));
+    if !transport.local_addr().ip().is_unspecified() {
+        daemon.book.set_own("listen", vec![transport.local_addr()]);
+    }
     let api_listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("API address {api_addr}"))?;
@@ -579,7 +653,7 @@ pub async fn run(home: &Path) -> Result<()> {
     }
     daemon.watch_folders();
     tokio::spawn(Arc::clone(&daemon).accept_peers(Arc::clone(&transport)));
-    tokio::spawn(Arc::clone(&daemon).dial_static_peers(Arc::clone(&transport)));
+    tokio::spawn(Arc::clone(&daemon).dial_peers(Arc::clone(&transport)));
     let control: Arc<dyn Control> = daemon.clone();
     let router = api::router(control, api_key);
     let mut stop_api = daemon.stopping.subscribe();

@@ -29,6 +29,7 @@ use meshsync_proto::{CloseCode, Connection, Event as ProtoEvent, FolderOffer, Lo
 
 use super::Daemon;
 use super::control::{Event, PeerStatus};
+use super::discovery::{Found, PathKind};
 use super::pull::ChunkSource;
 
 /// One connected peer.
@@ -39,8 +40,10 @@ pub struct PeerLink {
     pub name: Mutex<String>,
     /// The QUIC connection.
     pub conn: PeerConnection,
-    /// How it was reached.
-    pub via: &'static str,
+    /// How it was found.
+    pub found: Found,
+    /// The kind of path the connection runs over.
+    pub path: PathKind,
     /// Folders open with it.
     pub folders: Mutex<HashSet<ShareId>>,
     /// Folders it sent a bad chunk for (not asked again).
@@ -148,7 +151,8 @@ impl PeerRegistry {
                     device_id: l.device.to_string(),
                     name: l.name.lock().expect("poisoned").clone(),
                     address: l.conn.connection.remote_address().to_string(),
-                    via: l.via.to_string(),
+                    via: l.found.as_str().to_owned(),
+                    path: l.path.as_str().to_owned(),
                     folders,
                     bytes_in: l.bytes_in.load(Ordering::Relaxed),
                     bytes_out: l.bytes_out.load(Ordering::Relaxed),
@@ -258,7 +262,12 @@ async fn serve_chunk(
 }
 
 /// Runs one peer connection until it closes.
-pub async fn run_connection(daemon: Arc<Daemon>, conn: PeerConnection, via: &'static str) {
+pub async fn run_connection(
+    daemon: Arc<Daemon>,
+    conn: PeerConnection,
+    found: Found,
+    path: PathKind,
+) {
     if conn.peer == daemon.device_id {
         conn.connection.close(0u32.into(), b"connected to itself");
         return;
@@ -272,7 +281,8 @@ pub async fn run_connection(daemon: Arc<Daemon>, conn: PeerConnection, via: &'st
         device: conn.peer,
         name: Mutex::new(String::new()),
         conn: conn.clone(),
-        via,
+        found,
+        path,
         folders: Mutex::new(HashSet::new()),
         bad_for: Mutex::new(HashSet::new()),
         bytes_in: AtomicU64::new(0),
@@ -288,7 +298,12 @@ pub async fn run_connection(daemon: Arc<Daemon>, conn: PeerConnection, via: &'st
         }
     }
     let address = conn.connection.remote_address().to_string();
-    tracing::info!("peer {} connected ({via}, {address})", conn.peer);
+    tracing::info!(
+        "peer {} connected ({}, {}, {address})",
+        conn.peer,
+        found.as_str(),
+        path.as_str()
+    );
     let _ = daemon.events.send(Event::PeerConnected {
         device_id: conn.peer.to_string(),
         address,

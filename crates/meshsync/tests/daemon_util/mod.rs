@@ -133,6 +133,8 @@ impl Device {
             &api.to_string(),
             "--name",
             name,
+            // Nothing may leave loopback in tests.
+            "--offline",
         ])
         .ok();
         let config = fs::read_to_string(d.home.join("config.toml")).expect("reading config.toml");
