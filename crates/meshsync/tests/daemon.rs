@@ -370,6 +370,32 @@ fn a_paused_folder_takes_nothing_until_resumed() {
     absent(&pb.join("first.txt")).unwrap();
 }
 
+// Bug: a folder paused when a peer connected was refused on that connection
+// and `resume` never offered it again: it stayed unsynced until one side
+// restarted.
+#[test]
+fn regression_folder_resumed_while_connected_is_offered() {
+    let dir = Dir::new("daemon-resume-connected");
+    let (mut a, mut b) = pair(&dir, |d| {
+        d.write_with("a/x.txt", "from A\n", 0o644, T1);
+    });
+    let (pa, pb) = (dir.path("a"), dir.path("b"));
+    // No daemon runs yet: the pause goes into B's config.
+    b.pause(&pb);
+    a.start();
+    b.start();
+    eventually("A and B connected", &[&a, &b], || {
+        (a.peer_count() == 1 && b.peer_count() == 1)
+            .then_some(())
+            .ok_or_else(|| "not connected".to_owned())
+    });
+    holds_for(QUIET, "B holding still while paused", &[&a, &b], || {
+        absent(&pb.join("x.txt"))
+    });
+    b.resume(&pb);
+    converge(&[&a, &b], &pa, &pb);
+}
+
 // Bug: a folder added while the daemon runs (share/join, picked up by the
 // config reload) is synced once but never watched: its later local changes
 // wait for the hourly rescan (watch_folders runs once, at start).

@@ -421,6 +421,9 @@ async fn drive_control(daemon: &Arc<Daemon>, link: &Arc<PeerLink>) -> Result<()>
                 }
             }
             _ = tick.tick() => {
+                if proto.negotiated_version().is_some() {
+                    offer_new_folders(daemon, &mut proto)?;
+                }
                 send_index_updates(daemon, &mut proto, &mut sent);
             }
             _ = stopping.changed() => {
@@ -432,6 +435,37 @@ async fn drive_control(daemon: &Arc<Daemon>, link: &Arc<PeerLink>) -> Result<()>
             }
         }
     }
+}
+
+/// Offers every running folder this connection has not heard of: all of
+/// them after the hello, later a folder added or resumed while connected.
+///
+/// A folder this side refused on this connection (it was paused when the
+/// peer offered it) stays refused for the connection's life (the protocol's
+/// rule); once it runs again the connection is closed so that a fresh one
+/// (the dialer reconnects at once) opens it.
+fn offer_new_folders(daemon: &Daemon, proto: &mut Connection) -> Result<()> {
+    use meshsync_proto::connection::{FolderStatus, Side};
+    for rt in daemon.all_folders() {
+        if rt.folder.paused.load(Ordering::SeqCst) {
+            continue;
+        }
+        let share = rt.folder.share;
+        match proto.folder_status(&share) {
+            None => {
+                let offer = FolderOffer::fresh(index_id(daemon, &share), rt.folder.max_sequence());
+                if let Err(e) = proto.open_folder(&offered_key(&rt), offer) {
+                    tracing::debug!("offering {share}: {e}");
+                }
+            }
+            Some(FolderStatus::Refused { by: Side::Local }) => {
+                proto.close(CloseCode::Normal, "a refused folder runs again; reconnect");
+                bail!("folder {share} runs again; reconnecting to open it");
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Aborts a task when dropped.
@@ -462,18 +496,7 @@ fn handle_event(
     match event {
         ProtoEvent::HelloReceived { device_name, .. } => {
             *link.name.lock().expect("poisoned") = device_name;
-            for rt in daemon.all_folders() {
-                if rt.folder.paused.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let offer = FolderOffer::fresh(
-                    index_id(daemon, &rt.folder.share),
-                    rt.folder.max_sequence(),
-                );
-                if let Err(e) = proto.open_folder(&offered_key(&rt), offer) {
-                    tracing::debug!("offering {}: {e}", rt.folder.share);
-                }
-            }
+            offer_new_folders(daemon, proto)?;
         }
         ProtoEvent::FolderRequested { share, peer } => {
             // Plaintext names and chunk hashes go only to a peer that proved
