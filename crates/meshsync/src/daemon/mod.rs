@@ -654,6 +654,9 @@ pub async fn run(home: &Path) -> Result<()> {
     daemon.watch_folders();
     tokio::spawn(Arc::clone(&daemon).accept_peers(Arc::clone(&transport)));
     tokio::spawn(Arc::clone(&daemon).dial_peers(Arc::clone(&transport)));
+    if daemon.config.lock().expect("poisoned").discovery.dht {
+        discovery::dht::spawn(&daemon, &transport);
+    }
     let control: Arc<dyn Control> = daemon.clone();
     let router = api::router(control, api_key);
     let mut stop_api = daemon.stopping.subscribe();

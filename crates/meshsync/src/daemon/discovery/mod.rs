@@ -17,6 +17,8 @@
 //! within [`CANDIDATE_TTL`] are forgotten, so a flood of spoofed
 //! announcements costs memory only up to the bound and only for a while.
 
+pub mod dht;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -126,7 +128,6 @@ impl AddressBook {
     /// Offers a candidate. A new address is due at once; an address known
     /// already is kept alive, and a better-known device or a more direct
     /// finding method replaces what was recorded.
-    #[allow(dead_code)] // until the discovery sources that call it land
     pub fn offer(&self, candidate: Candidate) {
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("poisoned");
@@ -218,6 +219,16 @@ impl AddressBook {
     /// what `source` said before).
     pub fn set_own(&self, source: &'static str, addrs: Vec<SocketAddr>) {
         self.own.lock().expect("poisoned").insert(source, addrs);
+    }
+
+    /// What `source` reported of this device's addresses.
+    pub fn own_from(&self, source: &str) -> Vec<SocketAddr> {
+        self.own
+            .lock()
+            .expect("poisoned")
+            .get(source)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// This device's addresses as others may see them, from every source.
