@@ -87,6 +87,8 @@ pub struct Daemon {
     pub peers: Arc<PeerRegistry>,
     /// Addresses discovery found.
     pub book: Arc<discovery::AddressBook>,
+    /// LAN discovery's counters.
+    pub lan_stats: discovery::lan::LanStats,
     /// Events for the API.
     pub events: broadcast::Sender<Event>,
     /// Counters.
@@ -122,6 +124,7 @@ impl Daemon {
             folders: RwLock::new(HashMap::new()),
             peers: Arc::new(PeerRegistry::default()),
             book: Arc::new(discovery::AddressBook::default()),
+            lan_stats: discovery::lan::LanStats::default(),
             events,
             counters: Counters::default(),
             stopping: watch::channel(false).0,
@@ -158,6 +161,7 @@ impl Daemon {
                     path: c.path.as_str().to_owned(),
                 })
                 .collect(),
+            lan: self.lan_stats.snapshot(),
         }
     }
 
@@ -434,7 +438,6 @@ impl Daemon {
 
     /// Watches folder roots and asks for a scan (debounced) when they change.
     fn watch_folders(self: &Arc<Self>) {
-        use notify::{RecursiveMode, Watcher};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Reads (our own scans, chunks served to peers) change nothing;
@@ -455,9 +458,7 @@ impl Daemon {
         .ok();
         let Some(mut watcher) = watcher else { return };
         for rt in self.all_folders() {
-            if let Err(e) = watcher.watch(&rt.folder.root, RecursiveMode::Recursive) {
-                tracing::warn!("cannot watch {}: {e}", rt.folder.root.display());
-            }
+            watch_folder(&mut watcher, &rt.folder.root);
         }
         *self.watcher.lock().expect("poisoned") = Some(watcher);
         let d = Arc::clone(self);
@@ -490,11 +491,8 @@ impl Daemon {
 
     /// Adds a folder opened after start to the file-system watch.
     fn watch(&self, root: &Path) {
-        use notify::{RecursiveMode, Watcher};
-        if let Some(w) = self.watcher.lock().expect("poisoned").as_mut()
-            && let Err(e) = w.watch(root, RecursiveMode::Recursive)
-        {
-            tracing::warn!("cannot watch {}: {e}", root.display());
+        if let Some(w) = self.watcher.lock().expect("poisoned").as_mut() {
+            watch_folder(w, root);
         }
     }
 
@@ -617,6 +615,21 @@ impl Control for Daemon {
     }
 }
 
+/// Watches a folder's tree, except its `.meshsync` directory: every write
+/// to a partial download there would otherwise raise an inotify event (a
+/// wake-up per chunk written, measured at several per cent of a pull's CPU).
+fn watch_folder(watcher: &mut notify::RecommendedWatcher, root: &Path) {
+    use notify::{RecursiveMode, Watcher};
+    if let Err(e) = watcher.watch(root, RecursiveMode::Recursive) {
+        tracing::warn!("cannot watch {}: {e}", root.display());
+        return;
+    }
+    // Removes the watches of `.meshsync` and everything below it; the
+    // directories made in it later are not picked up (their parent is no
+    // longer watched).
+    let _ = watcher.unwatch(&root.join(meshsync_core::path::META_DIR));
+}
+
 /// Pausing flips the folder's own copy of its config flag.
 fn set_folder_paused(folder: &Folder, paused: bool) {
     folder.paused.store(paused, Ordering::SeqCst);
@@ -654,9 +667,19 @@ pub async fn run(home: &Path) -> Result<()> {
     daemon.watch_folders();
     tokio::spawn(Arc::clone(&daemon).accept_peers(Arc::clone(&transport)));
     tokio::spawn(Arc::clone(&daemon).dial_peers(Arc::clone(&transport)));
-    if daemon.config.lock().expect("poisoned").discovery.dht {
+    if daemon.config.lock().expect("poisoned").discovery.lan {
+        discovery::lan::spawn(&daemon, &transport);
+    }
+    let (dht, upnp) = {
+        let c = daemon.config.lock().expect("poisoned");
+        (c.discovery.dht, c.discovery.upnp)
+    };
+    if dht {
         discovery::dht::spawn(&daemon, &transport);
     }
+    let port_mapping = upnp
+        .then(|| discovery::upnp::spawn(&daemon, &transport))
+        .flatten();
     let control: Arc<dyn Control> = daemon.clone();
     let router = api::router(control, api_key);
     let mut stop_api = daemon.stopping.subscribe();
@@ -689,6 +712,10 @@ pub async fn run(home: &Path) -> Result<()> {
         _ = stopping.changed() => {}
     }
     let _ = daemon.stopping.send(true);
+    if let Some(task) = port_mapping {
+        // Removes the router's port mapping (bounded inside).
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     transport.close().await;
     println!("meshsync stopped");
     Ok(())
