@@ -18,6 +18,7 @@
 //! announcements costs memory only up to the bound and only for a while.
 
 pub mod dht;
+pub mod upnp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
