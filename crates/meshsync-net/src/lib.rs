@@ -27,6 +27,10 @@
 //!   keep-alive, 512 bidirectional streams, 2 MiB stream and 32 MiB
 //!   connection windows).
 //!
+//! It also carries connections to a tracker ([`Transport::bind_service`],
+//! [`Transport::connect_service`], [`TRACKER_ALPN`]) from the device's own
+//! socket, so the tracker sees the address peers will reach it at.
+//!
 //! What it does not do: decide whether a device may sync a folder (the
 //! access-key proof and allowlists belong to the protocol layer), discovery,
 //! or NAT traversal.
@@ -64,6 +68,10 @@ pub use meshsync_core::ids::DeviceId;
 /// The ALPN protocol id of meshsync's QUIC connections. A peer that does not
 /// offer it is refused.
 pub const ALPN: &[u8] = b"meshsync/1";
+
+/// The ALPN protocol id of connections to a tracker
+/// ([`Transport::connect_service`]).
+pub const TRACKER_ALPN: &[u8] = b"meshsync-tracker/1";
 
 /// The TLS server name every client sends. A placeholder: servers are
 /// authenticated by [`DeviceId`], never by name.

@@ -8,6 +8,18 @@
 //! Incoming handshakes run concurrently in their own tasks, so a slow or
 //! hostile client cannot hold up [`Transport::accept`] for the others.
 //!
+//! The same machinery serves other services than device sync: a tracker binds
+//! with [`Transport::bind_service`] and its own ALPN, and a device reaches it
+//! with [`Transport::connect_service`] *from its own endpoint*, so the
+//! tracker sees the public address of the very UDP socket peers will dial
+//! (what makes its reflexive address and hole punching mean anything). Both
+//! sides still authenticate with ed25519 device certificates: the service
+//! learns which device it talks to (a tracker must, to pair punches and
+//! relays between devices), and the device learns the service's key. A
+//! device does not pin its tracker by default: a tracker is untrusted anyway
+//! — it only introduces addresses, and whoever it introduces must still
+//! authenticate as a pinned device and prove it holds the folder's key.
+//!
 //! Application close codes 0–15 are the transport's own (0: shut down,
 //! 1: authentication failed, 2: streams used out of order); the protocol
 //! layer numbers its codes above them.
@@ -85,6 +97,19 @@ impl Transport {
         identity: &DeviceIdentity,
         options: TransportOptions,
     ) -> Result<Transport, NetError> {
+        Self::bind_service(addr, identity, options, ALPN)
+    }
+
+    /// Binds like [`bind`](Self::bind), for a service that speaks `alpn`
+    /// instead of device sync (a tracker: [`TRACKER_ALPN`](crate::TRACKER_ALPN)).
+    /// Clients must present a device certificate and offer `alpn`; the
+    /// [`PeerConnection`]s it accepts carry the client's [`DeviceId`].
+    pub fn bind_service(
+        addr: SocketAddr,
+        identity: &DeviceIdentity,
+        options: TransportOptions,
+        alpn: &'static [u8],
+    ) -> Result<Transport, NetError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(NetError::Bind {
                 addr,
@@ -92,7 +117,7 @@ impl Transport {
             });
         }
         let transport = options.quinn_transport()?;
-        let tls = Arc::new(TlsConfigs::new(identity, transport)?);
+        let tls = Arc::new(TlsConfigs::new(identity, transport, alpn)?);
         let (socket, socket_buffers) = bind_socket(addr, options.socket_buffer_bytes)?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
@@ -148,8 +173,26 @@ impl Transport {
         addr: SocketAddr,
         expected: Option<DeviceId>,
     ) -> Result<PeerConnection, NetError> {
+        self.connect_service(addr, self.tls.alpn, expected).await
+    }
+
+    /// Connects to a service speaking `alpn` (a tracker) from this
+    /// transport's own UDP socket, authenticating it by its ed25519
+    /// certificate like a device; `expected` pins its id, `None` accepts any
+    /// (see the module docs for why a tracker need not be pinned). This
+    /// device's certificate is presented to it.
+    ///
+    /// The returned connection is the plain QUIC connection with the
+    /// service's id in [`PeerConnection::peer`]; its control-stream helpers
+    /// are for device sync and need not be used.
+    pub async fn connect_service(
+        &self,
+        addr: SocketAddr,
+        alpn: &'static [u8],
+        expected: Option<DeviceId>,
+    ) -> Result<PeerConnection, NetError> {
         let auth = Arc::new(HandshakeAuth::new(expected));
-        let config = self.tls.client_config(auth.clone())?;
+        let config = self.tls.client_config(auth.clone(), alpn)?;
         let connecting = self
             .endpoint
             .connect_with(config, addr, SERVER_NAME)
@@ -160,7 +203,7 @@ impl Transport {
         let connection = connecting
             .await
             .map_err(|source| handshake_error(addr, &auth, Role::Initiator, source))?;
-        let peer = establish(connection, Role::Initiator, &auth)?;
+        let peer = establish(connection, Role::Initiator, &auth, alpn)?;
         debug!(remote = %addr, peer = %peer.peer, "connected");
         Ok(peer)
     }
@@ -366,6 +409,7 @@ fn establish(
     connection: quinn::Connection,
     role: Role,
     auth: &HandshakeAuth,
+    alpn: &[u8],
 ) -> Result<PeerConnection, NetError> {
     let remote = connection.remote_address();
     let refuse = |error: NetError| {
@@ -407,10 +451,10 @@ fn establish(
     let alpn_ok = connection
         .handshake_data()
         .and_then(|data| data.downcast::<HandshakeData>().ok())
-        .is_some_and(|data| data.protocol.as_deref() == Some(ALPN));
+        .is_some_and(|data| data.protocol.as_deref() == Some(alpn));
     if !alpn_ok {
         return Err(refuse(unauthenticated(
-            "the meshsync ALPN was not negotiated",
+            "the expected ALPN was not negotiated",
         )));
     }
 
@@ -514,7 +558,7 @@ async fn accept_incoming(
     let connection = connecting
         .await
         .map_err(|source| handshake_error(remote, &auth, Role::Responder, source))?;
-    establish(connection, Role::Responder, &auth)
+    establish(connection, Role::Responder, &auth, tls.alpn)
 }
 
 /// What every handshake's configuration is built from.
@@ -528,10 +572,16 @@ struct TlsConfigs {
     /// The endpoint's server configuration; each incoming handshake uses a
     /// copy (sharing its token key) with its own TLS verifier.
     server_template: quinn::ServerConfig,
+    /// The ALPN the endpoint accepts (and offers by default).
+    alpn: &'static [u8],
 }
 
 impl TlsConfigs {
-    fn new(identity: &DeviceIdentity, transport: Arc<TransportConfig>) -> Result<Self, NetError> {
+    fn new(
+        identity: &DeviceIdentity,
+        transport: Arc<TransportConfig>,
+        alpn: &'static [u8],
+    ) -> Result<Self, NetError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certificate = CertificateDer::from(identity.certificate_der().to_vec());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
@@ -543,8 +593,12 @@ impl TlsConfigs {
         // Never used for a handshake (every `Incoming` gets its own copy with
         // its own verifier); a real configuration all the same, so a mistake
         // cannot weaken anything.
-        let template_crypto =
-            quic_server(&provider, &certified, Arc::new(HandshakeAuth::new(None)))?;
+        let template_crypto = quic_server(
+            &provider,
+            &certified,
+            Arc::new(HandshakeAuth::new(None)),
+            alpn,
+        )?;
         let mut server_template = quinn::ServerConfig::with_crypto(Arc::new(template_crypto));
         server_template.transport_config(transport.clone());
         Ok(TlsConfigs {
@@ -552,17 +606,22 @@ impl TlsConfigs {
             certified,
             transport,
             server_template,
+            alpn,
         })
     }
 
-    fn client_config(&self, auth: Arc<HandshakeAuth>) -> Result<quinn::ClientConfig, NetError> {
+    fn client_config(
+        &self,
+        auth: Arc<HandshakeAuth>,
+        alpn: &[u8],
+    ) -> Result<quinn::ClientConfig, NetError> {
         let mut tls = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_config_error)?
             .dangerous()
             .with_custom_certificate_verifier(auth)
             .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(self.certified.clone())));
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![alpn.to_vec()];
         // Every handshake must run the verifier: no resumption, no 0-RTT.
         tls.resumption = rustls::client::Resumption::disabled();
         tls.enable_early_data = false;
@@ -577,24 +636,30 @@ impl TlsConfigs {
         auth: Arc<HandshakeAuth>,
     ) -> Result<Arc<quinn::ServerConfig>, NetError> {
         let mut config = self.server_template.clone();
-        config.crypto = Arc::new(quic_server(&self.provider, &self.certified, auth)?);
+        config.crypto = Arc::new(quic_server(
+            &self.provider,
+            &self.certified,
+            auth,
+            self.alpn,
+        )?);
         Ok(Arc::new(config))
     }
 }
 
-/// The server side of one handshake: TLS 1.3 only, meshsync's ALPN, a
+/// The server side of one handshake: TLS 1.3 only, the endpoint's ALPN, a
 /// mandatory client certificate checked by `auth`.
 fn quic_server(
     provider: &Arc<CryptoProvider>,
     certified: &Arc<CertifiedKey>,
     auth: Arc<HandshakeAuth>,
+    alpn: &[u8],
 ) -> Result<QuicServerConfig, NetError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_config_error)?
         .with_client_cert_verifier(auth)
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified.clone())));
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     // Every handshake must run the verifier: no tickets, no 0-RTT.
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     tls.send_tls13_tickets = 0;

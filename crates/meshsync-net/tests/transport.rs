@@ -492,3 +492,49 @@ async fn a_real_device_behind_a_raw_quinn_server_is_accepted() {
     };
     assert_eq!(error_or_peer.unwrap().peer, genuine.device_id());
 }
+
+#[tokio::test]
+async fn a_service_is_reached_from_the_device_socket_with_its_own_alpn() {
+    use meshsync_net::TRACKER_ALPN;
+    let (device_id, service_id) = (device(1), device(9));
+    let a = bind(&device_id);
+    let service = Transport::bind_service(
+        loopback(),
+        &service_id,
+        TransportOptions::default(),
+        TRACKER_ALPN,
+    )
+    .unwrap();
+
+    let (client, server) = within(async {
+        tokio::join!(
+            a.connect_service(service.local_addr(), TRACKER_ALPN, None),
+            service.accept()
+        )
+    })
+    .await;
+    let (client, server) = (client.unwrap(), server.unwrap().unwrap());
+    assert_eq!(client.peer, service_id.device_id());
+    assert_eq!(
+        server.peer,
+        device_id.device_id(),
+        "the client is authenticated"
+    );
+    // The service sees the device's own socket: its reflexive address.
+    assert_eq!(server.connection.remote_address(), a.local_addr());
+
+    // A device dial (meshsync ALPN) to the service fails, and so does a
+    // service dial to a device.
+    let b = bind(&device(2));
+    let wrong = within(a.connect(service.local_addr(), None)).await;
+    assert!(
+        wrong.is_err(),
+        "a device connection to a tracker: {wrong:?}"
+    );
+    let wrong = within(a.connect_service(b.local_addr(), TRACKER_ALPN, None)).await;
+    assert!(
+        wrong.is_err(),
+        "a tracker connection to a device: {wrong:?}"
+    );
+    within(async { tokio::join!(a.close(), b.close(), service.close()) }).await;
+}

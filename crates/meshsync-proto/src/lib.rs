@@ -16,6 +16,9 @@
 //! - [`error`]: [`ProtocolError`] (the peer broke a rule), [`UsageError`] (the
 //!   caller did), and [`CloseCode`], the one mapping from errors to wire codes.
 //! - [`limits`]: every size and count limit, in one place.
+//! - [`tracker`]: what a device and a tracker say to each other (announce,
+//!   peers, hole-punch timing, relay sessions) and the relay's datagram
+//!   framing.
 //!
 //! Goal: be paranoid about data integrity. Everything from the peer is hostile
 //! until proven otherwise: sizes are checked before memory is committed,
@@ -33,6 +36,7 @@ pub mod error;
 pub mod frame;
 pub mod limits;
 pub mod message;
+pub mod tracker;
 
 mod batch;
 mod read_proof;
