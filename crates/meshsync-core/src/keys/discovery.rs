@@ -212,7 +212,12 @@ impl LanTagKey {
     /// tags cannot make holders dial addresses of its choosing): the first 16
     /// bytes of `BLAKE3-keyed(tag key, "meshsync v1 lan tag\0" ‖ device id ‖
     /// u64be(window) ‖ announced)`.
-    pub fn tag(&self, device: &crate::ids::DeviceId, window: u64, announced: &[u8]) -> [u8; LAN_TAG_LEN] {
+    pub fn tag(
+        &self,
+        device: &crate::ids::DeviceId,
+        window: u64,
+        announced: &[u8],
+    ) -> [u8; LAN_TAG_LEN] {
         let mut mac = blake3::Hasher::new_keyed(&self.0);
         mac.update(LAN_TAG_LABEL);
         mac.update(device.as_bytes());
@@ -271,7 +276,7 @@ mod lan_tag_tests {
         let key = LanTagKey::new(vector_key().access_key());
         assert_eq!(
             hex(&key.tag(&device(), 5_000_000, &[1, 2, 3])),
-            "0000000000000000000000000000000"
+            "386ed435ea089e772253a1c73c09e004"
         );
     }
 
@@ -331,6 +336,9 @@ mod lan_tag_tests {
         assert_eq!(lan_window(0), 0);
         assert_eq!(lan_window(299), 0);
         assert_eq!(lan_window(300), 1);
-        assert_eq!(format!("{:?}", LanTagKey::new(vector_key().access_key())), "LanTagKey(<redacted>)");
+        assert_eq!(
+            format!("{:?}", LanTagKey::new(vector_key().access_key())),
+            "LanTagKey(<redacted>)"
+        );
     }
 }
