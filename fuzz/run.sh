@@ -22,7 +22,7 @@ secs="${1:-10}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(control_stream message frames chunk_stream folder_key device_id ignore_rules rel_path)
+  targets=(control_stream message frames chunk_stream lan_announcement folder_key device_id ignore_rules rel_path)
 fi
 sanitizer="${FUZZ_SANITIZER:-none}"
 toolchain="${FUZZ_TOOLCHAIN:-}"

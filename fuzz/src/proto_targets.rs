@@ -13,6 +13,9 @@
 //!   and, once failed, stays failed.
 //! - [`chunk_stream`]: a chunk accepted by the [`ChunkVerifier`] has exactly
 //!   the requested length and hash.
+//! - [`lan_announcement`]: what decodes is within every limit, has only
+//!   dialable addresses, is exactly its datagram, and matches a folder only
+//!   if it carries that folder's tag for its device, window and addresses.
 //!
 //! The connection states are those of `meshsync_proto::fuzzing` (which
 //! exists only under `cfg(fuzzing)`); this module rebuilds them from public
@@ -22,10 +25,12 @@
 
 use meshsync_core::entry::FileEntry;
 use meshsync_core::ids::{DeviceId, Hash, ShareId};
+use meshsync_core::keys::discovery::LanTagKey;
 use meshsync_core::keys::{FolderKey, ProofRole, ReadWriteKey};
 use meshsync_core::path::RelPath;
 use meshsync_proto::chunk::{ChunkRequest, ChunkResponse, ChunkStatus, ChunkVerifier};
 use meshsync_proto::frame::FrameDecoder;
+use meshsync_proto::lan;
 use meshsync_proto::limits::{MAX_FRAME_LEN, MAX_UNPROVEN_FRAME_LEN};
 use meshsync_proto::message::Message;
 use meshsync_proto::{Connection, Event, FolderOffer, LocalInfo};
@@ -267,6 +272,26 @@ fn check_events(
                 assert!(client.len() <= 64 && !client.chars().any(char::is_control));
                 assert!(device_name.len() <= 128 && !device_name.chars().any(char::is_control));
             }
+            Event::PeersReceived { share: s, peers } => {
+                assert_eq!(s, share, "peers of a folder that is not open");
+                assert!(matches!(
+                    scenario,
+                    Scenario::OpenReadOnlyPeer | Scenario::OpenReadWritePeer
+                ));
+                assert!(peers.len() <= meshsync_proto::limits::MAX_PEX_PEERS);
+                for p in &peers {
+                    assert_ne!(
+                        p.device,
+                        DeviceId::from_bytes([1; 32]),
+                        "lists the receiver"
+                    );
+                    assert!(!p.addresses.is_empty());
+                    assert!(p.addresses.len() <= meshsync_proto::limits::MAX_PEX_ADDRESSES);
+                    for a in &p.addresses {
+                        assert!(a.port() != 0 && meshsync_proto::lan::usable(a.ip()), "{a}");
+                    }
+                }
+            }
             Event::Closed { reason, .. } => {
                 assert!(reason.len() <= 256 && !reason.chars().any(char::is_control));
             }
@@ -391,6 +416,46 @@ pub fn chunk_stream(data: &[u8]) {
     }
 }
 
+/// The folder secret whose LAN tag key [`lan_announcement`] checks tags
+/// against (the same folder as the connections').
+pub fn lan_key() -> LanTagKey {
+    LanTagKey::new(ReadWriteKey::from_secret(&FOLDER_SECRET).access_key())
+}
+
+/// Decodes `data` as a LAN announcement. What decodes has at most
+/// [`lan::MAX_ADDRESSES`] usable addresses and 1 to [`lan::MAX_TAGS`] tags,
+/// a non-zero port, and is exactly `data`; it matches [`lan_key`]'s folder
+/// only if one of its tags is that folder's tag over its device, window and
+/// the bytes before the tags.
+pub fn lan_announcement(data: &[u8]) {
+    let Ok(a) = lan::Announcement::decode(data) else {
+        return;
+    };
+    assert!(data.len() <= lan::MAX_ANNOUNCEMENT_LEN);
+    assert!(a.addresses.len() <= lan::MAX_ADDRESSES);
+    assert!(!a.tags.is_empty() && a.tags.len() <= lan::MAX_TAGS);
+    assert!(a.port != 0);
+    assert!(a.addresses.iter().all(|ip| lan::usable(*ip)));
+    let covered = data.len() - 1 - 16 * a.tags.len();
+    assert_eq!(
+        covered,
+        lan::MAGIC.len()
+            + 1
+            + 32
+            + 8
+            + 2
+            + 1
+            + a.addresses
+                .iter()
+                .map(|ip| if ip.is_ipv4() { 5 } else { 17 })
+                .sum::<usize>(),
+        "the datagram is exactly its fields"
+    );
+    let key = lan_key();
+    let expected = key.tag(&a.device, a.window, &data[..covered]);
+    assert_eq!(a.matches(&key), a.tags.contains(&expected));
+}
+
 /// A fuzz target: its corpus directory's name and its entry point.
 pub type Target = (&'static str, fn(&[u8]));
 
@@ -400,4 +465,5 @@ pub const TARGETS: &[Target] = &[
     ("message", message),
     ("frames", frames),
     ("chunk_stream", chunk_stream),
+    ("lan_announcement", lan_announcement),
 ];

@@ -18,6 +18,7 @@ fn upstream(target: &str) -> Option<fn(&[u8])> {
         "message" => meshsync_proto::fuzzing::message,
         "frames" => meshsync_proto::fuzzing::frames,
         "chunk_stream" => meshsync_proto::fuzzing::chunk_stream,
+        "lan_announcement" => meshsync_proto::fuzzing::lan_announcement,
         _ => return None,
     })
 }

@@ -437,3 +437,125 @@ fn write_seed_corpus() {
         ],
     );
 }
+
+/// Writes the seeds of LAN announcements (`corpus/lan_announcement/`) and of
+/// peer exchange (`pex-*` in `corpus/control_stream/` and `peers*` in
+/// `corpus/message/`), and nothing else:
+///
+/// ```sh
+/// cd fuzz && cargo test --test seeds -- --ignored write_discovery_seed_corpus
+/// ```
+#[test]
+#[ignore = "writes fuzz/corpus; run by hand"]
+fn write_discovery_seed_corpus() {
+    use meshsync_core::keys::discovery::LanTagKey;
+    use meshsync_proto::lan;
+    use meshsync_proto::message::{Message, PeerAddresses, Peers};
+
+    let folder = ReadWriteKey::from_secret(&FOLDER_SECRET);
+    let share = folder.share_id();
+    let ours = LanTagKey::new(folder.access_key());
+    let other = LanTagKey::new(ReadWriteKey::from_secret(&[0x66; 32]).access_key());
+    let device = DeviceId::from_bytes([0x42; 32]);
+    let addrs: Vec<std::net::IpAddr> =
+        vec!["192.168.1.20".parse().unwrap(), "fd00::20".parse().unwrap()];
+    let valid = lan::encode(&device, 5_000_000, 22000, &addrs, &[ours.clone()]).remove(0);
+    let many: Vec<std::net::IpAddr> = (1..=16u8)
+        .map(|i| std::net::IpAddr::from([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i]))
+        .collect();
+    let keys: Vec<LanTagKey> = (0..31)
+        .map(|i| LanTagKey::new(ReadWriteKey::from_secret(&[i; 32]).access_key()))
+        .chain([ours.clone()])
+        .collect();
+    let largest = lan::encode(&device, 1, 1, &many, &keys).remove(0);
+    let with = |at: usize, b: u8| {
+        let mut d = valid.clone();
+        d[at] = b;
+        d
+    };
+    write_seeds(
+        "lan_announcement",
+        &[
+            ("valid-our-folder", valid.clone()),
+            (
+                "valid-other-folder",
+                lan::encode(&device, 5_000_000, 22000, &addrs, &[other]).remove(0),
+            ),
+            ("largest", largest),
+            ("bad-magic", with(0, b'X')),
+            ("version-2", with(4, 2)),
+            ("zero-port", {
+                let mut d = with(45, 0);
+                d[46] = 0;
+                d
+            }),
+            ("too-many-addresses", with(47, 17)),
+            ("bad-family", with(48, 5)),
+            ("multicast-address", with(49, 239)),
+            ("no-tags", with(70, 0)),
+            ("tag-count-past-end", with(70, 2)),
+            ("truncated", valid[..valid.len() - 1].to_vec()),
+            ("trailing-byte", [valid.clone(), vec![0]].concat()),
+            ("too-long", vec![b'M'; lan::MAX_ANNOUNCEMENT_LEN + 1]),
+        ],
+    );
+
+    // Peer exchange on a connection with the folder open (version 2).
+    let (_, _, mut rw_peer) = connection_at(Scenario::OpenReadWritePeer);
+    rw_peer
+        .send_peers(
+            share,
+            vec![
+                PeerAddresses {
+                    device: DeviceId::from_bytes([7; 32]),
+                    addresses: vec![
+                        "192.0.2.7:22000".parse().unwrap(),
+                        "[2001:db8::7]:22000".parse().unwrap(),
+                    ],
+                },
+                PeerAddresses {
+                    device: DeviceId::from_bytes([8; 32]),
+                    addresses: vec!["127.0.0.1:5".parse().unwrap()],
+                },
+            ],
+        )
+        .unwrap();
+    let peers = frames(&mut rw_peer);
+    // Raw lists the machine refuses to send: naming the receiver, an
+    // unusable address.
+    let raw =
+        |peers: Vec<PeerAddresses>| Message::Peers(Peers { share, peers }).to_frame().unwrap();
+    let lists_receiver = raw(vec![PeerAddresses {
+        device: DeviceId::from_bytes([1; 32]),
+        addresses: vec!["192.0.2.1:1".parse().unwrap()],
+    }]);
+    let multicast = raw(vec![PeerAddresses {
+        device: DeviceId::from_bytes([7; 32]),
+        addresses: vec!["239.1.2.3:1".parse().unwrap()],
+    }]);
+    write_seeds(
+        "control_stream",
+        &[
+            ("pex-peers", with_scenario(3, &peers)),
+            ("pex-peers-read-only-peer", with_scenario(2, &peers)),
+            ("hostile-pex-folder-not-open", with_scenario(1, &peers)),
+            (
+                "hostile-pex-lists-receiver",
+                with_scenario(3, &lists_receiver),
+            ),
+            ("hostile-pex-multicast", with_scenario(3, &multicast)),
+        ],
+    );
+    write_seeds(
+        "message",
+        &[
+            ("peers", peers[4..].to_vec()),
+            ("peers-huge-count", {
+                let mut p = vec![8];
+                p.extend_from_slice(share.as_bytes());
+                p.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+                p
+            }),
+        ],
+    );
+}

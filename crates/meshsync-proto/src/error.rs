@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use meshsync_core::ids::ShareId;
+use meshsync_core::ids::{DeviceId, ShareId};
 use meshsync_core::keys::KeyError;
 use serde::{Deserialize, Serialize};
 
@@ -255,6 +255,36 @@ pub enum ProtocolError {
         /// The nonce received.
         nonce: u64,
     },
+    /// A peer-exchange list that breaks a rule.
+    #[error("peers of folder {share}: {problem}")]
+    BadPeers {
+        /// The folder.
+        share: ShareId,
+        /// The rule broken.
+        problem: PeersProblem,
+    },
+}
+
+/// What is wrong with a peer-exchange list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeersProblem {
+    /// More peers than the limit.
+    #[error("too many peers")]
+    TooMany,
+    /// It lists the receiver itself.
+    #[error("it lists the receiver")]
+    Receiver,
+    /// It lists a device twice.
+    #[error("device {0} listed twice")]
+    Duplicate(DeviceId),
+    /// A device with no addresses, or more than the limit.
+    #[error("device {0} has no addresses or too many")]
+    AddressCount(DeviceId),
+    /// An address nobody can dial (port 0, unspecified, multicast,
+    /// broadcast, IPv6 link-local).
+    #[error("unusable address {0}")]
+    Address(std::net::SocketAddr),
 }
 
 impl ProtocolError {
@@ -274,9 +304,9 @@ impl ProtocolError {
             ProtocolError::FieldTooLong { .. } | ProtocolError::TooManyFolders { .. } => {
                 CloseCode::LimitExceeded
             }
-            ProtocolError::ControlCharacters { .. } | ProtocolError::BadProgress { .. } => {
-                CloseCode::Malformed
-            }
+            ProtocolError::ControlCharacters { .. }
+            | ProtocolError::BadProgress { .. }
+            | ProtocolError::BadPeers { .. } => CloseCode::Malformed,
             ProtocolError::FolderNotOpen { .. } => CloseCode::FolderNotOpen,
             ProtocolError::Batch { error, .. } => match error {
                 BatchError::TooManyEntries { .. } => CloseCode::LimitExceeded,
@@ -344,6 +374,22 @@ pub enum UsageError {
     TooManyPings {
         /// The limit.
         max: usize,
+    },
+    /// The negotiated version does not have this message.
+    #[error("{message_type} is not in protocol version {negotiated}")]
+    NotInVersion {
+        /// The message.
+        message_type: MessageType,
+        /// The version in use.
+        negotiated: u16,
+    },
+    /// A peer-exchange list the peer would refuse.
+    #[error("peers of folder {share}: {problem}")]
+    BadPeers {
+        /// The folder.
+        share: ShareId,
+        /// The rule broken.
+        problem: PeersProblem,
     },
     /// A key could not make a proof.
     #[error("key: {0}")]

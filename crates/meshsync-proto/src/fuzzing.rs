@@ -75,6 +75,17 @@ pub fn chunk_stream(data: &[u8]) {
     }
 }
 
+/// Decodes `data` as a LAN announcement and checks it against a folder's
+/// tag key.
+pub fn lan_announcement(data: &[u8]) {
+    if let Ok(a) = crate::lan::Announcement::decode(data) {
+        let key = meshsync_core::keys::discovery::LanTagKey::new(
+            ReadWriteKey::from_secret(&[7; 32]).access_key(),
+        );
+        let _ = a.matches(&key);
+    }
+}
+
 /// A connection (the responder) in the scenario's state, and the keys it
 /// holds.
 fn connection_at(scenario: u8) -> (Connection, Vec<FolderKey>) {
@@ -145,7 +156,7 @@ mod tests {
     fn scenarios_reach_their_states() {
         use crate::connection::Phase;
         assert_eq!(connection_at(0).0.phase(), Phase::AwaitingHello);
-        assert_eq!(connection_at(1).0.phase(), Phase::Negotiated { version: 1 });
+        assert_eq!(connection_at(1).0.phase(), Phase::Negotiated { version: 2 });
         for scenario in [2, 3] {
             let (connection, keys) = connection_at(scenario);
             assert!(
@@ -168,7 +179,7 @@ mod tests {
         #[test]
         fn framed_garbage_never_panics(
             scenario in 0u8..4,
-            ty in 0u8..10,
+            ty in 0u8..11,
             body in prop::collection::vec(any::<u8>(), 0..400),
         ) {
             let mut data = vec![scenario, 255];
@@ -185,6 +196,7 @@ mod tests {
             message(&data);
             frames(&data);
             chunk_stream(&data);
+            lan_announcement(&data);
         }
     }
 }

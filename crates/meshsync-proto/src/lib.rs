@@ -16,6 +16,8 @@
 //! - [`error`]: [`ProtocolError`] (the peer broke a rule), [`UsageError`] (the
 //!   caller did), and [`CloseCode`], the one mapping from errors to wire codes.
 //! - [`limits`]: every size and count limit, in one place.
+//! - [`lan`]: LAN announcements (UDP datagrams with per-folder keyed tags,
+//!   never a share id), encoded and strictly decoded.
 //! - [`tracker`]: what a device and a tracker say to each other (announce,
 //!   peers, hole-punch timing, relay sessions) and the relay's datagram
 //!   framing.
@@ -34,6 +36,7 @@ pub mod chunk;
 pub mod connection;
 pub mod error;
 pub mod frame;
+pub mod lan;
 pub mod limits;
 pub mod message;
 pub mod tracker;
@@ -49,5 +52,5 @@ pub use connection::{
     Connection, Event, FolderKeys, FolderOffer, FolderStatus, LocalInfo, PeerFolder, Phase,
     ReceivedBatch, RejectReason, Side,
 };
-pub use error::{CloseCode, ProtocolError, UsageError};
+pub use error::{CloseCode, PeersProblem, ProtocolError, UsageError};
 pub use message::{PROTOCOL_VERSION, RefuseReason, SUPPORTED_VERSIONS, VersionRange};

@@ -55,3 +55,9 @@ pub const MAX_VERSION_COUNTERS: usize = 1024;
 
 /// The longest symlink target in an entry, in bytes.
 pub const MAX_SYMLINK_TARGET_LEN: usize = 4096;
+
+/// The most peers one peer-exchange message lists.
+pub const MAX_PEX_PEERS: usize = 32;
+
+/// The most addresses of one peer in a peer-exchange message.
+pub const MAX_PEX_ADDRESSES: usize = 8;

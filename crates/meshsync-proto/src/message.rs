@@ -20,9 +20,10 @@
 //! unchecked count (entry lists are bounded before they are decoded).
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use meshsync_core::entry::FileEntry;
-use meshsync_core::ids::ShareId;
+use meshsync_core::ids::{DeviceId, ShareId};
 use meshsync_core::keys::{BatchSignature, KeyKind};
 use meshsync_core::path::RelPath;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -31,14 +32,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::CloseCode;
 use crate::frame::{FrameError, HEADER_LEN, seal_frame};
-use crate::limits::MAX_BATCH_ENTRIES;
+use crate::limits::{MAX_BATCH_ENTRIES, MAX_PEX_ADDRESSES, MAX_PEX_PEERS};
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// The versions this crate supports (just [`PROTOCOL_VERSION`] for now).
+/// The first version with peer exchange ([`Peers`]). Version 1 is version 2
+/// without it; a connection that negotiated version 1 never carries it.
+pub const PEX_VERSION: u16 = 2;
+
+/// The versions this crate supports: 1 and 2.
 pub const SUPPORTED_VERSIONS: VersionRange = VersionRange {
-    min: PROTOCOL_VERSION,
+    min: 1,
     max: PROTOCOL_VERSION,
 };
 
@@ -120,10 +125,12 @@ pub enum MessageType {
     IndexBatch = 6,
     /// [`DownloadProgress`]: 7.
     DownloadProgress = 7,
+    /// [`Peers`]: 8 (version 2 and later).
+    Peers = 8,
 }
 
 impl MessageType {
-    const ALL: [MessageType; 8] = [
+    const ALL: [MessageType; 9] = [
         MessageType::Hello,
         MessageType::Close,
         MessageType::Ping,
@@ -132,6 +139,7 @@ impl MessageType {
         MessageType::FolderRefused,
         MessageType::IndexBatch,
         MessageType::DownloadProgress,
+        MessageType::Peers,
     ];
 
     /// The type with wire number `number`, if this version has one.
@@ -144,6 +152,14 @@ impl MessageType {
     /// The wire number.
     pub fn number(self) -> u32 {
         self as u32
+    }
+
+    /// The first protocol version that has this type.
+    pub fn since_version(self) -> u16 {
+        match self {
+            MessageType::Peers => PEX_VERSION,
+            _ => 1,
+        }
     }
 }
 
@@ -174,6 +190,9 @@ pub enum Message {
     IndexBatch(IndexBatch),
     /// How far the sender is with downloading one file (for the peer's UI).
     DownloadProgress(DownloadProgress),
+    /// Where other peers of an open folder can be reached (peer exchange,
+    /// version 2 and later).
+    Peers(Peers),
 }
 
 /// The first message on the control stream, from both sides, sent without
@@ -345,6 +364,36 @@ pub struct DownloadProgress {
     pub chunks_total: u64,
 }
 
+/// Where other peers of an open folder can be reached: the devices the
+/// sender is connected to with this folder open, and their addresses (peer
+/// exchange). Sent only on a connection that negotiated [`PEX_VERSION`] or
+/// later, only for a folder open both ways, never naming the receiver.
+///
+/// What it says is a hint, not a fact: the receiver dials the addresses
+/// pinned to the listed device, so a wrong address costs a failed dial, and a
+/// listed device still has to prove it holds the folder's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peers {
+    /// The folder.
+    pub share: ShareId,
+    /// At most [`MAX_PEX_PEERS`] peers (checked before decoding them).
+    #[serde(deserialize_with = "bounded_peers")]
+    pub peers: Vec<PeerAddresses>,
+}
+
+/// One device and where it can be reached, in a [`Peers`] message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddresses {
+    /// The device.
+    pub device: DeviceId,
+    /// 1 to [`MAX_PEX_ADDRESSES`] addresses (checked before decoding them).
+    /// On the wire each is postcard's `SocketAddr`: variant 0 (IPv4, 4
+    /// bytes) or 1 (IPv6, 16 bytes), then the port as a varint; no IPv6
+    /// scope, so link-local IPv6 addresses are never sent.
+    #[serde(deserialize_with = "bounded_addresses")]
+    pub addresses: Vec<SocketAddr>,
+}
+
 /// Why a frame payload is not a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -389,6 +438,7 @@ impl Message {
             Message::FolderRefused(_) => MessageType::FolderRefused,
             Message::IndexBatch(_) => MessageType::IndexBatch,
             Message::DownloadProgress(_) => MessageType::DownloadProgress,
+            Message::Peers(_) => MessageType::Peers,
         }
     }
 
@@ -462,6 +512,64 @@ fn bounded_entries<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Fil
     }
 
     deserializer.deserialize_seq(Entries)
+}
+
+/// Decodes a list of at most `max` elements, refusing a longer count before
+/// decoding any element.
+fn bounded_seq<'de, D, T>(
+    deserializer: D,
+    max: usize,
+    what: &'static str,
+) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T> {
+        max: usize,
+        what: &'static str,
+        _marker: std::marker::PhantomData<T>,
+    }
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "at most {} {}", self.max, self.what)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let count = seq.size_hint().unwrap_or(0);
+            if count > self.max {
+                return Err(de::Error::custom(format_args!(
+                    "{count} {}, the limit is {}",
+                    self.what, self.max
+                )));
+            }
+            let mut out = Vec::with_capacity(count);
+            while let Some(item) = seq.next_element()? {
+                if out.len() == self.max {
+                    return Err(de::Error::custom(format_args!("too many {}", self.what)));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_seq(Bounded {
+        max,
+        what,
+        _marker: std::marker::PhantomData,
+    })
+}
+
+fn bounded_peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerAddresses>, D::Error> {
+    bounded_seq(d, MAX_PEX_PEERS, "peers")
+}
+
+fn bounded_addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    bounded_seq(d, MAX_PEX_ADDRESSES, "addresses")
 }
 
 /// [`KeyKind`] on the wire: one byte, 0 read-write, 1 read-only, 2 encrypted.

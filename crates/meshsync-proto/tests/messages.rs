@@ -9,7 +9,7 @@ use meshsync_proto::frame::{FrameDecoder, HEADER_LEN};
 use meshsync_proto::limits::MAX_FRAME_LEN;
 use meshsync_proto::message::{
     Close, DecodeError, DownloadProgress, FolderRefused, Hello, IndexBatch, Message, MessageType,
-    OpenFolder, Ping, Pong, RefuseReason, VersionRange,
+    OpenFolder, PeerAddresses, Peers, Ping, Pong, RefuseReason, VersionRange,
 };
 use proptest::prelude::*;
 use util::{arb_entry, arb_path, arb_share};
@@ -99,6 +99,32 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 })
             }
         ),
+        (
+            arb_share(),
+            prop::collection::vec(
+                (
+                    any::<[u8; 32]>(),
+                    prop::collection::vec(any::<std::net::SocketAddr>(), 0..9)
+                ),
+                0..33
+            )
+        )
+            .prop_map(|(share, peers)| {
+                Message::Peers(Peers {
+                    share,
+                    peers: peers
+                        .into_iter()
+                        .map(|(device, addresses)| PeerAddresses {
+                            device: meshsync_core::ids::DeviceId::from_bytes(device),
+                            // The wire carries no IPv6 flow label or scope.
+                            addresses: addresses
+                                .into_iter()
+                                .map(|a| std::net::SocketAddr::new(a.ip(), a.port()))
+                                .collect(),
+                        })
+                        .collect(),
+                })
+            }),
     ]
 }
 
@@ -152,12 +178,15 @@ fn message_type_numbers_are_pinned() {
         (MessageType::FolderRefused, 5),
         (MessageType::IndexBatch, 6),
         (MessageType::DownloadProgress, 7),
+        (MessageType::Peers, 8),
     ];
     for (ty, number) in pinned {
         assert_eq!(ty.number(), number);
         assert_eq!(MessageType::from_number(number), Some(ty));
     }
-    assert_eq!(MessageType::from_number(8), None);
+    assert_eq!(MessageType::from_number(9), None);
+    assert_eq!(MessageType::Peers.since_version(), 2);
+    assert_eq!(MessageType::IndexBatch.since_version(), 1);
 }
 
 /// The byte layouts given in docs/protocol.md.
@@ -189,6 +218,51 @@ fn golden_bytes() {
     expected.extend_from_slice(&[0xee; 32]);
     expected.push(1);
     assert_eq!(refused.to_frame().unwrap(), expected);
+    let peers = Message::Peers(Peers {
+        share: meshsync_core::ids::ShareId::from_bytes([0xee; 32]),
+        peers: vec![PeerAddresses {
+            device: meshsync_core::ids::DeviceId::from_bytes([0xdd; 32]),
+            addresses: vec![
+                "192.0.2.1:22000".parse().unwrap(),
+                "[2001:db8::1]:300".parse().unwrap(),
+            ],
+        }],
+    });
+    let mut expected = vec![0, 0, 0, 94, 8];
+    expected.extend_from_slice(&[0xee; 32]);
+    expected.push(1); // one peer
+    expected.extend_from_slice(&[0xdd; 32]);
+    expected.push(2); // two addresses
+    expected.extend_from_slice(&[0, 192, 0, 2, 1, 0xf0, 0xab, 0x01]); // V4, port 22000
+    expected.extend_from_slice(&[1, 0x20, 0x01, 0x0d, 0xb8]);
+    expected.extend_from_slice(&[0; 11]);
+    expected.extend_from_slice(&[1, 0xac, 0x02]); // V6, port 300
+    assert_eq!(peers.to_frame().unwrap(), expected);
+}
+
+#[test]
+fn peer_lists_over_the_limits_do_not_decode() {
+    use meshsync_proto::limits::{MAX_PEX_ADDRESSES, MAX_PEX_PEERS};
+    let peer = |n: usize| PeerAddresses {
+        device: meshsync_core::ids::DeviceId::from_bytes([1; 32]),
+        addresses: vec!["192.0.2.1:1".parse().unwrap(); n],
+    };
+    let encode = |peers: Vec<PeerAddresses>| {
+        Message::Peers(Peers {
+            share: meshsync_core::ids::ShareId::from_bytes([0; 32]),
+            peers,
+        })
+        .encode()
+    };
+    assert!(Message::decode(&encode(vec![peer(1); MAX_PEX_PEERS])).is_ok());
+    assert!(Message::decode(&encode(vec![peer(1); MAX_PEX_PEERS + 1])).is_err());
+    assert!(Message::decode(&encode(vec![peer(MAX_PEX_ADDRESSES)])).is_ok());
+    assert!(Message::decode(&encode(vec![peer(MAX_PEX_ADDRESSES + 1)])).is_err());
+    // A count of 2^32 peers in a tiny frame fails on the count, not on memory.
+    let mut huge = vec![8u8];
+    huge.extend_from_slice(&[0; 32]);
+    huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    assert!(Message::decode(&huge).is_err());
 }
 
 #[test]

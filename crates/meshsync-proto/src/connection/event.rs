@@ -284,6 +284,15 @@ pub enum Event {
         /// Chunks in the file.
         chunks_total: u64,
     },
+    /// The peer told where other peers of an open folder can be reached
+    /// (peer exchange). The list passed the checks of `send_peers`; the
+    /// addresses are still only hints.
+    PeersReceived {
+        /// The folder (open on this connection).
+        share: ShareId,
+        /// The peers and their addresses.
+        peers: Vec<crate::message::PeerAddresses>,
+    },
     /// The peer pinged; the pong is queued.
     PingReceived {
         /// The ping's nonce.

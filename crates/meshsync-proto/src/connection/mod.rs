@@ -66,7 +66,7 @@ pub use event::{
 use self::event::clean_text;
 use self::folder::{FolderState, LocalFolder, OpenFolder};
 use crate::batch::signed_payload;
-use crate::error::{CloseCode, ProtocolError, UsageError};
+use crate::error::{CloseCode, PeersProblem, ProtocolError, UsageError};
 use crate::frame::{FrameDecoder, HEADER_LEN, seal_frame};
 use crate::limits::{
     MAX_CLIENT_LEN, MAX_DEVICE_NAME_LEN, MAX_FOLDERS_PER_CONNECTION, MAX_FRAME_LEN,
@@ -423,6 +423,39 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether the negotiated version has peer exchange
+    /// ([`Connection::send_peers`], [`Event::PeersReceived`]).
+    pub fn has_peer_exchange(&self) -> bool {
+        self.negotiated_version()
+            .is_some_and(|v| v >= message::PEX_VERSION)
+    }
+
+    /// Tells the peer where other peers of the open folder `share` can be
+    /// reached (peer exchange). Needs a negotiated version with it
+    /// ([`Connection::has_peer_exchange`]); at most
+    /// [`MAX_PEX_PEERS`](crate::limits::MAX_PEX_PEERS) peers of 1 to
+    /// [`MAX_PEX_ADDRESSES`](crate::limits::MAX_PEX_ADDRESSES) usable
+    /// addresses each, every device once, never the peer itself: a list the
+    /// peer would close the connection for is refused here.
+    pub fn send_peers(
+        &mut self,
+        share: ShareId,
+        peers: Vec<message::PeerAddresses>,
+    ) -> Result<(), UsageError> {
+        self.check_negotiated()?;
+        if !self.has_peer_exchange() {
+            return Err(UsageError::NotInVersion {
+                message_type: MessageType::Peers,
+                negotiated: self.negotiated_version().unwrap_or(0),
+            });
+        }
+        self.open_folder_mut(share, "send peers")?;
+        check_peers(&peers, &self.peer)
+            .map_err(|problem| UsageError::BadPeers { share, problem })?;
+        self.queue(&Message::Peers(message::Peers { share, peers }));
+        Ok(())
+    }
+
     /// Sends a ping; the peer's pong shows up as [`Event::PongReceived`].
     pub fn ping(&mut self, nonce: u64) -> Result<(), UsageError> {
         self.check_negotiated()?;
@@ -548,6 +581,9 @@ impl Connection {
             (Phase::Negotiated { .. }, Message::IndexBatch(batch)) => self.handle_batch(batch),
             (Phase::Negotiated { .. }, Message::DownloadProgress(progress)) => {
                 self.handle_progress(progress)
+            }
+            (Phase::Negotiated { version }, Message::Peers(peers)) => {
+                self.handle_peers(version, peers)
             }
             (phase, _) => Err(ProtocolError::UnexpectedMessage {
                 message_type,
@@ -730,6 +766,29 @@ impl Connection {
         Ok(())
     }
 
+    fn handle_peers(&mut self, version: u16, peers: message::Peers) -> Result<(), ProtocolError> {
+        if version < message::PEX_VERSION {
+            // Not a type of the negotiated version: as unknown as type 99.
+            return Err(ProtocolError::Decode(message::DecodeError::UnknownType {
+                number: MessageType::Peers.number(),
+            }));
+        }
+        let share = peers.share;
+        if !matches!(self.folders.get(&share), Some(FolderState::Open(_))) {
+            return Err(ProtocolError::FolderNotOpen {
+                share,
+                message_type: MessageType::Peers,
+            });
+        }
+        check_peers(&peers.peers, &self.local.device())
+            .map_err(|problem| ProtocolError::BadPeers { share, problem })?;
+        self.events.push_back(Event::PeersReceived {
+            share,
+            peers: peers.peers,
+        });
+        Ok(())
+    }
+
     fn handle_progress(
         &mut self,
         progress: message::DownloadProgress,
@@ -756,6 +815,38 @@ impl Connection {
         });
         Ok(())
     }
+}
+
+/// Checks a peer-exchange list: no device twice, not `receiver`, each with 1
+/// to [`MAX_PEX_ADDRESSES`](crate::limits::MAX_PEX_ADDRESSES) addresses that
+/// can be dialled (port not 0; not unspecified, multicast or broadcast; no
+/// IPv6 link-local, which needs a scope the wire does not carry). The counts'
+/// upper bounds were checked while decoding.
+fn check_peers(peers: &[message::PeerAddresses], receiver: &DeviceId) -> Result<(), PeersProblem> {
+    use crate::limits::{MAX_PEX_ADDRESSES, MAX_PEX_PEERS};
+    if peers.len() > MAX_PEX_PEERS {
+        return Err(PeersProblem::TooMany);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in peers {
+        if p.device == *receiver {
+            return Err(PeersProblem::Receiver);
+        }
+        if !seen.insert(p.device) {
+            return Err(PeersProblem::Duplicate(p.device));
+        }
+        if p.addresses.is_empty() || p.addresses.len() > MAX_PEX_ADDRESSES {
+            return Err(PeersProblem::AddressCount(p.device));
+        }
+        for a in &p.addresses {
+            let link_local_v6 =
+                matches!(a.ip(), std::net::IpAddr::V6(v6) if v6.is_unicast_link_local());
+            if a.port() == 0 || !crate::lan::usable(a.ip()) || link_local_v6 {
+                return Err(PeersProblem::Address(*a));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses text over `max` bytes or with control characters.

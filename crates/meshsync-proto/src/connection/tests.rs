@@ -264,7 +264,7 @@ fn no_common_version_closes_with_incompatible_version() {
     let mut a = Connection::new(
         ProofRole::Initiator,
         LocalInfo::new(DeviceId::from_bytes(A), "a", "t")
-            .with_versions(VersionRange::new(2, 3).unwrap()),
+            .with_versions(VersionRange::new(3, 4).unwrap()),
         BINDING,
         DeviceId::from_bytes(B),
     );
@@ -276,7 +276,7 @@ fn no_common_version_closes_with_incompatible_version() {
         err,
         ProtocolError::IncompatibleVersion {
             local: SUPPORTED_VERSIONS,
-            peer: VersionRange::new(2, 3).unwrap(),
+            peer: VersionRange::new(3, 4).unwrap(),
         }
     );
 }
@@ -318,7 +318,7 @@ fn hello_ignores_trailing_fields_of_later_versions() {
     bytes.extend_from_slice(&[1, 2, 3]);
     let mut b = responder();
     b.handle_frame(&bytes, &[rw()][..]).unwrap();
-    assert_eq!(b.negotiated_version(), Some(1));
+    assert_eq!(b.negotiated_version(), Some(2));
 }
 
 #[test]
@@ -1173,4 +1173,151 @@ fn refusal_after_simultaneous_offers_with_a_bad_proof() {
     assert!(!b.is_open(&share()));
     let err = deliver(&mut b, &mut a, &[rw()][..]).unwrap_err();
     assert_eq!(err, ProtocolError::UnexpectedRefusal { share: share() });
+}
+
+// --- Peer exchange (version 2) ----------------------------------------------
+
+fn pex_peer(device: u8, addresses: &[&str]) -> message::PeerAddresses {
+    message::PeerAddresses {
+        device: DeviceId::from_bytes([device; 32]),
+        addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+    }
+}
+
+/// A connection of `versions` on `a`'s side, negotiated and with the folder
+/// open.
+fn open_pair_speaking(versions: VersionRange) -> (Connection, Connection) {
+    let mut a = Connection::new(
+        ProofRole::Initiator,
+        LocalInfo::new(DeviceId::from_bytes(A), "a", "t").with_versions(versions),
+        BINDING,
+        DeviceId::from_bytes(B),
+    );
+    let mut b = responder();
+    deliver(&mut a, &mut b, &[rw()][..]).unwrap();
+    deliver(&mut b, &mut a, &[rw()][..]).unwrap();
+    a.open_folder(&rw(), FolderOffer::fresh(1, 0)).unwrap();
+    b.open_folder(&rw(), FolderOffer::fresh(2, 0)).unwrap();
+    deliver(&mut a, &mut b, &[rw()][..]).unwrap();
+    deliver(&mut b, &mut a, &[rw()][..]).unwrap();
+    events(&mut a);
+    events(&mut b);
+    (a, b)
+}
+
+#[test]
+fn peers_of_an_open_folder_are_delivered() {
+    let (mut a, mut b) = open_pair(&rw(), 0);
+    assert!(a.has_peer_exchange() && b.has_peer_exchange());
+    let list = vec![
+        pex_peer(7, &["192.0.2.7:22000", "[2001:db8::7]:22000"]),
+        pex_peer(8, &["127.0.0.1:5"]),
+    ];
+    a.send_peers(share(), list.clone()).unwrap();
+    deliver(&mut a, &mut b, &[rw()][..]).unwrap();
+    assert_eq!(
+        events(&mut b),
+        [Event::PeersReceived {
+            share: share(),
+            peers: list
+        }]
+    );
+    // An empty list is fine too (the last other peer left).
+    a.send_peers(share(), Vec::new()).unwrap();
+    deliver(&mut a, &mut b, &[rw()][..]).unwrap();
+    assert!(
+        matches!(&events(&mut b)[..], [Event::PeersReceived { peers, .. }] if peers.is_empty())
+    );
+}
+
+#[test]
+fn peers_need_version_2_both_ways() {
+    let (a, mut b) = open_pair_speaking(VersionRange::new(1, 1).unwrap());
+    assert_eq!(a.negotiated_version(), Some(1));
+    assert!(!a.has_peer_exchange() && !b.has_peer_exchange());
+    assert!(matches!(
+        b.send_peers(share(), Vec::new()),
+        Err(UsageError::NotInVersion { negotiated: 1, .. })
+    ));
+    // A version-2 side that receives Peers on a version-1 connection treats
+    // it as an unknown type.
+    let bytes = frame(Message::Peers(message::Peers {
+        share: share(),
+        peers: Vec::new(),
+    }));
+    let err = expect_close(&mut b, &bytes, CloseCode::UnknownMessage);
+    assert!(matches!(
+        err,
+        ProtocolError::Decode(message::DecodeError::UnknownType { number: 8 })
+    ));
+}
+
+#[test]
+fn peers_of_a_folder_not_open_are_refused() {
+    let (mut a, mut b) = negotiated();
+    assert!(matches!(
+        a.send_peers(share(), Vec::new()),
+        Err(UsageError::FolderState { .. })
+    ));
+    let bytes = frame(Message::Peers(message::Peers {
+        share: share(),
+        peers: Vec::new(),
+    }));
+    expect_close(&mut b, &bytes, CloseCode::FolderNotOpen);
+}
+
+#[test]
+fn bad_peer_lists_are_refused_by_both_sides() {
+    let me = DeviceId::from_bytes(B);
+    let cases: Vec<(Vec<message::PeerAddresses>, PeersProblem)> = vec![
+        (vec![pex_peer(2, &["192.0.2.1:1"])], PeersProblem::Receiver),
+        (
+            vec![pex_peer(7, &["192.0.2.1:1"]), pex_peer(7, &["192.0.2.2:1"])],
+            PeersProblem::Duplicate(DeviceId::from_bytes([7; 32])),
+        ),
+        (
+            vec![pex_peer(7, &[])],
+            PeersProblem::AddressCount(DeviceId::from_bytes([7; 32])),
+        ),
+        (
+            vec![pex_peer(7, &["192.0.2.1:0"])],
+            PeersProblem::Address("192.0.2.1:0".parse().unwrap()),
+        ),
+        (
+            vec![pex_peer(7, &["0.0.0.0:5"])],
+            PeersProblem::Address("0.0.0.0:5".parse().unwrap()),
+        ),
+        (
+            vec![pex_peer(7, &["239.1.1.1:5"])],
+            PeersProblem::Address("239.1.1.1:5".parse().unwrap()),
+        ),
+        (
+            vec![pex_peer(7, &["[fe80::1]:5"])],
+            PeersProblem::Address("[fe80::1]:5".parse().unwrap()),
+        ),
+    ];
+    assert_eq!(check_peers(&cases[0].0, &me), Err(PeersProblem::Receiver));
+    for (list, problem) in cases {
+        let (mut a, mut b) = open_pair(&rw(), 0);
+        assert_eq!(
+            a.send_peers(share(), list.clone()),
+            Err(UsageError::BadPeers {
+                share: share(),
+                problem
+            })
+        );
+        assert!(sent(&mut a).is_empty(), "nothing sent");
+        let bytes = frame(Message::Peers(message::Peers {
+            share: share(),
+            peers: list,
+        }));
+        let err = expect_close(&mut b, &bytes, CloseCode::Malformed);
+        assert_eq!(
+            err,
+            ProtocolError::BadPeers {
+                share: share(),
+                problem
+            }
+        );
+    }
 }

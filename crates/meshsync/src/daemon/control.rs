@@ -37,6 +37,28 @@ pub struct DiscoveryStatus {
     pub own_addresses: Vec<String>,
     /// Addresses found, with how and the device expected there.
     pub candidates: Vec<CandidateStatus>,
+    /// LAN announcements sent and received.
+    #[serde(default)]
+    pub lan: LanStatus,
+}
+
+/// LAN discovery's counters since the daemon started.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct LanStatus {
+    /// Announcement datagrams sent.
+    pub sent: u64,
+    /// Datagrams received on the announcement port.
+    pub received: u64,
+    /// Announcements of a folder this device runs, offered to the address
+    /// book.
+    pub accepted: u64,
+    /// Datagrams that were not announcements.
+    pub malformed: u64,
+    /// Datagrams dropped by the rate limits.
+    pub rate_limited: u64,
+    /// Announcements of this device, of another window, or of no folder of
+    /// ours.
+    pub ignored: u64,
 }
 
 /// One address discovery found.

@@ -29,6 +29,7 @@ use meshsync_proto::{CloseCode, Connection, Event as ProtoEvent, FolderOffer, Lo
 
 use super::Daemon;
 use super::control::{Event, PeerStatus};
+use super::discovery::pex::Exchange;
 use super::discovery::{Found, PathKind};
 use super::pull::ChunkSource;
 
@@ -390,6 +391,7 @@ async fn drive_control(daemon: &Arc<Daemon>, link: &Arc<PeerLink>) -> Result<()>
     );
     // What was sent of each open folder's index: the last sequence covered.
     let mut sent: HashMap<ShareId, u64> = HashMap::new();
+    let mut pex = Exchange::new(std::time::Instant::now());
     let mut buf = vec![0u8; 64 * 1024];
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut stopping = daemon.stopping.subscribe();
@@ -417,6 +419,10 @@ async fn drive_control(daemon: &Arc<Daemon>, link: &Arc<PeerLink>) -> Result<()>
                     }
                 }
                 while let Some(event) = proto.poll_event() {
+                    if let ProtoEvent::PeersReceived { share, peers } = event {
+                        pex.received(daemon, link, share, peers, std::time::Instant::now());
+                        continue;
+                    }
                     handle_event(daemon, link, &mut proto, &mut sent, event)?;
                 }
             }
@@ -425,6 +431,7 @@ async fn drive_control(daemon: &Arc<Daemon>, link: &Arc<PeerLink>) -> Result<()>
                     offer_new_folders(daemon, &mut proto)?;
                 }
                 send_index_updates(daemon, &mut proto, &mut sent);
+                pex.send_due(daemon, link, &mut proto, std::time::Instant::now());
             }
             _ = stopping.changed() => {
                 proto.close(CloseCode::Normal, "shutting down");

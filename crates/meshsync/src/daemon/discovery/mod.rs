@@ -18,6 +18,9 @@
 //! announcements costs memory only up to the bound and only for a while.
 
 pub mod dht;
+pub mod interfaces;
+pub mod lan;
+pub mod pex;
 pub mod upnp;
 
 use std::collections::HashMap;
