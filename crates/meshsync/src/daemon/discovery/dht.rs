@@ -10,7 +10,8 @@
 //! nothing, and TLS plus the access proof still gate every folder.
 //!
 //! Schedule, per folder: announce at once, then every
-//! [`ANNOUNCE_EVERY`] and whenever the day turns; look up at once, then while
+//! [`ANNOUNCE_EVERY`], whenever the day turns and whenever the port to
+//! announce changes (a router mapping came or went); look up at once, then while
 //! the folder has no connected peer after 5 s, doubling up to
 //! [`LOOKUP_EVERY_ALONE`], and every [`LOOKUP_EVERY_CONNECTED`] once it has
 //! one.
@@ -114,13 +115,13 @@ pub fn start_node(plan: &BootstrapPlan, bind: Ipv4Addr) -> std::io::Result<Async
 }
 
 /// How long to wait before the next lookup of a folder, after
-/// `empty_lookups` lookups in a row that found nobody.
-pub fn next_lookup_in(connected: bool, empty_lookups: u32) -> Duration {
+/// `lookups_alone` lookups in a row that left it with no connected peer.
+pub fn next_lookup_in(connected: bool, lookups_alone: u32) -> Duration {
     if connected {
         return LOOKUP_EVERY_CONNECTED;
     }
     LOOKUP_FIRST_RETRY
-        .saturating_mul(1u32 << empty_lookups.saturating_sub(1).min(8))
+        .saturating_mul(1u32 << lookups_alone.saturating_sub(1).min(8))
         .min(LOOKUP_EVERY_ALONE)
 }
 
@@ -217,10 +218,11 @@ fn has_peer(daemon: &Daemon, share: &ShareId) -> bool {
 async fn run_folder(daemon: Arc<Daemon>, dht: AsyncDht, rt: Arc<FolderRuntime>, quic_port: u16) {
     let share = rt.folder.share;
     let mut stopping = daemon.stopping.subscribe();
-    let mut announced_window: Option<u64> = None;
+    // The window and port announces are being made for.
+    let mut announcing: Option<(u64, u16)> = None;
     let mut next_announce = Instant::now();
     let mut next_lookup = Instant::now();
-    let mut empty_lookups = 0u32;
+    let mut lookups_alone = 0u32;
     let mut was_connected = false;
     loop {
         if *stopping.borrow() || daemon.folder(&share).is_none() {
@@ -232,14 +234,20 @@ async fn run_folder(daemon: Arc<Daemon>, dht: AsyncDht, rt: Arc<FolderRuntime>, 
         let connected = has_peer(&daemon, &share);
         if was_connected && !connected {
             // Lost every peer: look again soon.
-            empty_lookups = 0;
+            lookups_alone = 0;
             next_lookup = next_lookup.min(now + LOOKUP_FIRST_RETRY);
         }
         was_connected = connected;
-        let announce_due = announced_window != Some(window) || now >= next_announce;
+        let port = announce_port(&daemon, quic_port);
+        // At once when the day turns, and when a router mapping changed
+        // the port others must dial.
+        if announcing != Some((window, port)) {
+            announcing = Some((window, port));
+            next_announce = now;
+        }
+        let announce_due = now >= next_announce;
         let lookup_due = now >= next_lookup;
         let access = rt.folder.key.access_key();
-        let port = announce_port(&daemon, quic_port);
         let announce = async {
             if !announce_due {
                 return None;
@@ -265,23 +273,23 @@ async fn run_folder(daemon: Arc<Daemon>, dht: AsyncDht, rt: Arc<FolderRuntime>, 
             }
             Some(lookup_folder(&daemon, &dht, &rt, unix, quic_port).await)
         };
-        let (announced, found) = tokio::join!(announce, lookup);
+        let (announced, looked_up) = tokio::join!(announce, lookup);
         let now = Instant::now();
         match announced {
-            Some(true) => {
-                announced_window = Some(window);
-                next_announce = now + ANNOUNCE_EVERY;
-            }
+            Some(true) => next_announce = now + ANNOUNCE_EVERY,
             Some(false) => next_announce = now + ANNOUNCE_RETRY,
             None => {}
         }
-        if let Some(found) = found {
-            empty_lookups = if found == 0 {
-                empty_lookups.saturating_add(1)
-            } else {
+        if looked_up.is_some() {
+            // Found addresses may be stale (the DHT keeps an announce for
+            // about 30 minutes), so only a connection stops the back-off.
+            let connected = has_peer(&daemon, &share);
+            lookups_alone = if connected {
                 0
+            } else {
+                lookups_alone.saturating_add(1)
             };
-            next_lookup = now + next_lookup_in(has_peer(&daemon, &share), empty_lookups);
+            next_lookup = now + next_lookup_in(connected, lookups_alone);
         }
         let wake = next_lookup.min(next_announce).min(now + TICK);
         tokio::select! {
