@@ -53,6 +53,10 @@ const WINDOW_PER_PEER: usize = 64;
 const PARALLEL_FILES: usize = 64;
 /// Finished files flushed and renamed together.
 const BATCH_FILES: usize = 4096;
+/// Files and chunks up to this size are written on the async task itself
+/// (a hash and a `pwrite` into the page cache take microseconds); larger
+/// ones go to the blocking pool.
+const INLINE_BYTES: u64 = 128 * 1024;
 
 /// What one apply round did.
 #[derive(Debug, Default, Clone)]
@@ -404,12 +408,18 @@ impl<S: ChunkSource> CopyJob<S> {
         let (root, map) = (self.folder.root.clone(), Arc::clone(&self.local_map));
         let content_for_start = content.clone();
         let path = entry.path.clone();
-        let assembly = tokio::task::spawn_blocking(move || {
+        let start = move || {
             let empty = ChunkMap::default();
             let mut reader = ChunkReader::new([&*map, &empty]);
             Assembly::start(&root, &path, &content_for_start, &mut reader)
-        })
-        .await??;
+        };
+        // A small file is started on this task: handing it to the blocking
+        // pool costs two thread wake-ups, more than the work itself.
+        let assembly = if entry.size <= INLINE_BYTES {
+            start()?
+        } else {
+            tokio::task::spawn_blocking(start).await??
+        };
         let assembly = Arc::new(assembly);
         let mut fetches = JoinSet::new();
         let mut fetched = 0u64;
@@ -491,10 +501,13 @@ impl<S: ChunkSource> CopyJob<S> {
                         continue;
                     }
                 };
-                let a = Arc::clone(&assembly);
-                let written =
+                let written = if chunk.len as u64 <= INLINE_BYTES {
+                    assembly.write_chunk(offset, &chunk, &bytes)
+                } else {
+                    let a = Arc::clone(&assembly);
                     tokio::task::spawn_blocking(move || a.write_chunk(offset, &chunk, &bytes))
-                        .await?;
+                        .await?
+                };
                 match written {
                     Ok(()) => return Ok(u64::from(chunk.len)),
                     Err(WriteError::Verify { .. }) => {
