@@ -7,6 +7,8 @@
 //! - [`path`]: [`path::RelPath`], a validated, NFC-normalised relative path.
 //! - [`version`]: [`version::VersionVector`] and its partial order.
 //! - [`entry`]: [`entry::FileEntry`], one file's record in an index.
+//! - [`encrypted_index`]: [`encrypted_index::SealedEntry`], an entry as a
+//!   storage-only peer holds it (encrypted, signed on its own).
 //! - [`chunking`]: content-defined chunk parameters and a streaming cutter.
 //! - [`ignore`]: `.meshsyncignore` rules (gitignore syntax).
 //! - [`conflict`]: conflict-copy names and the winner rule.
@@ -19,6 +21,7 @@
 
 pub mod chunking;
 pub mod conflict;
+pub mod encrypted_index;
 pub mod entry;
 pub mod global;
 pub mod ids;

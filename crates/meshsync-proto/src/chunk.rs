@@ -25,7 +25,7 @@
 
 use meshsync_core::ids::{Hash, ShareId};
 
-use crate::limits::MAX_CHUNK_LEN;
+use crate::limits::MAX_REQUEST_LEN;
 
 /// The first byte of a chunk stream.
 pub const STREAM_KIND_CHUNK: u8 = 0x01;
@@ -48,8 +48,8 @@ pub enum ChunkError {
     /// know.
     #[error("unknown stream kind {0:#04x}")]
     UnknownStreamKind(u8),
-    /// A chunk length of 0 or over [`MAX_CHUNK_LEN`].
-    #[error("chunk length {len} is outside 1..={MAX_CHUNK_LEN}")]
+    /// A chunk length of 0 or over [`MAX_REQUEST_LEN`].
+    #[error("chunk length {len} is outside 1..={MAX_REQUEST_LEN}")]
     BadLength {
         /// The length given.
         len: u32,
@@ -97,7 +97,9 @@ pub struct ChunkRequest {
     pub share: ShareId,
     /// The chunk's BLAKE3 hash.
     pub hash: Hash,
-    /// The chunk's length, from the index (1..=[`MAX_CHUNK_LEN`]).
+    /// The chunk's length, from the index (1..=[`MAX_REQUEST_LEN`]: a
+    /// plaintext chunk, or an encrypted one from a storage-only peer's
+    /// index, 16 bytes longer).
     pub len: u32,
 }
 
@@ -128,7 +130,7 @@ impl ChunkRequest {
             return Err(ChunkError::UnknownStreamKind(bytes[0]));
         }
         let len = u32::from_be_bytes([bytes[65], bytes[66], bytes[67], bytes[68]]);
-        if len == 0 || len > MAX_CHUNK_LEN {
+        if len == 0 || len > MAX_REQUEST_LEN {
             return Err(ChunkError::BadLength { len });
         }
         let mut share = [0u8; 32];
@@ -345,13 +347,17 @@ mod tests {
             Err(ChunkError::BadLength { len: 0 })
         );
         let mut huge = request(b"x").encode();
-        huge[65..].copy_from_slice(&(MAX_CHUNK_LEN + 1).to_be_bytes());
+        huge[65..].copy_from_slice(&(MAX_REQUEST_LEN + 1).to_be_bytes());
         assert_eq!(
             ChunkRequest::decode(&huge),
             Err(ChunkError::BadLength {
-                len: MAX_CHUNK_LEN + 1
+                len: MAX_REQUEST_LEN + 1
             })
         );
+        // The longest encrypted chunk can be asked for.
+        let mut longest = request(b"x").encode();
+        longest[65..].copy_from_slice(&(crate::limits::MAX_CHUNK_LEN + 16).to_be_bytes());
+        assert!(ChunkRequest::decode(&longest).is_ok());
     }
 
     #[test]
@@ -410,7 +416,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn request_round_trips(share in any::<[u8; 32]>(), hash in any::<[u8; 32]>(), len in 1..=MAX_CHUNK_LEN) {
+        fn request_round_trips(share in any::<[u8; 32]>(), hash in any::<[u8; 32]>(), len in 1..=MAX_REQUEST_LEN) {
             let req = ChunkRequest { share: ShareId::from_bytes(share), hash: Hash(hash), len };
             prop_assert_eq!(ChunkRequest::decode(&req.encode()), Ok(req));
         }

@@ -21,6 +21,8 @@
 //! - [`tracker`]: what a device and a tracker say to each other (announce,
 //!   peers, hole-punch timing, relay sessions) and the relay's datagram
 //!   framing.
+//! - [`sealed`]: sealed index streams, which carry encrypted, individually
+//!   signed index entries on links with a storage-only peer.
 //!
 //! Goal: be paranoid about data integrity. Everything from the peer is hostile
 //! until proven otherwise: sizes are checked before memory is committed,
@@ -39,6 +41,7 @@ pub mod frame;
 pub mod lan;
 pub mod limits;
 pub mod message;
+pub mod sealed;
 pub mod tracker;
 
 mod batch;

@@ -50,6 +50,11 @@ pub const MAX_OUTSTANDING_PINGS: usize = 16;
 /// largest chunk the content-defined chunker cuts, 4 × its largest average).
 pub const MAX_CHUNK_LEN: u32 = 4 * meshsync_core::chunking::MAX_AVG;
 
+/// The longest chunk a chunk request may ask for, in bytes: the longest
+/// encrypted chunk a storage-only peer serves ([`MAX_CHUNK_LEN`] plus the
+/// 16-byte tag).
+pub const MAX_REQUEST_LEN: u32 = meshsync_core::encrypted_index::MAX_CIPHER_CHUNK_LEN;
+
 /// The most counters in one entry's version vector.
 pub const MAX_VERSION_COUNTERS: usize = 1024;
 

@@ -99,7 +99,7 @@ impl TreeMeta {
 
 /// An open index database.
 pub struct IndexDb {
-    db: redb::Database,
+    pub(crate) db: redb::Database,
     path: PathBuf,
 }
 
@@ -117,14 +117,14 @@ impl IndexDb {
         Ok(IndexDb { db, path })
     }
 
-    fn err(&self, e: impl Into<redb::Error>) -> DbError {
+    pub(crate) fn err(&self, e: impl Into<redb::Error>) -> DbError {
         DbError::Redb {
             path: self.path.clone(),
             source: e.into(),
         }
     }
 
-    fn corrupt(&self, detail: impl ToString) -> DbError {
+    pub(crate) fn corrupt(&self, detail: impl ToString) -> DbError {
         DbError::Corrupt {
             path: self.path.clone(),
             detail: detail.to_string(),

@@ -4,6 +4,9 @@
 //! - [`scan`]: walk a folder in parallel and compare it with its index.
 //! - [`hashing`]: one read pass that chunks and hashes a file.
 //! - [`db`]: the redb index database.
+//! - [`blobs`], [`sealed_db`]: what a storage-only folder keeps (encrypted
+//!   chunks by hash, sealed entries) and what a reader keeps for storage
+//!   peers (the encrypted form of each chunk).
 //! - [`write`]: temp file, verify, fsync, rename-if-unchanged.
 //! - [`local_sync`]: `meshsync sync SRC DST`, built from the above and the
 //!   core planner.
@@ -13,10 +16,12 @@
 //! follow a symlink while writing, or record content that is not durable.
 
 pub mod apply;
+pub mod blobs;
 pub mod chunkmap;
 pub mod db;
 pub mod hashing;
 pub mod identity;
 pub mod local_sync;
 pub mod scan;
+pub mod sealed_db;
 pub mod write;

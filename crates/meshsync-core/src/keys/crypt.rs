@@ -90,7 +90,7 @@ impl std::fmt::Debug for EncryptedChunk {
 }
 
 impl DataKey {
-    fn subkey(&self, context: &str) -> Zeroizing<[u8; 32]> {
+    pub(super) fn subkey(&self, context: &str) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(blake3::derive_key(context, self.as_bytes()))
     }
 
@@ -201,7 +201,15 @@ impl DataKey {
 
     /// Encrypts one chunk for storage-only peers.
     pub fn encrypt_chunk(&self, plaintext: &[u8]) -> EncryptedChunk {
-        let plain_hash = Hash::of(plaintext);
+        self.encrypt_chunk_with_hash(Hash::of(plaintext), plaintext)
+    }
+
+    /// [`DataKey::encrypt_chunk`] for a caller that has just checked that
+    /// `plain_hash` is BLAKE3 of `plaintext` (a verified read), sparing a
+    /// second hash pass. A wrong hash gives ciphertext no reader accepts
+    /// (decryption checks the plaintext against the hash), never a wrong
+    /// plaintext.
+    pub fn encrypt_chunk_with_hash(&self, plain_hash: Hash, plaintext: &[u8]) -> EncryptedChunk {
         let (cipher, nonce) = self.chunk_cipher(&plain_hash);
         let ciphertext = cipher
             .encrypt(

@@ -156,6 +156,13 @@ pub enum KeyError {
     #[error("a decrypted chunk does not match its hash: the chunk was forged by a key holder")]
     ChunkHashMismatch,
 
+    /// Sealed entry metadata does not decrypt with this folder's data key
+    /// for its encrypted path: another folder, another path, or altered.
+    #[error(
+        "sealed entry metadata does not decrypt with this folder's key for its path (another folder, another path, or altered)"
+    )]
+    MetadataDecryptionFailed,
+
     /// A key file is shorter than the minimum.
     #[error("the key file has {len} bytes, at least {min} are needed")]
     KeyFileTooShort {

@@ -19,6 +19,9 @@
 //!   bound to one TLS connection, that this side holds some key of the folder
 //!   ([`AccessProof`]).
 //! - [`BatchSignature`], [`sign_batch`], [`verify_batch`]: signed index updates.
+//! - [`EntrySignature`], [`sign_entry`], [`verify_entry`] and
+//!   [`DataKey::seal_metadata`]: the primitives under sealed index entries
+//!   (what storage-only peers hold; see [`crate::encrypted_index`]).
 //! - [`SessionSecret`]: a secret from a password (Argon2id) or a key file, for
 //!   sessions and multicast.
 //!
@@ -40,6 +43,7 @@ mod error;
 mod folder;
 mod password;
 mod proof;
+mod sealed;
 mod signing;
 pub(crate) mod text;
 #[cfg(test)]
@@ -54,4 +58,5 @@ pub use password::{
     ARGON2_M_COST_KIB, ARGON2_P_COST, ARGON2_T_COST, KEY_FILE_MIN_LEN, SALT_MIN_LEN, SessionSecret,
 };
 pub use proof::{AccessProof, CHANNEL_BINDING_MIN_LEN, ProofRole};
+pub use sealed::{EntrySignature, METADATA_OVERHEAD, sign_entry, verify_entry};
 pub use signing::{BatchSignature, sign_batch, verify_batch};

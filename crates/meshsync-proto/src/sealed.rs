@@ -1,0 +1,585 @@
+//! Sealed index streams: how index entries travel on a link where one side
+//! holds only a folder's encrypted (storage-only) key.
+//!
+//! Such a link never carries plaintext index batches on the control stream.
+//! Instead the side that wants the other's index opens a request stream of
+//! kind [`STREAM_KIND_SEALED_INDEX`] and the other side streams its
+//! [`SealedEntry`]s back, first its whole index, then every change as it
+//! happens, for as long as the connection lives:
+//!
+//! ```text
+//! requester → responder: SealedIndexRequest (33 bytes) = 0x02 ‖ share (32), then FIN
+//! responder → requester: status (u8): 0 streaming, 2 refused (then FIN)
+//!                        then, if streaming, frames: u32 BE length ‖ postcard(SealedBatch)
+//! SealedBatch = first_sequence: u64 ‖ last_sequence: u64 ‖ entries: Vec<SealedEntry>
+//! ```
+//!
+//! Batches are contiguous: the first starts at 1, each next one at the
+//! previous `last_sequence + 1`; entries are sorted by strictly increasing
+//! `sequence` within the batch's range, at most
+//! [`MAX_BATCH_ENTRIES`](crate::limits::MAX_BATCH_ENTRIES) of them (counted
+//! before they are decoded), each well-formed ([`check_sealed_entry`]). One
+//! path may have several entries (a storage peer keeps every concurrent
+//! version). A stream that breaks a rule is reset by the receiver.
+//!
+//! What this module does not do: verify signatures. Every entry is signed
+//! on its own (`meshsync_core::encrypted_index`); the receiver verifies each
+//! one (`verify_sealed_entry`, `open_entry`) before it keeps, relays or
+//! believes it, off the async runtime, since each check costs about 55 µs.
+//!
+//! This module must never panic on any input.
+
+use meshsync_core::encrypted_index::{CHUNK_TAG_LEN, SealedEntry};
+use meshsync_core::entry::FileKind;
+use meshsync_core::ids::ShareId;
+use meshsync_core::keys::METADATA_OVERHEAD;
+use meshsync_core::path::RelPath;
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{FrameDecoder, FrameError, encode_frame};
+use crate::limits::{MAX_BATCH_ENTRIES, MAX_FRAME_LEN, MAX_REQUEST_LEN, MAX_VERSION_COUNTERS};
+
+/// The first byte of a sealed index stream.
+pub const STREAM_KIND_SEALED_INDEX: u8 = 0x02;
+
+/// Why a sealed index stream was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealedStreamError {
+    /// The request header does not have its fixed length.
+    #[error("a sealed index request has {expected} bytes, got {got}")]
+    HeaderLength {
+        /// Its fixed length.
+        expected: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// The stream's first byte is not [`STREAM_KIND_SEALED_INDEX`].
+    #[error("stream kind {0:#04x} is not a sealed index stream")]
+    WrongStreamKind(u8),
+    /// A status byte this version does not know.
+    #[error("unknown sealed index status {0}")]
+    UnknownStatus(u8),
+    /// The framing broke (a frame over the limit, or the stream ended
+    /// inside one).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A batch did not decode.
+    #[error("a sealed index batch does not decode")]
+    Malformed,
+    /// More entries in one batch than the limit.
+    #[error("{count} entries in one sealed batch; the limit is {MAX_BATCH_ENTRIES}")]
+    TooManyEntries {
+        /// Entries announced.
+        count: u64,
+    },
+    /// A batch that does not start where the previous one ended (+1).
+    #[error("a sealed batch starts at {first}, expected {expected}")]
+    OutOfSequence {
+        /// Where it should start.
+        expected: u64,
+        /// Where it starts.
+        first: u64,
+    },
+    /// `last_sequence` before `first_sequence`, or `u64::MAX`.
+    #[error("bad sealed batch range {first}..={last}")]
+    BadRange {
+        /// First sequence.
+        first: u64,
+        /// Last sequence.
+        last: u64,
+    },
+    /// An entry's sequence is outside the batch's range or not above the
+    /// previous entry's.
+    #[error("entry {path} has sequence {sequence}, out of order or outside the batch's range")]
+    EntrySequence {
+        /// The (encrypted) path.
+        path: RelPath,
+        /// Its sequence.
+        sequence: u64,
+    },
+    /// An entry is malformed.
+    #[error("entry {path}: {problem}")]
+    InvalidEntry {
+        /// The (encrypted) path.
+        path: RelPath,
+        /// What is wrong.
+        problem: SealedEntryProblem,
+    },
+}
+
+/// What is wrong with one sealed entry's clear fields.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealedEntryProblem {
+    /// The path is meshsync's own metadata.
+    #[error("the path is meshsync's own metadata")]
+    InternalPath,
+    /// The version vector is empty, unsorted, repeats a device, has a zero
+    /// counter or too many counters.
+    #[error("the version vector is not canonical")]
+    NonCanonicalVersion,
+    /// Chunks on a directory, a symlink or a tombstone.
+    #[error("chunks on something that is not a live file")]
+    ChunksOnNonFile,
+    /// An encrypted chunk of a length no plaintext chunk encrypts to.
+    #[error("an encrypted chunk of {len} bytes (they have 17 to {MAX_REQUEST_LEN})")]
+    BadChunkLen {
+        /// The length.
+        len: u32,
+    },
+    /// Sealed metadata shorter than its nonce and tag.
+    #[error("sealed metadata of {len} bytes is too short")]
+    ShortMetadata {
+        /// Its length.
+        len: usize,
+    },
+}
+
+/// Checks the clear fields of a sealed entry (not its signature).
+pub fn check_sealed_entry(entry: &SealedEntry) -> Result<(), SealedEntryProblem> {
+    if entry.path.is_internal() {
+        return Err(SealedEntryProblem::InternalPath);
+    }
+    let counters = entry.version.counters();
+    let sorted = counters.windows(2).all(|pair| pair[0].0 < pair[1].0);
+    if counters.is_empty()
+        || counters.len() > MAX_VERSION_COUNTERS
+        || !sorted
+        || counters.iter().any(|&(_, c)| c == 0)
+    {
+        return Err(SealedEntryProblem::NonCanonicalVersion);
+    }
+    if !entry.chunks.is_empty() && (entry.kind != FileKind::File || entry.deleted) {
+        return Err(SealedEntryProblem::ChunksOnNonFile);
+    }
+    if let Some(c) = entry
+        .chunks
+        .iter()
+        .find(|c| c.len <= CHUNK_TAG_LEN || c.len > MAX_REQUEST_LEN)
+    {
+        return Err(SealedEntryProblem::BadChunkLen { len: c.len });
+    }
+    if entry.metadata.len() < METADATA_OVERHEAD {
+        return Err(SealedEntryProblem::ShortMetadata {
+            len: entry.metadata.len(),
+        });
+    }
+    Ok(())
+}
+
+/// A request for the responder's sealed index of one folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SealedIndexRequest {
+    /// The folder (must be open on this connection).
+    pub share: ShareId,
+}
+
+impl SealedIndexRequest {
+    /// Bytes in an encoded request (the stream-kind byte included).
+    pub const ENCODED_LEN: usize = 1 + 32;
+
+    /// The request's bytes.
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        out[0] = STREAM_KIND_SEALED_INDEX;
+        out[1..].copy_from_slice(self.share.as_bytes());
+        out
+    }
+
+    /// Reads a request from exactly [`SealedIndexRequest::ENCODED_LEN`] bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, SealedStreamError> {
+        let bytes: &[u8; Self::ENCODED_LEN] =
+            bytes
+                .try_into()
+                .map_err(|_| SealedStreamError::HeaderLength {
+                    expected: Self::ENCODED_LEN,
+                    got: bytes.len(),
+                })?;
+        if bytes[0] != STREAM_KIND_SEALED_INDEX {
+            return Err(SealedStreamError::WrongStreamKind(bytes[0]));
+        }
+        let mut share = [0u8; 32];
+        share.copy_from_slice(&bytes[1..]);
+        Ok(SealedIndexRequest {
+            share: ShareId::from_bytes(share),
+        })
+    }
+}
+
+/// The responder's first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SealedIndexStatus {
+    /// Batches follow.
+    Streaming,
+    /// The folder is not open on this connection (the same answer whether
+    /// or not this side holds it); the stream ends.
+    Refused,
+}
+
+impl SealedIndexStatus {
+    /// The status byte.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            SealedIndexStatus::Streaming => 0,
+            SealedIndexStatus::Refused => 2,
+        }
+    }
+
+    /// Reads a status byte.
+    pub fn from_byte(b: u8) -> Result<Self, SealedStreamError> {
+        match b {
+            0 => Ok(SealedIndexStatus::Streaming),
+            2 => Ok(SealedIndexStatus::Refused),
+            other => Err(SealedStreamError::UnknownStatus(other)),
+        }
+    }
+}
+
+/// One batch of a sealed index stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedBatch {
+    /// The first sequence it covers.
+    pub first_sequence: u64,
+    /// The last sequence it covers.
+    pub last_sequence: u64,
+    /// The entries, sorted by sequence.
+    pub entries: Vec<SealedEntry>,
+}
+
+/// Checks a batch against the stream's rules, given where it must start.
+fn check_batch(next: u64, batch: &SealedBatch) -> Result<(), SealedStreamError> {
+    let (first, last) = (batch.first_sequence, batch.last_sequence);
+    if first != next {
+        return Err(SealedStreamError::OutOfSequence {
+            expected: next,
+            first,
+        });
+    }
+    if last < first || last == u64::MAX {
+        return Err(SealedStreamError::BadRange { first, last });
+    }
+    if batch.entries.len() > MAX_BATCH_ENTRIES {
+        return Err(SealedStreamError::TooManyEntries {
+            count: batch.entries.len() as u64,
+        });
+    }
+    let mut previous = None;
+    for e in &batch.entries {
+        if !(first..=last).contains(&e.sequence) || previous.is_some_and(|p| e.sequence <= p) {
+            return Err(SealedStreamError::EntrySequence {
+                path: e.path.clone(),
+                sequence: e.sequence,
+            });
+        }
+        previous = Some(e.sequence);
+        check_sealed_entry(e).map_err(|problem| SealedStreamError::InvalidEntry {
+            path: e.path.clone(),
+            problem,
+        })?;
+    }
+    Ok(())
+}
+
+/// The sending side of a sealed index stream: checks each batch as the
+/// receiver will, and frames it.
+#[derive(Debug, Clone)]
+pub struct SealedBatchWriter {
+    next: u64,
+}
+
+impl Default for SealedBatchWriter {
+    fn default() -> Self {
+        SealedBatchWriter { next: 1 }
+    }
+}
+
+impl SealedBatchWriter {
+    /// A stream that starts at sequence 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The first sequence of the next batch.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Frames a batch covering `next()..=last` (entries sorted by sequence,
+    /// inside the range). A batch that breaks a rule is refused here, so the
+    /// receiver never has to reset the stream for it.
+    pub fn frame(
+        &mut self,
+        last: u64,
+        entries: Vec<SealedEntry>,
+    ) -> Result<Vec<u8>, SealedStreamError> {
+        let batch = SealedBatch {
+            first_sequence: self.next,
+            last_sequence: last,
+            entries,
+        };
+        check_batch(self.next, &batch)?;
+        let payload = postcard::to_stdvec(&batch).map_err(|_| SealedStreamError::Malformed)?;
+        let frame = encode_frame(&payload)?;
+        self.next = last + 1;
+        Ok(frame)
+    }
+}
+
+/// The receiving side of a sealed index stream (after the status byte):
+/// bytes in, checked batches out.
+#[derive(Debug, Clone)]
+pub struct SealedBatchReader {
+    next: u64,
+    frames: FrameDecoder,
+}
+
+impl Default for SealedBatchReader {
+    fn default() -> Self {
+        SealedBatchReader {
+            next: 1,
+            frames: FrameDecoder::new(MAX_FRAME_LEN),
+        }
+    }
+}
+
+impl SealedBatchReader {
+    /// A reader expecting the stream's first batch (sequence 1).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes received bytes (any split). A frame over the limit fails at
+    /// once.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), SealedStreamError> {
+        Ok(self.frames.push(bytes)?)
+    }
+
+    /// The next complete batch, checked (signatures excepted), or `None`
+    /// when more bytes are needed.
+    pub fn next_batch(&mut self) -> Result<Option<SealedBatch>, SealedStreamError> {
+        let Some(payload) = self.frames.next_frame()? else {
+            return Ok(None);
+        };
+        // Count the entries before decoding them.
+        let (_, _, count): (u64, u64, u64) = postcard::take_from_bytes(&payload)
+            .map(|(v, _)| v)
+            .map_err(|_| SealedStreamError::Malformed)?;
+        if count > MAX_BATCH_ENTRIES as u64 {
+            return Err(SealedStreamError::TooManyEntries { count });
+        }
+        let batch: SealedBatch =
+            postcard::from_bytes(&payload).map_err(|_| SealedStreamError::Malformed)?;
+        if postcard::to_stdvec(&batch).map_err(|_| SealedStreamError::Malformed)? != payload {
+            // Trailing bytes or a non-canonical encoding.
+            return Err(SealedStreamError::Malformed);
+        }
+        check_batch(self.next, &batch)?;
+        self.next = batch.last_sequence + 1;
+        Ok(Some(batch))
+    }
+
+    /// Call when the stream ended: a frame cut in the middle is an error.
+    pub fn finish(&self) -> Result<(), SealedStreamError> {
+        Ok(self.frames.finish()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshsync_core::encrypted_index::seal_entry;
+    use meshsync_core::entry::{ChunkRef, Content, FileEntry, Timestamp};
+    use meshsync_core::ids::{Hash, ShortId};
+    use meshsync_core::keys::ReadWriteKey;
+    use meshsync_core::version::VersionVector;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn entry(name: &str, sequence: u64) -> SealedEntry {
+        let key = ReadWriteKey::from_secret(&[1; 32]);
+        let mut version = VersionVector::new();
+        version.bump(ShortId(5));
+        let chunk = ChunkRef {
+            hash: Hash::of(name.as_bytes()),
+            len: name.len() as u32,
+        };
+        let e = FileEntry {
+            path: RelPath::new(name).unwrap(),
+            kind: FileKind::File,
+            size: name.len() as u64,
+            mtime: Timestamp::default(),
+            permissions: 0o644,
+            symlink_target: None,
+            content: Some(Content {
+                hash: chunk.hash,
+                chunk_avg: 65536,
+                chunks: vec![chunk],
+            }),
+            version,
+            deleted: false,
+            sequence,
+        };
+        seal_entry(&key, &e, |c| Some(Hash::of(&c.hash.0))).unwrap()
+    }
+
+    #[test]
+    fn request_layout_is_fixed() {
+        let req = SealedIndexRequest {
+            share: ShareId::from_bytes([9; 32]),
+        };
+        let bytes = req.encode();
+        assert_eq!(bytes[0], 0x02);
+        assert_eq!(&bytes[1..], &[9; 32]);
+        assert_eq!(SealedIndexRequest::decode(&bytes), Ok(req));
+        assert!(SealedIndexRequest::decode(&bytes[..32]).is_err());
+        let mut other = bytes;
+        other[0] = 1;
+        assert_eq!(
+            SealedIndexRequest::decode(&other),
+            Err(SealedStreamError::WrongStreamKind(1))
+        );
+        assert_eq!(
+            SealedIndexStatus::from_byte(0),
+            Ok(SealedIndexStatus::Streaming)
+        );
+        assert_eq!(
+            SealedIndexStatus::from_byte(2),
+            Ok(SealedIndexStatus::Refused)
+        );
+        assert!(SealedIndexStatus::from_byte(1).is_err());
+    }
+
+    #[test]
+    fn batches_round_trip_in_any_split() {
+        let mut w = SealedBatchWriter::new();
+        let mut bytes = w.frame(3, vec![entry("a", 1), entry("b", 3)]).unwrap();
+        bytes.extend(w.frame(4, vec![]).unwrap());
+        bytes.extend(w.frame(6, vec![entry("a", 6)]).unwrap());
+        for split in [1, 7, 100, bytes.len()] {
+            let mut r = SealedBatchReader::new();
+            let mut got = Vec::new();
+            for piece in bytes.chunks(split) {
+                r.push(piece).unwrap();
+                while let Some(b) = r.next_batch().unwrap() {
+                    got.push(b);
+                }
+            }
+            r.finish().unwrap();
+            assert_eq!(got.len(), 3);
+            assert_eq!(got[0].entries[1], entry("b", 3));
+            assert_eq!((got[2].first_sequence, got[2].last_sequence), (5, 6));
+        }
+    }
+
+    #[test]
+    fn writer_refuses_what_the_reader_would() {
+        let mut w = SealedBatchWriter::new();
+        assert!(matches!(
+            w.frame(2, vec![entry("a", 2), entry("b", 1)]),
+            Err(SealedStreamError::EntrySequence { .. })
+        ));
+        assert!(matches!(
+            w.frame(1, vec![entry("a", 2)]),
+            Err(SealedStreamError::EntrySequence { .. })
+        ));
+        assert!(matches!(
+            w.frame(0, vec![]),
+            Err(SealedStreamError::BadRange { .. })
+        ));
+        let mut chunks_on_dir = entry("d", 1);
+        chunks_on_dir.kind = FileKind::Directory;
+        assert!(matches!(
+            w.frame(1, vec![chunks_on_dir]),
+            Err(SealedStreamError::InvalidEntry {
+                problem: SealedEntryProblem::ChunksOnNonFile,
+                ..
+            })
+        ));
+        assert_eq!(w.next(), 1);
+    }
+
+    #[test]
+    fn reader_refuses_gaps_replays_and_bad_entries() {
+        let frame = |first: u64, last: u64, entries: Vec<SealedEntry>| {
+            encode_frame(
+                &postcard::to_stdvec(&SealedBatch {
+                    first_sequence: first,
+                    last_sequence: last,
+                    entries,
+                })
+                .unwrap(),
+            )
+            .unwrap()
+        };
+        let read = |bytes: Vec<u8>| {
+            let mut r = SealedBatchReader::new();
+            r.push(&bytes).unwrap();
+            r.next_batch()
+        };
+        assert!(matches!(
+            read(frame(2, 2, vec![])),
+            Err(SealedStreamError::OutOfSequence { .. })
+        ));
+        let mut short_tag = entry("a", 1);
+        short_tag.chunks[0].len = 16;
+        assert!(matches!(
+            read(frame(1, 1, vec![short_tag])),
+            Err(SealedStreamError::InvalidEntry { .. })
+        ));
+        let mut no_version = entry("a", 1);
+        no_version.version = VersionVector::new();
+        assert!(matches!(
+            read(frame(1, 1, vec![no_version])),
+            Err(SealedStreamError::InvalidEntry { .. })
+        ));
+        let mut trailing = frame(1, 1, vec![]);
+        trailing.push(0);
+        let len = (trailing.len() - 4) as u32;
+        trailing[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(read(trailing), Err(SealedStreamError::Malformed));
+        // The entry count is checked before any entry is decoded.
+        let mut many = postcard::to_stdvec(&(1u64, 1u64)).unwrap();
+        many.extend(postcard::to_stdvec(&(MAX_BATCH_ENTRIES as u64 + 1)).unwrap());
+        assert!(matches!(
+            read(encode_frame(&many).unwrap()),
+            Err(SealedStreamError::TooManyEntries { .. })
+        ));
+        // A replay after a good batch.
+        let mut r = SealedBatchReader::new();
+        r.push(&frame(1, 2, vec![entry("a", 2)])).unwrap();
+        assert!(r.next_batch().unwrap().is_some());
+        r.push(&frame(2, 3, vec![])).unwrap();
+        assert!(matches!(
+            r.next_batch(),
+            Err(SealedStreamError::OutOfSequence { expected: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn a_cut_frame_is_an_error_at_the_end() {
+        let mut w = SealedBatchWriter::new();
+        let bytes = w.frame(1, vec![entry("a", 1)]).unwrap();
+        let mut r = SealedBatchReader::new();
+        r.push(&bytes[..bytes.len() - 1]).unwrap();
+        assert_eq!(r.next_batch().unwrap(), None);
+        assert!(r.finish().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            let _ = SealedIndexRequest::decode(&bytes);
+            let mut r = SealedBatchReader::new();
+            if r.push(&bytes).is_ok() {
+                let _ = r.next_batch();
+            }
+            let mut framed = (bytes.len() as u32).to_be_bytes().to_vec();
+            framed.extend(&bytes);
+            let mut r = SealedBatchReader::new();
+            if r.push(&framed).is_ok() {
+                let _ = r.next_batch();
+            }
+        }
+    }
+}
