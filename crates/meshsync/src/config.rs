@@ -45,6 +45,9 @@ pub struct DiscoveryConfig {
     pub trackers: Vec<String>,
     /// Use the trackers' relays when no direct path works.
     pub relay: bool,
+    /// Reach peers a tracker introduces only through its relay: no direct
+    /// dials, no hole punching. For tests and diagnostics.
+    pub force_relay: bool,
     /// Announce and look up folders on the BitTorrent mainline DHT.
     pub dht: bool,
     /// DHT bootstrap nodes (`HOST:PORT`); empty: the public mainline
@@ -84,6 +87,7 @@ impl Default for DiscoveryConfig {
             lan_port: DEFAULT_LAN_PORT,
             trackers: Vec::new(),
             relay: true,
+            force_relay: false,
             dht: true,
             dht_bootstrap: Vec::new(),
             pex: true,

@@ -54,6 +54,10 @@ enum Command {
     Run,
     /// Three devices on this machine sync a folder, an edit and a conflict.
     Demo(cmd_demo::DemoArgs),
+    /// Run a tracker and relay: introduces devices that share a folder and
+    /// helps them reach each other through NATs (prints `listening on
+    /// ADDR`).
+    Tracker(meshsync_tracker::Args),
     /// This device's id, folders and peers.
     Status(cmd_daemon::StatusArgs),
     /// Scan a folder (or all) now.
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Key(cmd) => cmd_key::run_key(cmd).map(|()| exit::SUCCESS),
         Command::Demo(args) => cmd_demo::run(args),
+        Command::Tracker(args) => run_tracker(&args),
         command => home::resolve(cli.home.as_deref()).and_then(|h| run_in_home(command, &h)),
     };
     match result {
@@ -122,7 +127,9 @@ fn restore_default_sigpipe() {
 fn run_in_home(command: Command, home: &std::path::Path) -> anyhow::Result<u8> {
     match command {
         Command::Sync(args) => cmd_sync::run(args, home),
-        Command::Key(_) | Command::Demo(_) => unreachable!("handled without a home"),
+        Command::Key(_) | Command::Demo(_) | Command::Tracker(_) => {
+            unreachable!("handled without a home")
+        }
         Command::Id => cmd_key::run_id(home).map(|()| exit::SUCCESS),
         Command::Init(args) => cmd_daemon::init(args, home),
         Command::Share(args) => cmd_daemon::share(args, home),
@@ -133,6 +140,15 @@ fn run_in_home(command: Command, home: &std::path::Path) -> anyhow::Result<u8> {
         Command::Resume { dir } => cmd_daemon::set_paused(dir, false, home),
         Command::Run => run_daemon(home),
     }
+}
+
+/// `meshsync tracker`: the same server as `meshsync-tracker`.
+fn run_tracker(args: &meshsync_tracker::Args) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(meshsync_tracker::run(args))?;
+    Ok(exit::SUCCESS)
 }
 
 /// Starts the tokio runtime and runs the daemon in it.

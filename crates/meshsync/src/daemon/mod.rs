@@ -426,8 +426,13 @@ impl Daemon {
             match incoming {
                 Ok(pc) => {
                     // A connection from an address discovery knows (a hole
-                    // punch, a relay tunnel) keeps what the book says of it.
-                    let (found, path) = match self.book.get(&pc.connection.remote_address()) {
+                    // punch, a relay tunnel) keeps what the book says of it,
+                    // unless the book expected another device there.
+                    let known = self
+                        .book
+                        .get(&pc.connection.remote_address())
+                        .filter(|c| c.device.is_none_or(|d| d == pc.peer));
+                    let (found, path) = match known {
                         Some(c) => (c.found, c.path),
                         None => (Found::Incoming, PathKind::Direct),
                     };
@@ -691,6 +696,7 @@ pub async fn run(home: &Path) -> Result<()> {
     if dht {
         discovery::dht::spawn(&daemon, &transport);
     }
+    discovery::tracker::spawn(&daemon, &transport);
     let port_mapping = upnp
         .then(|| discovery::upnp::spawn(&daemon, &transport))
         .flatten();

@@ -21,6 +21,8 @@ pub mod dht;
 pub mod interfaces;
 pub mod lan;
 pub mod pex;
+pub mod relay_tunnel;
+pub mod tracker;
 pub mod upnp;
 
 use std::collections::HashMap;
@@ -143,6 +145,10 @@ impl AddressBook {
             if candidate.found < e.candidate.found {
                 e.candidate.found = candidate.found;
             }
+            // A punch through to a known address is what its path is now.
+            if candidate.path == PathKind::HolePunched {
+                e.candidate.path = candidate.path;
+            }
             return;
         }
         if entries.len() >= MAX_CANDIDATES {
@@ -194,6 +200,11 @@ impl AddressBook {
                 e.next_dial = Instant::now() + backoff(e.failures);
             }
         }
+    }
+
+    /// Forgets `addr` (a relay tunnel that closed).
+    pub fn forget(&self, addr: &SocketAddr) {
+        self.entries.lock().expect("poisoned").remove(addr);
     }
 
     /// What the book knows of the peer at `addr` (how an incoming
