@@ -403,7 +403,10 @@ impl Daemon {
                     match t.connect(c.addr, c.device).await {
                         Ok(pc) => {
                             d.book.dialled(c.addr, true);
-                            peer::run_connection(d, pc, c.found, c.path).await;
+                            // A hole punch may have opened the path while
+                            // the dial was retrying: the book knows.
+                            let path = d.book.get(&c.addr).map_or(c.path, |b| b.path);
+                            peer::run_connection(d, pc, c.found, path).await;
                         }
                         Err(e) => {
                             d.book.dialled(c.addr, false);

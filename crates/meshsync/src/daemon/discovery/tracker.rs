@@ -15,11 +15,13 @@
 //! 1. **Direct**: the device's observed and announced addresses go to the
 //!    address book ([`Found::Tracker`], pinned to the device id), and the
 //!    dialer tries them.
-//! 2. **Hole punch**, after [`DIRECT_GRACE`] without a connection: a
-//!    `PunchRequest`; the tracker sends both devices `PunchNow` timed to
-//!    arrive together, and both dial each other's observed address at once,
-//!    so each NAT sees an outgoing packet before the other's arrives
-//!    ([`PathKind::HolePunched`]).
+//! 2. **Hole punch**, at once for a device behind a NAT (the tracker sees
+//!    it at an address it did not announce; that address is then offered as
+//!    [`PathKind::HolePunched`], since only a punch opens it), else after
+//!    [`DIRECT_GRACE`] without a connection: a `PunchRequest`; the tracker
+//!    sends both devices `PunchNow` timed to arrive together, and both dial
+//!    each other's observed address at once, so each NAT sees an outgoing
+//!    packet before the other's arrives.
 //! 3. **Relay**, after [`PUNCH_GRACE`] (if `discovery.relay`): a
 //!    `RelayRequest`; both devices get a token, open a relay stream, and put
 //!    a [`Tunnel`] in front of it whose local address stands for the peer
@@ -153,6 +155,10 @@ struct Learned {
     /// A key both announced (what the tracker checks a punch or relay
     /// request against).
     key: LookupKey,
+    /// The tracker sees it at an address it did not announce: it is behind
+    /// a NAT, and a direct dial cannot reach it unless a punch opens the
+    /// way (or a port mapping already did).
+    behind_nat: bool,
     stage: Stage,
     since: Instant,
     seen: Instant,
@@ -341,17 +347,21 @@ impl<'a> Session<'a> {
         }
         let now = Instant::now();
         let (_, force_relay) = self.discovery();
+        let behind_nat = !p.addrs.contains(&p.observed);
         if !force_relay {
-            for addr in std::iter::once(p.observed)
-                .chain(p.addrs)
-                .take(MAX_ADDRS + 1)
-            {
+            let addrs = std::iter::once(p.observed).chain(p.addrs.iter().copied());
+            for addr in addrs.take(MAX_ADDRS + 1) {
                 if self.dialable(addr) {
+                    let punched = behind_nat && addr == p.observed;
                     self.daemon.book.offer(Candidate {
                         addr,
                         device: Some(p.device),
                         found: Found::Tracker,
-                        path: PathKind::Direct,
+                        path: if punched {
+                            PathKind::HolePunched
+                        } else {
+                            PathKind::Direct
+                        },
                     });
                 }
             }
@@ -365,12 +375,14 @@ impl<'a> Session<'a> {
         }
         let l = self.learned.entry(p.device).or_insert(Learned {
             key,
+            behind_nat,
             stage: Stage::Direct,
             since: now,
             seen: now,
             retries: 0,
         });
         l.seen = now;
+        l.behind_nat = behind_nat;
     }
 
     fn dialable(&self, addr: SocketAddr) -> bool {
@@ -397,7 +409,7 @@ impl<'a> Session<'a> {
             }
             let waited = now.duration_since(l.since);
             let next = match l.stage {
-                Stage::Direct if force_relay || waited >= DIRECT_GRACE => {
+                Stage::Direct if force_relay || l.behind_nat || waited >= DIRECT_GRACE => {
                     if force_relay {
                         relay.then_some(Stage::Relay).or(Some(Stage::Wait))
                     } else {
