@@ -420,10 +420,10 @@ impl<'n> NsDaemon<'n> {
         let mut cmd = self
             .net
             .command(self.role, Path::new(env!("CARGO_BIN_EXE_meshsync")));
-        cmd.arg("--home")
-            .arg(&self.home)
-            .arg("run")
-            .env("RUST_LOG", "warn,meshsync=info");
+        cmd.arg("--home").arg(&self.home).arg("run").env(
+            "RUST_LOG",
+            std::env::var("MESHSYNC_TEST_LOG").unwrap_or_else(|_| "warn,meshsync=info".into()),
+        );
         self.daemon = Some(self.net.spawn(&format!("daemon-{}", self.name), cmd));
     }
 
@@ -614,4 +614,121 @@ fn upnp_igd_maps_the_port_a_peer_connects_through_and_unmaps_at_exit() {
 #[test]
 fn pcp_maps_the_port_when_the_router_has_no_upnp() {
     map_connect_unmap("pcp", false);
+}
+
+/// Runs `f` on a fresh thread inside namespace `ns` (sockets it makes, and
+/// threads it spawns, stay in that namespace).
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(format!("/run/netns/{ns}")).expect("opening the namespace");
+            // SAFETY: setns(2) on a descriptor we own; it moves only this
+            // thread.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("the namespace thread panicked")
+    })
+}
+
+/// Port mapping and the DHT together: A, behind the router, is announced
+/// on a DHT (run on the internet side) at the router's mapped port, and P
+/// finds it there and connects through the mapping. A cannot dial P (the
+/// router drops new packets from the LAN to P's QUIC port), so the
+/// connection can only be P's, through the mapped port.
+#[test]
+fn the_dht_announces_the_mapped_port_and_a_peer_connects_through_it() {
+    let Some(net) = Net::new("dht") else {
+        return;
+    };
+    let _upnpd = net.start_miniupnpd(true);
+    // The DHT nodes sit on a private address of the internet namespace (a
+    // mainline node trusts a node id on a public address only if it is
+    // derived from that address, BEP 42), routed from r1.
+    let dht_ip = Ipv4Addr::new(10, 99, 0, 100);
+    net.ip_in(
+        "inet",
+        &["addr", "add", &format!("{dht_ip}/24"), "dev", "r1"],
+    );
+    net.ip_in(
+        "r1",
+        &[
+            "route",
+            "add",
+            "10.99.0.0/24",
+            "via",
+            &INET_HOST.to_string(),
+        ],
+    );
+    let nft = tool("nft").unwrap();
+    net.exec(
+        "r1",
+        &[
+            nft.to_str().unwrap(),
+            "add rule inet filter forward iifname \"lan\" ip daddr 11.200.0.100 udp dport 22000 ct state new drop",
+        ],
+    )
+    .expect("adding the drop rule");
+    let testnet = in_ns(&net.ns("inet"), || {
+        mainline::Testnet::builder(6)
+            .bind_address(dht_ip)
+            .build()
+            .expect("a DHT testnet in the internet namespace")
+    });
+    let mut dht_flags: Vec<&str> = vec!["--no-lan", "--no-relay", "--no-pex"];
+    for node in &testnet.bootstrap {
+        dht_flags.extend(["--dht-bootstrap", node.as_str()]);
+    }
+
+    let listen_a = format!("0.0.0.0:{QUIC_PORT}");
+    let mut flags_a = vec!["--listen", listen_a.as_str()];
+    flags_a.extend(&dht_flags);
+    let mut a = NsDaemon::new(&net, "a1", "A", &flags_a);
+    let folder_a = net.dir.mkdir("a");
+    fs::write(folder_a.join("hello.txt"), b"found on the DHT, behind NAT").unwrap();
+    let keys: Value =
+        serde_json::from_str(&a.cli(&["share", folder_a.to_str().unwrap(), "--json"])).unwrap();
+
+    let listen_p = SocketAddr::from((INET_HOST, QUIC_PORT)).to_string();
+    let mut flags_p = vec!["--listen", listen_p.as_str(), "--no-upnp"];
+    flags_p.extend(&dht_flags);
+    let mut p = NsDaemon::new(&net, "inet", "P", &flags_p);
+    let folder_p = net.dir.path("p");
+    p.cli(&[
+        "join",
+        keys["read_write"].as_str().unwrap(),
+        folder_p.to_str().unwrap(),
+    ]);
+
+    let started = Instant::now();
+    a.start();
+    p.start();
+    let external = SocketAddr::from((R1_WAN, QUIC_PORT)).to_string();
+    wait_for("P to sync A's file", || {
+        match fs::read(folder_p.join("hello.txt")) {
+            Ok(b) if b == b"found on the DHT, behind NAT" => Ok(()),
+            other => Err(format!(
+                "{other:?}\nP: {}\nA: {}",
+                p.log_text(),
+                a.log_text()
+            )),
+        }
+    });
+    let synced_in = started.elapsed();
+    let status = p.status().unwrap();
+    assert_eq!(
+        status["peers"][0]["address"].as_str(),
+        Some(external.as_str()),
+        "P reached A at the mapped address: {status}"
+    );
+    assert_eq!(status["peers"][0]["via"].as_str(), Some("dht"), "{status}");
+    a.stop();
+    p.stop();
+    println!(
+        "DHT + UPnP IGD across NAT: start to P synced {:.2} s",
+        synced_in.as_secs_f64()
+    );
 }
