@@ -2,10 +2,12 @@
 //! (UPnP IGD and PCP / NAT-PMP, nftables backend) runs in a router
 //! namespace, a meshsync daemon with only UPnP on runs on a host behind it,
 //! and a daemon on the "internet" side connects to it through the mapped
-//! port.
+//! port: given the address (UPnP IGD; PCP with UPnP off on the router), or
+//! found on a DHT where A announced the mapped port.
 //!
 //! ```text
-//!   <p>-inet   wan-side host 11.200.0.100 (device P)
+//!   <p>-inet   wan-side host 11.200.0.100 (device P); the DHT test's
+//!              testnet on 10.99.0.100 (routed from r1)
 //!       | veth
 //!   <p>-r1     wan 11.200.0.1: NAT out of wan, miniupnpd (LAN side: SSDP,
 //!              HTTP :5000, PCP/NAT-PMP :5351)
@@ -23,6 +25,8 @@
 //! Each test makes its own namespaces (`msu-<tag>-<pid>-<role>`) and
 //! deletes them when done, panics included (their processes are killed
 //! first); namespaces left by a killed run are removed by the next.
+//!
+//! Daemons log at info (`MESHSYNC_TEST_LOG` sets another `RUST_LOG`).
 //!
 //! Needs root, `ip`, `nft` and the nftables build of `miniupnpd`
 //! (`apt-get install -y miniupnpd nftables`; `.ci/run` installs them).
