@@ -9,11 +9,15 @@
 //! disappears with the thread and its processes: nothing to clean up, and
 //! nothing can leak to the host's networks.
 //!
-//! Needs root (CAP_SYS_ADMIN for the namespace) and `ip`; without them a
-//! test prints why and passes, unless `MESHSYNC_NETNS_REQUIRED=1` (set by
-//! `.ci/run`) makes that a failure.
+//! The last test uses the multi-host topology of `netns_util` instead: two
+//! hosts on one bridged home LAN, and a third behind another router.
+//!
+//! Needs root (CAP_SYS_ADMIN for the namespace) and `ip` (and `iptables` for
+//! the topology); without them a test prints why and passes, unless
+//! `MESHSYNC_NETNS_REQUIRED=1` (set by `.ci/run`) makes that a failure.
 
 mod daemon_util;
+mod netns_util;
 mod util;
 
 use std::fs;
@@ -259,4 +263,71 @@ fn malformed_spoofed_and_flooding_announcements_are_survived() {
     eventually("B to get A's folder", &all, || {
         same_trees(&dir.path("a"), &dir.path("b"))
     });
+}
+
+/// a1 and a2 share one bridged LAN (192.168.1.0/24, behind router r1); b1
+/// is on another LAN behind router r2. All three hold the folder, with no
+/// static peer and nothing but LAN discovery on. a1 and a2 find each other
+/// by their announcements (their real LAN addresses, with listeners on
+/// 0.0.0.0) and sync; b1 hears nothing (announcements are not routed) and
+/// stays alone.
+#[test]
+fn hosts_on_one_bridged_lan_find_each_other_and_routed_ones_do_not() {
+    use netns_util::{A1, A1_IP, A2, A2_IP, B1, NsDevice, Topology, v4};
+    let Some(t) = Topology::new("lan") else {
+        return;
+    };
+    let dir = Dir::new("netns-lan");
+    dir.write("a1/hello.txt", "across the bridge\n");
+    let flags = ["--no-dht", "--no-upnp", "--no-relay", "--no-pex"];
+    let any = v4(std::net::Ipv4Addr::UNSPECIFIED, 22000);
+    let mut a1 = NsDevice::new(&t, &dir, "A1", A1, any, &flags);
+    let mut a2 = NsDevice::new(&t, &dir, "A2", A2, any, &flags);
+    let mut b1 = NsDevice::new(&t, &dir, "B1", B1, any, &flags);
+    let keys = a1.share(&dir.path("a1"), &[]);
+    a2.join(&keys.read_write, &dir.path("a2"), &[]);
+    b1.join(&keys.read_write, &dir.path("b1"), &[]);
+    a1.start();
+    let started = Instant::now();
+    a2.start();
+    b1.start();
+    let all = [&a1, &a2, &b1];
+    let peers = netns_util::eventually("a1 and a2 to find each other", &all, || {
+        match (a1.peers()?, a2.peers()?) {
+            (p1, p2) if !p1.is_empty() && !p2.is_empty() => Ok((p1, p2)),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let connected = started.elapsed();
+    netns_util::eventually("a2 to get a1's folder", &all, || {
+        same_trees(&dir.path("a1"), &dir.path("a2"))
+    });
+    println!(
+        "LAN discovery across a bridge: connected {:.0} ms after the second daemon started, synced at {:.0} ms",
+        connected.as_secs_f64() * 1000.0,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let (p1, p2) = peers;
+    assert_eq!(p1.len(), 1, "a1: {p1:?}");
+    assert_eq!(p2.len(), 1, "a2: {p2:?}");
+    let (name, addr, via) = &p2[0];
+    assert_eq!(name, "A1");
+    let addr: SocketAddr = addr.parse().expect("an address");
+    let (_, addr1, via1) = &p1[0];
+    let addr1: SocketAddr = addr1.parse().expect("an address");
+    assert_eq!(addr.ip(), A1_IP, "a2 reached a1 at its LAN address");
+    assert_eq!(addr1.ip(), A2_IP, "a1 reached a2 at its LAN address");
+    assert!(
+        [via.as_str(), via1.as_str()].contains(&"lan"),
+        "found via LAN: {via}, {via1}"
+    );
+    // b1, behind another router, never hears them.
+    std::thread::sleep(Duration::from_secs(2));
+    let alone = b1.peers().expect("b1's status");
+    assert!(alone.is_empty(), "b1 found someone: {alone:?}");
+    let s = b1.status().expect("b1's status");
+    assert_eq!(
+        s["discovery"]["lan"]["accepted"], 0,
+        "b1 accepted an announcement: {s}"
+    );
 }

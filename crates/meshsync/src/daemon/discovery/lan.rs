@@ -343,7 +343,7 @@ pub fn spawn(daemon: &Arc<Daemon>, transport: &Arc<Transport>) {
         tracing::warn!("LAN discovery is off: no socket on UDP port {port}");
         return;
     }
-    let lan = Lan {
+    let mut lan = Lan {
         daemon: Arc::clone(daemon),
         listen: transport.local_addr(),
         port,
@@ -353,6 +353,9 @@ pub fn spawn(daemon: &Arc<Daemon>, transport: &Arc<Transport>) {
         joined: HashSet::new(),
         keys: Vec::new(),
     };
+    // Join the groups before the daemon reports itself up, so nothing sent
+    // to them from then on is missed.
+    lan.refresh_interfaces();
     tokio::spawn(lan.run());
 }
 
