@@ -580,6 +580,13 @@ impl Lan {
                 }
             }
             Outcome::Own => {}
+            // A flood would flood the log too: say so at 1, 2, 4, 8, …
+            Outcome::RateLimited => {
+                let n = stats.rate_limited.load(Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::debug!("LAN datagrams dropped by the rate limits: {n} so far");
+                }
+            }
             other => tracing::debug!("LAN datagram from {from} dropped: {other:?}"),
         }
     }
