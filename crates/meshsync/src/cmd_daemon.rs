@@ -185,21 +185,27 @@ pub fn join(args: JoinArgs, home: &Path) -> Result<u8> {
         Zeroizing::new(args.key.clone())
     };
     let key: FolderKey = text.parse().context("not a valid folder key")?;
-    if key.kind() == KeyKind::Encrypted {
-        bail!("storage-only (encrypted) keys are not supported by the daemon yet");
-    }
     let mode = args.mode.unwrap_or(if key.kind() == KeyKind::ReadOnly {
         FolderMode::ReceiveOnly
     } else {
         FolderMode::SendReceive
     });
     add_folder(home, &args.dir, text.to_string(), mode, args.peers)?;
-    println!(
-        "joined share {} as a {} device at {}",
-        key.share_id(),
-        key.kind(),
-        args.dir.display()
-    );
+    if key.kind() == KeyKind::Encrypted {
+        println!(
+            "joined share {} as a storage-only (encrypted) device at {}: it keeps ciphertext only, in {}/.meshsync",
+            key.share_id(),
+            args.dir.display(),
+            args.dir.display()
+        );
+    } else {
+        println!(
+            "joined share {} as a {} device at {}",
+            key.share_id(),
+            key.kind(),
+            args.dir.display()
+        );
+    }
     Ok(exit::SUCCESS)
 }
 

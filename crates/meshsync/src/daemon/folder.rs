@@ -114,12 +114,6 @@ impl Folder {
             .trim()
             .parse()
             .with_context(|| format!("folder {}: bad key", config.path.display()))?;
-        if key.kind() == KeyKind::Encrypted {
-            bail!(
-                "folder {}: storage-only (encrypted) peers are not supported by the daemon yet",
-                config.path.display()
-            );
-        }
         let root = std::fs::canonicalize(&config.path)
             .with_context(|| format!("folder {} does not exist", config.path.display()))?;
         let share = key.share_id();

@@ -21,6 +21,7 @@ pub mod discovery;
 pub mod folder;
 pub mod peer;
 pub mod pull;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,8 @@ pub struct FolderRuntime {
     pub sequence: watch::Sender<u64>,
     /// Where this device's chunks are, for serving peers.
     pub chunks: RwLock<Arc<ChunkMap>>,
+    /// What storage-only links need (the whole folder, if it is one).
+    pub storage: storage::FolderStorage,
 }
 
 /// Counters behind `/metrics`.
@@ -180,8 +183,12 @@ impl Daemon {
             if share.is_ok_and(|s| self.folders.read().expect("poisoned").contains_key(&s)) {
                 continue;
             }
-            match Folder::open(fc, self.device_id, &self.db) {
-                Ok(folder) => {
+            let loaded = Folder::open(fc, self.device_id, &self.db).and_then(|f| {
+                let storage = storage::FolderStorage::open(&f, &self.db)?;
+                Ok((f, storage))
+            });
+            match loaded {
+                Ok((folder, storage)) => {
                     let mut folders = self.folders.write().expect("poisoned");
                     if folders.contains_key(&folder.share) {
                         continue;
@@ -192,6 +199,7 @@ impl Daemon {
                         folder: Arc::clone(&folder),
                         wake: Notify::new(),
                         scan_requested: AtomicBool::new(true),
+                        storage,
                     });
                     folders.insert(folder.share, Arc::clone(&rt));
                     opened.push(rt);
@@ -256,6 +264,8 @@ impl Daemon {
             }
             if folder.paused.load(Ordering::SeqCst) {
                 self.set_state(&folder, FolderStateKind::Stopped);
+            } else if let Some(store) = rt.storage.store() {
+                storage::store::run_round(&self, &rt, store).await;
             } else {
                 if rt.scan_requested.swap(false, Ordering::SeqCst) {
                     self.scan_folder(&rt).await;
@@ -525,7 +535,10 @@ impl Control for Daemon {
             .iter()
             .map(|rt| {
                 let f = &rt.folder;
-                let (local_files, local_bytes) = f.local_counts();
+                let (local_files, local_bytes) = rt
+                    .storage
+                    .local_counts()
+                    .unwrap_or_else(|| f.local_counts());
                 let st = f.state.lock().expect("poisoned");
                 let share = f.share.to_string();
                 FolderStatus {

@@ -53,6 +53,8 @@ pub struct PeerLink {
     pub bytes_in: AtomicU64,
     /// Chunk bytes sent to it.
     pub bytes_out: AtomicU64,
+    /// Folders it holds without their data key (ciphertext only).
+    pub sealed: super::storage::SealedLinks,
 }
 
 /// Every connected peer, by device id.
@@ -170,7 +172,10 @@ impl ChunkSource for PeerRegistry {
         let link = self
             .get(&peer)
             .ok_or_else(|| anyhow!("peer {peer} is not connected"))?;
-        let bytes = fetch_chunk(&link.conn, share, chunk).await?;
+        let bytes = match link.sealed.reader_view(&share) {
+            Some(view) => super::storage::fetch_from_store(&link, share, chunk, &view).await?,
+            None => fetch_chunk(&link.conn, share, chunk).await?,
+        };
         link.bytes_in
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.bytes_received
@@ -196,7 +201,11 @@ impl ChunkSource for PeerRegistry {
 }
 
 /// Fetches one chunk over a new chunk stream.
-async fn fetch_chunk(conn: &PeerConnection, share: ShareId, chunk: ChunkRef) -> Result<Vec<u8>> {
+pub(super) async fn fetch_chunk(
+    conn: &PeerConnection,
+    share: ShareId,
+    chunk: ChunkRef,
+) -> Result<Vec<u8>> {
     let request = ChunkRequest {
         share,
         hash: chunk.hash,
@@ -226,7 +235,11 @@ async fn serve_chunk(
     mut recv: quinn::RecvStream,
 ) -> Result<()> {
     let mut header = [0u8; ChunkRequest::ENCODED_LEN];
-    recv.read_exact(&mut header).await?;
+    recv.read_exact(&mut header[..1]).await?;
+    if header[0] == meshsync_proto::sealed::STREAM_KIND_SEALED_INDEX {
+        return super::storage::stream::serve(daemon, link, send, recv).await;
+    }
+    recv.read_exact(&mut header[1..]).await?;
     let request = ChunkRequest::decode(&header)?;
     let open = link
         .folders
@@ -242,6 +255,14 @@ async fn serve_chunk(
         send.finish()?;
         return Ok(());
     };
+    if link.sealed.is_sealed(&request.share)
+        && let Some(rt) = daemon.folder(&request.share)
+    {
+        let n = super::storage::serve_chunk(rt, request, &mut send).await?;
+        link.bytes_out.fetch_add(n, Ordering::Relaxed);
+        daemon.counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
+        return Ok(());
+    }
     let (hash, len) = (request.hash, request.len);
     let bytes = tokio::task::spawn_blocking(move || map.read_chunk(&hash, len)).await?;
     match bytes {
@@ -288,6 +309,7 @@ pub async fn run_connection(
         bad_for: Mutex::new(HashSet::new()),
         bytes_in: AtomicU64::new(0),
         bytes_out: AtomicU64::new(0),
+        sealed: Default::default(),
     });
     if let Some(loser) = daemon.peers.register(Arc::clone(&link), daemon.device_id) {
         loser
@@ -316,6 +338,7 @@ pub async fn run_connection(
     if daemon.peers.get(&conn.peer).is_none() {
         for rt in daemon.all_folders() {
             rt.folder.forget_peer(&conn.peer);
+            rt.storage.forget_peer(&conn.peer);
             rt.wake.notify_one();
         }
         let _ = daemon.events.send(Event::PeerDisconnected {
@@ -505,17 +528,9 @@ fn handle_event(
             *link.name.lock().expect("poisoned") = device_name;
             offer_new_folders(daemon, proto)?;
         }
-        ProtoEvent::FolderRequested { share, peer } => {
-            // Plaintext names and chunk hashes go only to a peer that proved
-            // it can read the folder (storage-only peers are not served yet).
-            if !peer.read_proven {
-                tracing::info!(
-                    "peer {} holds folder {share} without its data key; refused",
-                    link.device
-                );
-                let _ = proto.refuse_folder(share, meshsync_proto::message::RefuseReason::Refused);
-                return Ok(());
-            }
+        ProtoEvent::FolderRequested { share, .. } => {
+            // A peer without the data key gets the folder too, sealed
+            // (storage module): plaintext only ever goes to a read-proven peer.
             if let Some(rt) = daemon.folder(&share) {
                 let offer = FolderOffer::fresh(index_id(daemon, &share), rt.folder.max_sequence());
                 if let Err(e) = proto.open_folder(&offered_key(&rt), offer) {
@@ -524,8 +539,17 @@ fn handle_event(
             }
         }
         ProtoEvent::FolderOpened {
-            share, send_from, ..
+            share,
+            send_from,
+            peer,
+            ..
         } => {
+            if !peer.read_proven {
+                if super::storage::open_link(daemon, link, share, peer.kind) {
+                    link.folders.lock().expect("poisoned").insert(share);
+                }
+                return Ok(());
+            }
             link.folders.lock().expect("poisoned").insert(share);
             sent.insert(share, send_from.saturating_sub(1));
             send_index_updates(daemon, proto, sent);
@@ -535,7 +559,10 @@ fn handle_event(
         }
         ProtoEvent::IndexReceived { share, batch } => {
             let open = link.folders.lock().expect("poisoned").contains(&share);
-            if !open || link.bad_for.lock().expect("poisoned").contains(&share) {
+            if !open
+                || link.sealed.is_sealed(&share)
+                || link.bad_for.lock().expect("poisoned").contains(&share)
+            {
                 return Ok(());
             }
             if let Some(rt) = daemon.folder(&share) {
