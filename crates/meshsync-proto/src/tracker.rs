@@ -640,6 +640,52 @@ mod tests {
         assert_eq!(frame, expected);
     }
 
+    /// The examples of docs/protocol.md ("Tracker and relay"), byte for
+    /// byte.
+    #[test]
+    fn documented_examples() {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let announce = encode_client(&ClientMessage::Announce {
+            keys: vec![[0x11; 32]],
+            addrs: vec![addr("192.0.2.1:22000"), addr("[2001:db8::1]:22000")],
+        })
+        .unwrap();
+        assert_eq!(
+            hex(&announce),
+            format!(
+                "00000040 01 00 01 {} 02 00 c0000201 f0ab01 01 20010db8000000000000000000000001 f0ab01",
+                "11".repeat(32)
+            )
+            .replace(' ', "")
+        );
+        let peers = encode_server(&ServerMessage::Peers {
+            key: [0x11; 32],
+            peers: vec![PeerInfo {
+                device: device(0x22),
+                observed: addr("198.51.100.7:40000"),
+                addrs: vec![addr("10.0.0.2:22000")],
+            }],
+        })
+        .unwrap();
+        assert_eq!(
+            hex(&peers),
+            format!(
+                "00000054 01 01 {} 01 {} 00 c6336407 c0b802 01 00 0a000002 f0ab01",
+                "11".repeat(32),
+                "22".repeat(32)
+            )
+            .replace(' ', "")
+        );
+        let refused = encode_server(&ServerMessage::Refused {
+            request: 0,
+            reason: RefuseReason::RateLimited {
+                retry_after_ms: 1000,
+            },
+        })
+        .unwrap();
+        assert_eq!(hex(&refused), "00000006010400".to_owned() + "01e807");
+    }
+
     #[test]
     fn strict_decoding() {
         let frame = encode_client(&ClientMessage::Leave {

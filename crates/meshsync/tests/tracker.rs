@@ -353,3 +353,54 @@ fn garbage_lying_and_unreachable_trackers_leave_the_daemon_syncing() {
         "the daemon said nothing about its trackers:\n{log}"
     );
 }
+
+/// Sync throughput through an uncapped relay against a direct path, one
+/// folder of `TRACKER_BENCH_MIB` (default 128) MiB, for docs/benchmarks.md:
+/// `cargo test --release -p meshsync --test tracker -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn relayed_and_direct_sync_throughput() {
+    let mib: usize = std::env::var("TRACKER_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
+    let tracker = TrackerProcess::start(&["--relay-session-rate", "0", "--relay-total-rate", "0"]);
+    for force_relay in [false, true] {
+        let label = if force_relay { "relayed" } else { "direct" };
+        let dir = Dir::new(&format!("tracker-bench-{label}"));
+        dir.mkdir("a");
+        dir.mkdir("b");
+        let data: Vec<u8> = (0..mib << 20)
+            .map(|i| ((i as u32).wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        fs::write(dir.path("a/data.bin"), &data).unwrap();
+        let mut a = Device::new(&dir, "A");
+        let mut b = Device::new(&dir, "B");
+        let trackers = [tracker.addr.to_string()];
+        use_trackers(&a, &trackers, true, force_relay);
+        use_trackers(&b, &trackers, true, force_relay);
+        let keys = a.share(&dir.path("a"), None);
+        b.join(&keys.read_write, &dir.path("b"), &[], None);
+        connect(&mut a, &mut b);
+        let started = Instant::now();
+        eventually_within(
+            Duration::from_secs(600),
+            "B has the data",
+            &[&a, &b],
+            // The file appears whole (renamed into place): compare it once.
+            || match fs::metadata(dir.path("b/data.bin")) {
+                Ok(m) if m.len() == data.len() as u64 => Ok(()),
+                _ => Err("not yet".to_string()),
+            },
+        );
+        let secs = started.elapsed().as_secs_f64();
+        has_content(&dir.path("b/data.bin"), &data).unwrap();
+        let path = peers(&a)[0].2.clone();
+        println!(
+            "{label} ({path}): {mib} MiB in {secs:.2} s from connected, {:.0} MiB/s",
+            mib as f64 / secs
+        );
+        a.stop();
+        b.stop();
+    }
+}

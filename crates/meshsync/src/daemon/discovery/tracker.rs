@@ -81,6 +81,13 @@ const MAX_LEARNED: usize = 1024;
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// How often the escalation and the folder set are looked at.
 const TICK: Duration = Duration::from_secs(1);
+/// Hole punches one tracker may have running at once, and how soon the
+/// same device may be punched to again: a lying tracker cannot turn this
+/// device into a source of handshakes aimed anywhere.
+const MAX_PUNCHES: usize = 8;
+const PUNCH_AGAIN_AFTER: Duration = Duration::from_secs(10);
+/// Relay tunnels one tracker may have open at once.
+const MAX_TUNNELS: usize = 16;
 
 /// Starts one task per configured tracker (none without trackers).
 pub fn spawn(daemon: &Arc<Daemon>, transport: &Arc<Transport>) {
@@ -178,6 +185,8 @@ struct Session<'a> {
     next_announce: Instant,
     announced_once: bool,
     tunnels: Arc<Mutex<HashMap<DeviceId, tokio::task::AbortHandle>>>,
+    /// Punches under way, and when each device was last punched to.
+    punches: HashMap<DeviceId, (Instant, tokio::task::AbortHandle)>,
 }
 
 impl<'a> Session<'a> {
@@ -199,6 +208,7 @@ impl<'a> Session<'a> {
             next_announce: Instant::now(),
             announced_once: false,
             tunnels: Arc::default(),
+            punches: HashMap::new(),
         }
     }
 
@@ -454,15 +464,32 @@ impl<'a> Session<'a> {
         if force_relay || self.connected(&peer) || peer == self.daemon.device_id {
             return;
         }
+        let now = Instant::now();
+        self.punches.retain(|_, (at, task)| {
+            !task.is_finished() || now.duration_since(*at) < PUNCH_AGAIN_AFTER
+        });
+        let running = self
+            .punches
+            .values()
+            .filter(|(_, t)| !t.is_finished())
+            .count();
+        if self.punches.contains_key(&peer) || running >= MAX_PUNCHES {
+            tracing::debug!(
+                "tracker {}: punch to {peer} ignored (too soon, or too many)",
+                self.spec
+            );
+            return;
+        }
         if let Some(l) = self.learned.get_mut(&peer) {
             // The peer asked: follow its timing rather than ask again.
-            (l.stage, l.since) = (Stage::Punch, Instant::now());
+            (l.stage, l.since) = (Stage::Punch, now);
         }
         let addrs: Vec<SocketAddr> = addrs.into_iter().filter(|a| self.dialable(*a)).collect();
         tracing::debug!("tracker {}: punching to {peer} at {addrs:?}", self.spec);
         let (daemon, transport) = (Arc::clone(self.daemon), Arc::clone(self.transport));
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
+            let mut dials = tokio::task::JoinSet::new();
             for addr in addrs {
                 daemon.book.offer(Candidate {
                     addr,
@@ -470,18 +497,28 @@ impl<'a> Session<'a> {
                     found: Found::Tracker,
                     path: PathKind::HolePunched,
                 });
-                let (d, t) = (Arc::clone(&daemon), Arc::clone(&transport));
-                tokio::spawn(async move {
-                    match t.connect(addr, Some(peer)).await {
-                        Ok(pc) => {
-                            peer::run_connection(d, pc, Found::Tracker, PathKind::HolePunched)
-                                .await;
-                        }
-                        Err(e) => tracing::debug!("hole punch to {peer} at {addr}: {e}"),
+                let t = Arc::clone(&transport);
+                dials.spawn(async move { (addr, t.connect(addr, Some(peer)).await) });
+            }
+            // The first dial through wins; the rest are dropped (and any
+            // duplicate the registry would refuse anyway).
+            while let Some(Ok((addr, dialled))) = dials.join_next().await {
+                match dialled {
+                    Ok(pc) => {
+                        dials.abort_all();
+                        tokio::spawn(peer::run_connection(
+                            daemon,
+                            pc,
+                            Found::Tracker,
+                            PathKind::HolePunched,
+                        ));
+                        return;
                     }
-                });
+                    Err(e) => tracing::debug!("hole punch to {peer} at {addr}: {e}"),
+                }
             }
         });
+        self.punches.insert(peer, (now, task.abort_handle()));
     }
 
     /// `RelayOffer`: open the relay stream, put a tunnel in front of it, and
@@ -491,6 +528,17 @@ impl<'a> Session<'a> {
         if !relay || self.connected(&peer) || peer == self.daemon.device_id {
             tracing::debug!("tracker {}: relay offer for {peer} ignored", self.spec);
             return;
+        }
+        {
+            let mut tunnels = self.tunnels.lock().expect("poisoned");
+            tunnels.retain(|_, t| !t.is_finished());
+            if !tunnels.contains_key(&peer) && tunnels.len() >= MAX_TUNNELS {
+                tracing::debug!(
+                    "tracker {}: relay offer for {peer} ignored (too many)",
+                    self.spec
+                );
+                return;
+            }
         }
         if let Some(l) = self.learned.get_mut(&peer) {
             (l.stage, l.since) = (Stage::Relay, Instant::now());
@@ -546,7 +594,8 @@ impl<'a> Session<'a> {
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
-        // A relay stream dies with its tracker connection; so do tunnels.
+        // A relay stream dies with its tracker connection; so do tunnels
+        // (a punch under way finishes on its own).
         for (_, task) in self.tunnels.lock().expect("poisoned").drain() {
             task.abort();
         }
