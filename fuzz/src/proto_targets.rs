@@ -31,7 +31,7 @@ use meshsync_core::path::RelPath;
 use meshsync_proto::chunk::{ChunkRequest, ChunkResponse, ChunkStatus, ChunkVerifier};
 use meshsync_proto::frame::FrameDecoder;
 use meshsync_proto::lan;
-use meshsync_proto::limits::{MAX_FRAME_LEN, MAX_UNPROVEN_FRAME_LEN};
+use meshsync_proto::limits::{MAX_FRAME_LEN, MAX_REQUEST_LEN, MAX_UNPROVEN_FRAME_LEN};
 use meshsync_proto::message::Message;
 use meshsync_proto::{Connection, Event, FolderOffer, LocalInfo};
 
@@ -381,7 +381,7 @@ pub fn chunk_stream(data: &[u8]) {
     let request = match ChunkRequest::decode(request_head) {
         Ok(request) => {
             assert_eq!(&request.encode()[..], request_head, "a request re-encodes");
-            assert!((1..=16 * 1024 * 1024).contains(&request.len));
+            assert!((1..=MAX_REQUEST_LEN).contains(&request.len));
             request
         }
         // Not a request: ask for exactly the body, so the verifier's

@@ -409,7 +409,7 @@ fn write_seed_corpus() {
     let mut too_long = found.clone();
     too_long.push(0);
     let mut huge = request;
-    huge.len = 16 * 1024 * 1024;
+    huge.len = meshsync_proto::limits::MAX_REQUEST_LEN;
     let mut bad_kind = request.encode().to_vec();
     bad_kind[0] = 2;
     write_seeds(
@@ -428,6 +428,13 @@ fn write_seed_corpus() {
                 .concat(),
             ),
             ("max-len", huge.encode().to_vec()),
+            // A request just over the plaintext chunk limit (a storage-only
+            // peer's cipher chunk): the oracle once said 16 MiB was the most.
+            ("over-plain-len", {
+                let mut r = request;
+                r.len = meshsync_proto::limits::MAX_CHUNK_LEN + 1;
+                r.encode().to_vec()
+            }),
             ("bad-kind", bad_kind),
             ("zero-len", {
                 let mut r = request.encode().to_vec();

@@ -101,6 +101,7 @@ pub struct Device {
     log: PathBuf,
     child: Option<Child>,
     agent: ureq::Agent,
+    env: Vec<(String, String)>,
 }
 
 impl Device {
@@ -124,6 +125,7 @@ impl Device {
                 .timeout_global(Some(Duration::from_secs(10)))
                 .build()
                 .into(),
+            env: Vec::new(),
         };
         d.cli(&[
             "init",
@@ -161,13 +163,22 @@ impl Device {
         &self.api_key
     }
 
-    /// A `meshsync --home HOME` command (no log filter, stdin closed).
+    /// Sets an environment variable for every later command and daemon of
+    /// this device (a fault injected through the environment: a skewed
+    /// clock with libfaketime, say).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.into(), value.into()));
+    }
+
+    /// A `meshsync --home HOME` command (no log filter, stdin closed, the
+    /// variables of [`Device::set_env`]).
     pub fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_meshsync"));
         c.arg("--home")
             .arg(&self.home)
             .env_remove("MESHSYNC_HOME")
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         c
     }
