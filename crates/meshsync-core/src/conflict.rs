@@ -32,14 +32,21 @@ pub struct WinnerKey {
     pub state: crate::ids::Hash,
 }
 
-/// The winner key of an entry changed last by `device`.
+/// The winner key of an entry changed last by `device`. A directory's mtime
+/// does not count: it is not synced, and a scan updates it in the index
+/// without a new version, so two devices holding the same version of a
+/// directory could disagree on its key, and each pick itself.
 pub fn winner_key(e: &crate::entry::FileEntry, device: ShortId) -> WinnerKey {
     let mut h = blake3::Hasher::new();
     h.update(&[e.kind as u8, u8::from(e.deleted)]);
     h.update(&e.permissions.to_le_bytes());
     h.update(e.symlink_target.as_deref().unwrap_or("").as_bytes());
     WinnerKey {
-        mtime: e.mtime,
+        mtime: if e.kind == crate::entry::FileKind::Directory {
+            crate::entry::Timestamp::default()
+        } else {
+            e.mtime
+        },
         device,
         content: e.content.as_ref().map(|c| c.hash),
         size: e.size,
@@ -79,6 +86,39 @@ pub fn numbered_conflict_copy_path(
 /// Whether `path` is itself a conflict copy.
 pub fn is_conflict_copy(path: &RelPath) -> bool {
     path.file_name().contains(".sync-conflict-")
+}
+
+/// Whether `copy` is a conflict copy of `path` itself (a sibling named as
+/// [`numbered_conflict_copy_path`] names one, for any time, device and
+/// number), not of another file or of a conflict copy of it.
+pub fn is_conflict_copy_of(copy: &RelPath, path: &RelPath) -> bool {
+    if copy.parent() != path.parent() {
+        return false;
+    }
+    let (stem, ext) = split_extension(path.file_name());
+    let Some(middle) = copy
+        .file_name()
+        .strip_prefix(stem)
+        .and_then(|rest| rest.strip_prefix(".sync-conflict-"))
+        .and_then(|rest| rest.strip_suffix(ext))
+    else {
+        return false;
+    };
+    // YYYYMMDD-HHMMSS-DEVICE7, then `-N` for a numbered name.
+    let b = middle.as_bytes();
+    let stamp_ok = b.len() >= 23
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'-'
+        && b[16..23].iter().all(u8::is_ascii_alphanumeric);
+    stamp_ok
+        && match &middle[23..] {
+            "" => true,
+            n => n
+                .strip_prefix('-')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit())),
+        }
 }
 
 /// Splits `name` into stem and extension (with its dot). A leading dot
@@ -158,6 +198,46 @@ mod tests {
         assert!(key(2, 1, None) > key(1, 9, None));
         assert!(key(1, 9, None) > key(1, 1, None));
         assert!(key(1, 1, Some(2)) > key(1, 1, Some(1)));
+    }
+
+    #[test]
+    fn recognises_copies_of_one_path() {
+        let p = RelPath::new("d/c.txt").unwrap();
+        for n in [1, 2, 12] {
+            let c = numbered_conflict_copy_path(&p, 1_700_000_000, ShortId(9 << 59), n).unwrap();
+            assert!(is_conflict_copy_of(&c, &p), "{c}");
+            // A copy of the copy is not a copy of the original.
+            let cc = conflict_copy_path(&c, 1_700_000_000, ShortId(1)).unwrap();
+            assert!(!is_conflict_copy_of(&cc, &p), "{cc}");
+            assert!(is_conflict_copy_of(&cc, &c), "{cc}");
+        }
+        let other = RelPath::new("d/c.sync-conflict-20231114-221329-CAAAAAA.md").unwrap();
+        assert!(!is_conflict_copy_of(&other, &p));
+        let elsewhere = RelPath::new("c.sync-conflict-20231114-221329-CAAAAAA.txt").unwrap();
+        assert!(!is_conflict_copy_of(&elsewhere, &p));
+        assert!(!is_conflict_copy_of(&p, &p));
+        let dot = RelPath::new(".bashrc").unwrap();
+        let c = conflict_copy_path(&dot, 0, ShortId(0)).unwrap();
+        assert!(is_conflict_copy_of(&c, &dot));
+    }
+
+    #[test]
+    fn a_directorys_mtime_does_not_decide() {
+        let mut d = crate::entry::FileEntry {
+            path: RelPath::new("d").unwrap(),
+            kind: crate::entry::FileKind::Directory,
+            size: 0,
+            mtime: Timestamp { secs: 5, nanos: 0 },
+            permissions: 0o755,
+            symlink_target: None,
+            content: None,
+            version: crate::version::VersionVector::new(),
+            deleted: false,
+            sequence: 0,
+        };
+        let before = winner_key(&d, ShortId(1));
+        d.mtime.secs = 99;
+        assert_eq!(winner_key(&d, ShortId(1)), before);
     }
 
     #[test]

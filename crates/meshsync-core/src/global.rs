@@ -3,13 +3,29 @@
 //!
 //! A device syncing with several peers does not plan against each peer in
 //! turn (it could fetch a version that a third peer already superseded).
-//! It folds every authoritative index into one [`GlobalIndex`] — per path the
-//! newest entry by version vector; among concurrent ones the side-independent
-//! winner of [`crate::conflict`], a change beating a delete — and then runs
-//! the ordinary pairwise planner with itself as side A and the global view as
-//! side B, carrying out only the actions on its own side. Every device applies
-//! the same rule, so each one keeps its own losing copy as a conflict copy,
-//! which then travels like any new file.
+//! It folds every authoritative index into one [`GlobalIndex`] — per path,
+//! among the newest entries (those no other entry's version dominates), the
+//! side-independent winner of [`crate::conflict`], a change beating a
+//! delete and a directory beating anything else, with the versions of the
+//! concurrent entries in the very same state merged in — and then plans
+//! its own side against it ([`crate::pull::plan_pull`]: the ordinary pairwise
+//! planner with itself as side A and the global view as side B, carrying out
+//! only the actions on its own side). Every device applies the same rule, so
+//! each one keeps its own losing copy as a conflict copy, which then travels
+//! like any new file.
+//!
+//! The view is the same whatever order the indexes come in (concurrency is
+//! not transitive: folding "newer or winner" pairwise in turn could end on
+//! an entry that an earlier one dominates, older than this device's own).
+//! And it is a tree, as the pairwise planner keeps one: where live entries
+//! remain below a path whose winner is not a directory (children its
+//! author never saw deleted, or they would be tombstones that dominate
+//! them), the path is the best directory any index has there. Against a
+//! file or symlink, that directory keeps its own version: the file's
+//! devices then see a conflict the directory wins, and keep the file as a
+//! conflict copy. Against a delete, it takes the tombstone's version too:
+//! the device that deleted it makes it again (nothing of its own is lost),
+//! as the planner does for a directory with a surviving child.
 //!
 //! Only devices allowed to change the folder are authoritative (their index
 //! batches are signed with the folder's key). Read-only and storage-only
@@ -21,7 +37,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::conflict::WinnerKey;
-use crate::entry::{FileEntry, FileKind};
+use crate::entry::{CompareMode, FileEntry, FileKind};
 use crate::ids::{Hash, ShortId};
 use crate::path::RelPath;
 use crate::plan::{EntryMap, Index};
@@ -33,47 +49,113 @@ pub type GlobalIndex = Index;
 /// Folds `indexes` (this device's own first, then each authoritative peer's)
 /// into the global view.
 pub fn global_index(indexes: &[&dyn EntryMap]) -> GlobalIndex {
-    let mut out: BTreeMap<RelPath, FileEntry> = BTreeMap::new();
+    // Per path, the newest entries: none dominates another (an antichain;
+    // usually one entry). Of two entries with equal versions in different
+    // states (one device's index behind its disk), the one `beats` prefers
+    // stays, whichever came first: what exists, as the planner keeps it.
+    let mut newest: BTreeMap<RelPath, Vec<&FileEntry>> = BTreeMap::new();
     for index in indexes {
         for e in index.entries() {
-            match out.get_mut(&e.path) {
-                None => {
-                    out.insert(e.path.clone(), e.clone());
-                }
-                Some(current) => {
-                    if prefer(e, current) {
-                        *current = e.clone();
-                    }
-                }
+            let set = match newest.get_mut(&e.path) {
+                Some(set) => set,
+                None => newest.entry(e.path.clone()).or_default(),
+            };
+            let superseded = set.iter().any(|x| match e.version.compare(&x.version) {
+                Causality::Older => true,
+                Causality::Equal => !beats(e, x),
+                Causality::Newer | Causality::Concurrent => false,
+            });
+            if superseded {
+                continue;
             }
+            set.retain(|x| {
+                !matches!(
+                    x.version.compare(&e.version),
+                    Causality::Older | Causality::Equal
+                )
+            });
+            set.push(e);
         }
     }
+    let mut out: GlobalIndex = newest
+        .into_iter()
+        .filter_map(|(path, set)| {
+            let best = *set
+                .iter()
+                .reduce(|best, e| if beats(e, best) { e } else { best })?;
+            // Concurrent copies in the very same state are one version of
+            // it: the view has seen them all (one record, not one a round).
+            let mut entry = best.clone();
+            for e in set.iter().filter(|e| same_state(e, best)) {
+                entry.version = entry.version.merge(&e.version);
+            }
+            Some((path, entry))
+        })
+        .collect();
+    keep_directories_with_live_children(indexes, &mut out);
     out
 }
 
-/// Whether `candidate` should replace `current` as the global entry.
-fn prefer(candidate: &FileEntry, current: &FileEntry) -> bool {
-    match candidate.version.compare(&current.version) {
-        Causality::Newer => true,
-        Causality::Older | Causality::Equal => false,
-        Causality::Concurrent => {
-            // A change beats a concurrent delete; a directory beats a file;
-            // then the shared winner order.
-            match (candidate.is_live(), current.is_live()) {
-                (true, false) => return true,
-                (false, true) => return false,
-                _ => {}
+/// Makes the view a tree: a file, symlink or delete that won a path with
+/// live entries below it gives way to the best directory any index has
+/// there (see the module docs).
+fn keep_directories_with_live_children(indexes: &[&dyn EntryMap], out: &mut GlobalIndex) {
+    let blocked: Vec<RelPath> = out
+        .values()
+        .filter(|e| e.deleted || e.kind != FileKind::Directory)
+        .filter(|e| out.entries_below(&e.path).any(FileEntry::is_live))
+        .map(|e| e.path.clone())
+        .collect();
+    for path in blocked {
+        let dir = indexes
+            .iter()
+            .filter_map(|index| index.entry(&path))
+            .filter(|e| e.is_live() && e.kind == FileKind::Directory)
+            .reduce(|best, e| {
+                let newer = match e.version.compare(&best.version) {
+                    Causality::Newer => true,
+                    Causality::Concurrent => beats(e, best),
+                    Causality::Older | Causality::Equal => false,
+                };
+                if newer { e } else { best }
+            });
+        if let Some(dir) = dir {
+            let mut dir = dir.clone();
+            if let Some(tomb) = out.get(&path).filter(|e| e.deleted) {
+                dir.version = dir.version.merge(&tomb.version);
             }
-            let (cd, ud) = (
-                candidate.kind == FileKind::Directory,
-                current.kind == FileKind::Directory,
-            );
-            if cd != ud {
-                return cd;
-            }
-            key(candidate) > key(current)
+            out.insert(path, dir);
         }
     }
+}
+
+/// Whether two entries record the same state: both deleted, or the same
+/// kind, content (by hash), link target and metadata.
+fn same_state(a: &FileEntry, b: &FileEntry) -> bool {
+    if a.deleted || b.deleted {
+        return a.deleted == b.deleted;
+    }
+    a.kind == b.kind
+        && a.same_content(b, CompareMode::Checksum) == Some(true)
+        && !a.metadata_differs(b)
+}
+
+/// Whether `candidate` wins over the concurrent `current`: a change beats
+/// a delete, a directory beats a file, then the shared winner order.
+fn beats(candidate: &FileEntry, current: &FileEntry) -> bool {
+    match (candidate.is_live(), current.is_live()) {
+        (true, false) => return true,
+        (false, true) => return false,
+        _ => {}
+    }
+    let (cd, ud) = (
+        candidate.kind == FileKind::Directory,
+        current.kind == FileKind::Directory,
+    );
+    if cd != ud {
+        return cd;
+    }
+    key(candidate) > key(current)
 }
 
 fn key(e: &FileEntry) -> WinnerKey {
@@ -184,6 +266,96 @@ mod tests {
         let c = index(vec![tomb]);
         let g3 = global_index(&[&c as &dyn EntryMap, &a]);
         assert!(g3[&RelPath::new("f").unwrap()].is_live());
+    }
+
+    #[test]
+    fn the_view_does_not_depend_on_the_order_of_indexes() {
+        // L dominates G; M is concurrent with both and beats L, G beats M:
+        // folding pairwise in the order L, M, G ended on G, older than L.
+        let l = index(vec![entry("f", "l", 10, &[(0, 10), (1, 3), (2, 14)])]);
+        let m = index(vec![entry("f", "m", 30, &[(1, 13)])]);
+        let g = index(vec![entry("f", "g", 40, &[(1, 3), (2, 14)])]);
+        let f = RelPath::new("f").unwrap();
+        let orders: [[&Index; 3]; 6] = [
+            [&l, &m, &g],
+            [&l, &g, &m],
+            [&m, &l, &g],
+            [&m, &g, &l],
+            [&g, &l, &m],
+            [&g, &m, &l],
+        ];
+        for o in orders {
+            let v = global_index(&[o[0] as &dyn EntryMap, o[1], o[2]]);
+            // Among the newest (L and M), M wins on mtime.
+            assert_eq!(v[&f], m[&f]);
+        }
+    }
+
+    #[test]
+    fn concurrent_copies_of_the_same_state_merge_their_versions() {
+        let a = index(vec![entry("f", "same", 5, &[(1, 3)])]);
+        let b = index(vec![entry("f", "same", 5, &[(2, 4)])]);
+        let c = index(vec![entry("f", "other", 9, &[(3, 2)])]);
+        let f = RelPath::new("f").unwrap();
+        let v = global_index(&[&a as &dyn EntryMap, &b]);
+        assert_eq!(v[&f].version, a[&f].version.merge(&b[&f].version));
+        // The winner takes only what is in its own state.
+        let v = global_index(&[&a as &dyn EntryMap, &b, &c]);
+        assert_eq!(v[&f].version, c[&f].version);
+    }
+
+    #[test]
+    fn of_equal_versions_what_exists_wins_whatever_the_order() {
+        let mut d = entry("d", "", 1, &[(1, 4)]);
+        d.kind = FileKind::Directory;
+        d.content = None;
+        d.size = 0;
+        let mut tomb = d.clone();
+        tomb.deleted = true;
+        let (live, gone) = (index(vec![d.clone()]), index(vec![tomb]));
+        for order in [[&live, &gone], [&gone, &live]] {
+            let v = global_index(&[order[0] as &dyn EntryMap, order[1]]);
+            assert_eq!(v[&d.path], d);
+        }
+    }
+
+    #[test]
+    fn a_path_with_live_children_is_a_directory() {
+        let mut d = entry("d", "", 1, &[(1, 1)]);
+        d.kind = FileKind::Directory;
+        d.content = None;
+        d.size = 0;
+        let here = index(vec![d.clone(), entry("d/new", "n", 2, &[(1, 2)])]);
+        // Another device, which never saw d/new, replaced d with a file.
+        let there = index(vec![entry("d", "file", 5, &[(1, 1), (2, 7)])]);
+        let v = global_index(&[&there as &dyn EntryMap, &here]);
+        assert_eq!(v[&RelPath::new("d").unwrap()], d);
+        // Once d/new is gone (a tombstone that dominates it), the file wins.
+        let mut gone = entry("d/new", "", 2, &[(1, 2), (2, 8)]);
+        gone.deleted = true;
+        let there = index(vec![entry("d", "file", 5, &[(1, 1), (2, 7)]), gone]);
+        let v = global_index(&[&there as &dyn EntryMap, &here]);
+        assert_eq!(v[&RelPath::new("d").unwrap()].kind, FileKind::File);
+    }
+
+    #[test]
+    fn a_deleted_directory_with_a_new_child_is_made_again() {
+        let mut d = entry("d", "", 1, &[(1, 1)]);
+        d.kind = FileKind::Directory;
+        d.content = None;
+        d.size = 0;
+        let here = index(vec![d.clone(), entry("d/new", "n", 2, &[(1, 2)])]);
+        // Another device deleted d (it knew d, not d/new).
+        let mut tomb = d.clone();
+        tomb.deleted = true;
+        tomb.version = VersionVector::new();
+        tomb.version.bump_at(ShortId(1), 1);
+        tomb.version.bump_at(ShortId(2), 7);
+        let there = index(vec![tomb.clone()]);
+        let v = global_index(&[&there as &dyn EntryMap, &here]);
+        let kept = &v[&RelPath::new("d").unwrap()];
+        assert!(kept.is_live() && kept.kind == FileKind::Directory);
+        assert_eq!(kept.version, tomb.version.merge(&d.version));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`conflict`]: conflict-copy names and the winner rule.
 //! - [`plan`]: the planner that turns two indexes into actions.
 //! - [`global`]: the global view a device with several peers plans against.
+//! - [`pull`]: what a device does to its own folder to match that view.
 //!
 //! This crate must never do I/O, read a clock, spawn threads or draw random
 //! numbers: time and randomness are passed in, so that every decision can be
@@ -29,4 +30,5 @@ pub mod ignore;
 pub mod keys;
 pub mod path;
 pub mod plan;
+pub mod pull;
 pub mod version;

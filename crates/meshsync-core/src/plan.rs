@@ -231,6 +231,21 @@ impl Action {
         }
     }
 
+    /// The side whose disk the action changes; `None` for
+    /// [`Action::RecordVersion`], which changes no disk and records the
+    /// version in both sides' indexes. (A copy or symlink changes the side
+    /// opposite `from`; the source side only records the version.)
+    pub fn side(&self) -> Option<Side> {
+        match self {
+            Action::KeepConflictCopy { side, .. }
+            | Action::MakeDir { side, .. }
+            | Action::SetMetadata { side, .. }
+            | Action::Delete { side, .. } => Some(*side),
+            Action::Copy { from, .. } | Action::Symlink { from, .. } => Some(from.other()),
+            Action::RecordVersion { .. } => None,
+        }
+    }
+
     /// The order in which groups of actions run (lower first).
     pub fn phase(&self) -> u8 {
         match self {

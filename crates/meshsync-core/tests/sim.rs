@@ -36,6 +36,24 @@
 //! - **Quiescence**: after the history, partitions heal and all pairs sync,
 //!   round after round (the clock moving one second per round), until a whole
 //!   round plans nothing at all; 12 rounds at most.
+//! - **Daemon mode** ([`sim::daemon`], `meshsync run`): no pairs. A device
+//!   pulls: it scans and commits, takes in the indexes its connected peers
+//!   committed as the daemon receives them (a whole index on connect, then
+//!   entries with new sequence numbers, merged by path; a lagging peer's
+//!   newest still in flight), folds them with its own into the global view
+//!   ([`meshsync_core::global::global_index`]), asks
+//!   [`meshsync_core::pull::plan_pull`] what to do, and carries out its own
+//!   side as `crates/meshsync/src/daemon/pull.rs` does: every action checks
+//!   the disk is still as scanned, files are fetched (from local files the
+//!   index names, else from a connected peer whose index announced the
+//!   bytes and whose disk still holds them) and renamed into place at the
+//!   end, and one index commit records it all. The network decides who
+//!   pulls when and whom it reaches (partitions, peers not yet connected);
+//!   peers may drop mid-pull (later files find local bytes only), the
+//!   device may crash before its commit (its disk keeps a prefix of the
+//!   executor's steps), a user may race the pull. Quiescence: everyone
+//!   connected, each device pulling in turn, until a round plans nothing
+//!   and no pull's scan found anything new.
 //!
 //! # The invariants
 //!
@@ -54,7 +72,14 @@
 //!   same pair again gives an empty plan;
 //! - one-way: no action writes to the source, the source's tree does not
 //!   change, and nothing is deleted without `--delete` except to make room
-//!   for a kind change.
+//!   for a kind change;
+//! - daemon mode: no action changes another device (side B); a loser's
+//!   copy fetched under a conflict name is exactly side B's entry; right
+//!   after a clean pull, planning again with the same views is empty, but
+//!   for the version records of conflicts the pull won (the second round of
+//!   the rule) and for paths the peers left contested (several concurrent
+//!   newest entries: a pull merges with the winner only); the side-swap
+//!   check does not apply (there is one side).
 //!
 //! At quiescence:
 //! - (1) convergence: every device has the same paths, with the same kind,
@@ -75,7 +100,8 @@
 //!   change it did not see. This is stricter than "scanned at a sync point":
 //!   a write no scan saw before a sync overwrote it counts too;
 //! - (4) idempotence: for every ordered pair, a new plan is empty (no
-//!   actions, not even version records, and no refusals);
+//!   actions, not even version records, and no refusals); in daemon mode,
+//!   every device's pull against everyone is empty;
 //! - one-way (A → B, with and without `--delete`): B holds A's live set
 //!   (same kind, mode and mtime; same size, and same bytes in checksum mode:
 //!   metadata mode trusts size + mtime, as rsync does), plus its own extras
@@ -88,8 +114,9 @@
 //!
 //! # Running
 //!
-//! - `cargo test -p meshsync-core --test sim` runs about 6,700 histories
-//!   from fixed seeds (a few seconds in debug) and the regression tests.
+//! - `cargo test -p meshsync-core --test sim` runs about 8,700 histories
+//!   from fixed seeds (2,000 of them in daemon mode; about 15 seconds in
+//!   debug) and the regression tests.
 //! - A failure prints its seed, the command that replays it
 //!   (`SIM_SEED=… cargo test -p meshsync-core --test sim <test>`: with
 //!   `SIM_SEED` set, a sweep runs only that seed), and the history shrunk to
@@ -100,16 +127,32 @@
 //!   --nocapture soak` runs random seeds on one core for that long and prints
 //!   histories per second (`SIM_SOAK_SEED` fixes the first seed;
 //!   `SIM_DEVICES=3 SIM_STEPS=30` fix the shape; `SIM_STORE_FORGET=1` mirrors
-//!   the store's executor where it forgets a conflict loser's name for good).
+//!   the store's executor where it forgets a conflict loser's name for good;
+//!   `SIM_SOAK_MODE=daemon` soaks daemon mode alone, else one history in
+//!   four is daemon mode). Daemon mode runs about 1,400-2,000 histories per
+//!   second on one core in release.
+//!
+//! Bug 19 (two conflict copies under one name) is open and not stepped
+//! around: the fixed seeds never meet it, a long soak may (about one
+//! history in 200,000).
 //!
 //! # What it does not model (yet)
 //!
 //! Ignore rules, case-insensitive file systems and name collisions, the
-//! incremental index exchange by sequence number (each sync plans from two
-//! full indexes), multi-peer planning (`global.rs`), chunk transfer and
-//! partial files, read-only and encrypted peers, folder modes other than
-//! send-receive, clocks that go backwards, in-place edits that keep size,
-//! mtime and inode, and errors (EIO, ENOSPC) from the file system.
+//! incremental index exchange by sequence number in pairwise syncs (each
+//! plans from two full indexes; daemon mode models it), chunk transfer and
+//! partial files (a file's bytes come whole from one holder, and a crash
+//! loses every fetch in flight), read-only, receive-only and encrypted
+//! peers (every peer is authoritative), folder modes other than
+//! send-receive, versioning, clocks that go backwards, in-place edits
+//! that keep size, mtime and inode, and errors (EIO, ENOSPC) from the file
+//! system. In daemon mode also: pull rounds without a scan before them (the
+//! daemon pulls up to 8 rounds after one scan; every simulated pull scans
+//! first),
+//! index batches that arrive while a pull runs (a view changes only
+//! between pulls, and is always all a peer had committed at some point), a
+//! peer serving bytes from files its index no longer lists, and the
+//! daemon's local-only-changes and need counters.
 //!
 //! # What the harness must never do
 //!
@@ -125,6 +168,7 @@ use std::time::Instant;
 use meshsync_core::plan::Direction;
 
 mod sim {
+    pub mod daemon;
     pub mod exec;
     pub mod fs;
     pub mod generate;
@@ -140,6 +184,8 @@ use sim::world::*;
 
 /// Histories per sweep test under `cargo test`.
 const SWEEP: u64 = 4000;
+/// Histories of the daemon sweep (each pull plans against several peers).
+const SWEEP_DAEMON: u64 = 2000;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -259,6 +305,21 @@ fn two_way_histories() {
     println!("{stats:?}");
 }
 
+/// The daemon's rule: each device pulls from the global view of the peers
+/// it reaches ([`sim::daemon`]).
+fn daemon() -> Config {
+    Config {
+        daemon: true,
+        ..swept(Direction::TwoWay)
+    }
+}
+
+#[test]
+fn daemon_histories() {
+    let stats = sweep("daemon_histories", &daemon(), 3_000_000, SWEEP_DAEMON);
+    println!("{stats:?}");
+}
+
 #[test]
 fn one_way_histories() {
     let cfg = swept(Direction::OneWay { delete: false });
@@ -293,19 +354,30 @@ fn soak() {
             "one_way_delete_histories",
             swept(Direction::OneWay { delete: true }),
         ),
+        ("daemon_histories", daemon()),
     ];
+    // `SIM_SOAK_MODE=daemon` (or another sweep's name without
+    // `_histories`) soaks that mode alone.
+    let only = std::env::var("SIM_SOAK_MODE").ok().map(|m| {
+        modes
+            .iter()
+            .position(|(name, _)| name.strip_suffix("_histories") == Some(m.as_str()))
+            .unwrap_or_else(|| panic!("SIM_SOAK_MODE: no mode {m:?}"))
+    });
     let started = Instant::now();
     let mut stats = Stats::default();
     let mut failures: BTreeMap<Kind, (usize, u64, History, Violation, usize)> = BTreeMap::new();
     let mut seed = first;
     let mut last_print = Instant::now();
     while started.elapsed().as_secs() < secs {
-        // Mostly two-way; one in eight histories is one-way.
-        let mode = match seed % 8 {
+        // Mostly two-way; one in eight histories is one-way, one in eight
+        // one-way with --delete, one in four the daemon's.
+        let mode = only.unwrap_or(match seed % 8 {
             0 => 1,
             4 => 2,
+            2 | 6 => 3,
             _ => 0,
-        };
+        });
         let (history, verdict, world) = run_generated(&modes[mode].1, seed, shape_of(seed));
         stats.add(&world.stats);
         if let Err(v) = verdict {
@@ -552,6 +624,249 @@ fn bug9_seed675677_new_change_in_the_same_second_is_not_older() {
             sync(1, 0).crash(true, false),
             write(1, "c.sync-conflict-20231114-221329-CAAAAAA.txt", 18),
             sync(1, 0),
+        ],
+    );
+}
+
+// Daemon mode ([`sim::daemon`]): bugs in the pull rule, the global view and
+// the daemon's executor (`crates/meshsync/src/daemon/pull.rs`).
+
+/// Found by reading `pull.rs` against `Action::Delete::making_room`, no
+/// seed: bug 8 again, in the daemon's executor. A delete that made room
+/// for a file recorded a tombstone with the merged version; the file never
+/// came (the peer left), a third device's concurrent write beat the
+/// tombstone and its merged version dominated the first file, which was
+/// overwritten everywhere without a conflict copy (fixed: no tombstone for
+/// a path the plan writes).
+#[test]
+fn bug10_daemon_interrupted_kind_change_loses_nothing() {
+    replay_with(
+        &daemon(),
+        &[0, 0, 0],
+        vec![
+            mkdir(1, "a"),
+            rescan(1),
+            pull(0, &[1]),
+            remove(0, "a"),
+            write(0, "a", 5),
+            rescan(0),
+            pull(1, &[0]).stop_after(0),
+            write(2, "a", 7),
+            rescan(2),
+            pull(1, &[2]),
+        ],
+    );
+}
+
+/// Seed 6837 (of the fix above, as first written): the children of a
+/// directory deleted to make room for a symlink kept their live entries
+/// (no write of the plan records them) until a scan made them local
+/// deletes, one more round for every peer (fixed: only the path the plan
+/// writes goes without a tombstone).
+#[test]
+fn bug10_seed6837_children_deleted_to_make_room_get_their_tombstones() {
+    replay_with(
+        &daemon(),
+        &[0, 0],
+        vec![
+            mkdir_mode(1, "c.txt", 0o700),
+            mkdir_mode(1, "c.txt/c.txt", 0o700),
+            pull(1, &[]),
+            remove(1, "c.txt"),
+            symlink(1, "c.txt", 3),
+        ],
+    );
+}
+
+/// Seed 3000000: the daemon's index commit removed forgotten names after
+/// the upserts, so a conflict winner's copy landing on the loser's old
+/// name lost its record, and the next scan gave it a fresh version of its
+/// own (fixed: the daemon forgets nothing; see the next one).
+#[test]
+fn bug11_seed3000000_winner_on_the_losers_name_stays_recorded() {
+    replay_with(
+        &daemon(),
+        &[0, 0],
+        vec![mkdir(1, "c.txt"), write(0, "c.txt", 16), pull(1, &[])],
+    );
+}
+
+/// Seed 5435: a conflict loser's old name, forgotten when the winner's
+/// copy failed, stayed in a peer's view as last announced (an older
+/// version: a forgotten path is no change by sequence number); it beat
+/// the winner's later delete, and the peer fetched bytes nobody had, for
+/// ever (fixed: the daemon forgets nothing; the entry stays until the
+/// winner lands or a scan records the delete).
+#[test]
+fn bug12_seed5435_a_forgotten_name_does_not_linger_in_peers_views() {
+    replay_with(
+        &daemon(),
+        &[0, 0, 0],
+        vec![
+            write(1, "a", 5),
+            pull(1, &[]).race(write(1, "a", 6)),
+            write(2, "a", 9),
+            pull(2, &[]),
+            rename(2, "a", "b"),
+        ],
+    );
+}
+
+/// Seed 3000248: the global view depended on the order of the indexes
+/// (folding "newer, or the winner" in turn is not transitive): it ended on
+/// an entry older than this device's own, which then recorded a merge
+/// every round and never settled (fixed: the winner among the newest).
+#[test]
+fn bug13_seed3000248_the_global_view_is_never_older_than_a_newest_entry() {
+    replay_with(
+        &daemon(),
+        &[0, 1, 2, 0],
+        vec![
+            mkdir_mode(1, "b", 0o700),
+            pull(1, &[]).race(remove(1, "b")),
+            pull(2, &[1]),
+            pull(1, &[]),
+            pull(3, &[2]),
+            mkdir_mode(3, "b/d", 0o700),
+        ],
+    );
+}
+
+/// Seed 3000576: the global view was not a tree: a newer symlink won a
+/// path while a file made below the directory there, unseen by the
+/// symlink's author, stayed live; pulls wrote it under the symlink
+/// (refused: unsafe parent) (fixed: the directory stays in the view).
+#[test]
+fn bug14_seed3000576_no_file_is_planned_under_a_symlink() {
+    replay_with(
+        &daemon(),
+        &[0, 0],
+        vec![
+            mkdir(1, "d"),
+            pull(1, &[]).race(write(1, "d/c.txt", 6)),
+            pull(0, &[1]),
+            remove(0, "d"),
+            symlink(0, "d", 1),
+        ],
+    );
+}
+
+/// Seed 360: a deleted directory won its path while a directory made in it
+/// concurrently stayed live below; the deleting device made the child
+/// (and, silently, its parent), and a third device planned the child under
+/// its own file (fixed: the view keeps the directory, with the
+/// tombstone's version, as the pairwise planner does).
+#[test]
+fn bug15_seed360_a_deleted_directory_with_a_new_child_is_kept() {
+    replay_with(
+        &daemon(),
+        &[0, 0, 0],
+        vec![
+            mkdir(1, "c.txt"),
+            pull(1, &[]),
+            remove(1, "c.txt"),
+            pull(0, &[1]),
+            mkdir(0, "c.txt/a"),
+            pull(0, &[]),
+            pull(1, &[0]),
+            write(2, "c.txt", 13),
+            pull(2, &[1]),
+        ],
+    );
+}
+
+/// Seed 41524: the conflict winner order used a directory's mtime, which
+/// is not synced and which a scan updates without a new version: two
+/// devices held different keys for the same version, each picked its own
+/// directory, and their modes never converged (fixed: a directory's mtime
+/// does not decide).
+#[test]
+fn bug16_seed41524_concurrent_directories_pick_one_winner() {
+    replay_with(
+        &daemon(),
+        &[-2, -2],
+        vec![
+            pull(1, &[]).race(mkdir(1, "c.txt")),
+            tick(1),
+            mkdir(0, "c.txt"),
+            chmod(0, "c.txt", 0o700),
+            mkdir(0, "c.txt/b"),
+            pull(0, &[]),
+            pull(1, &[0]).race(remove(1, "c.txt")),
+        ],
+    );
+}
+
+/// Seed 7739: two equal versions in different states (a directory kept
+/// with a tombstone's version, and the tombstone): the global view kept
+/// whichever it met first, so each device kept its own (fixed: what
+/// exists wins, whatever the order, as the planner decides).
+#[test]
+fn bug17_seed7739_equal_versions_resolve_the_same_everywhere() {
+    replay_with(
+        &daemon(),
+        &[0, 0],
+        vec![
+            mkdir(0, "c.txt"),
+            pull(0, &[]),
+            remove(0, "c.txt"),
+            pull(1, &[0]),
+            pull(0, &[]),
+            mkdir(1, "c.txt/b"),
+            pull(1, &[0]).race(remove(1, "c.txt/b")),
+            pull(1, &[]),
+        ],
+    );
+}
+
+/// Found by reasoning, no seed: the daemon recorded, for a conflict its
+/// (stale) copy won against the global view, a version dominating the
+/// loser at once, even when fetching the loser's copy failed; the loser's
+/// device then took the winner as newer, and the loser was gone (fixed in
+/// `pull::plan_pull`: the version is recorded once the copy is kept here).
+#[test]
+fn bug18_won_conflict_dominates_the_loser_only_once_its_copy_is_kept() {
+    replay_with(
+        &daemon(),
+        &[0, 0, 0],
+        vec![
+            mkdir(0, "c"),
+            rescan(0),
+            pull(1, &[0]),
+            remove(1, "c"),
+            rescan(1),
+            write(2, "c", 5),
+            rescan(2),
+            pull(0, &[1, 2]).stop_after(0),
+            pull(2, &[0]),
+        ],
+    );
+}
+
+/// Seed 5084197 (open, two-way): two different conflict copies can get one
+/// name. B's "11" lost to A's "9" and was kept as
+/// `b.sync-conflict-…-DAAAAAA` with its own version {d2:5}, but the sync
+/// was cut before that copy reached A; A's "9" was recorded with the
+/// merged version {d0:3,d2:5}, lost to C's "12" in the same second, and its
+/// copy got the same name (last changer d2 again) with a version that
+/// dominates the first copy's, which the next sync overwrote. A conflict
+/// copy needs a version of its own (a bump by the device that keeps it:
+/// the planner has no clock for that yet) or a name its content decides.
+#[test]
+#[ignore = "open: a conflict copy inherits the loser's version, so a later copy under the same name can dominate it"]
+fn bug19_seed5084197_conflict_copies_under_one_name_never_overwrite_each_other() {
+    replay(
+        &[0, 0, 2],
+        vec![
+            write(2, "b", 11),
+            tick(1),
+            symlink(2, "a", 3),
+            tick(1),
+            tick(1),
+            write(0, "b", 9),
+            sync(2, 0).stop_after(3),
+            tick(1),
+            write(1, "b", 12),
         ],
     );
 }

@@ -9,13 +9,21 @@
 //! any number of actions, lose either side's index updates (a crash before
 //! the index commit), or be raced by a user operation between plan and
 //! execution.
+//!
+//! In daemon mode ([`Config::daemon`]) the network decides when each device
+//! pulls and whom it reaches: pull requests (a watcher event, a peer's
+//! announcement) are queued with a delay and may be dropped; a pull reaches
+//! the devices on its side of a partition, each unless it is not connected
+//! yet, and each perhaps with its latest updates still in flight. The
+//! faults are those a daemon meets: peers gone mid-pull, a crash before the
+//! index commit, a user racing the pull.
 
 use meshsync_core::entry::FileKind;
 use meshsync_core::path::RelPath;
 
 use crate::sim::rng::Rng;
 use crate::sim::scan::HashPolicy;
-use crate::sim::world::{Config, History, Step, SyncStep, Violation, World};
+use crate::sim::world::{Config, History, PullStep, Step, SyncStep, Violation, World};
 
 /// Names paths are made of: few, so paths collide across devices.
 const NAMES: [&str; 4] = ["a", "b", "c.txt", "d"];
@@ -105,7 +113,12 @@ pub fn run_generated(
             let mask = 1 + rng.below((1 << devices) - 2);
             net.partition = Some((mask, round + 3 + rng.index(12)));
         }
-        if rng.chance(2, 5) {
+        if cfg.daemon {
+            if rng.chance(1, 2) {
+                let dev = rng.index(devices);
+                net.queue.push((round + rng.index(4), dev, dev));
+            }
+        } else if rng.chance(2, 5) {
             let (a, b) = if one_way {
                 (0, 1)
             } else {
@@ -128,6 +141,14 @@ pub fn run_generated(
             let cut = net
                 .partition
                 .is_some_and(|(mask, _)| (mask >> a) & 1 != (mask >> b) & 1);
+            if cfg.daemon {
+                if rng.chance(1, 12) {
+                    continue; // dropped
+                }
+                let s = pull_step(&mut rng, &world, a, devices, net.partition);
+                batch.push(Step::Pull(s));
+                continue;
+            }
             if cut || rng.chance(1, 12) {
                 continue; // dropped
             }
@@ -171,6 +192,45 @@ fn sync_step(rng: &mut Rng, world: &World, a: usize, b: usize) -> SyncStep {
     }
     if rng.chance(1, 10) {
         let dev = if rng.chance(1, 2) { a } else { b };
+        s.race = user_op(rng, world, dev, false).map(Box::new);
+    }
+    s
+}
+
+fn pull_step(
+    rng: &mut Rng,
+    world: &World,
+    dev: usize,
+    devices: usize,
+    partition: Option<(u64, usize)>,
+) -> PullStep {
+    let side = |d: usize| partition.map_or(0, |(mask, _)| (mask >> d) & 1);
+    let mut peers = 0u64;
+    let mut lag = 0u64;
+    for p in 0..devices {
+        if p == dev || side(p) != side(dev) || rng.chance(1, 8) {
+            continue;
+        }
+        peers |= 1 << p;
+        if rng.chance(1, 6) {
+            lag |= 1 << p;
+        }
+    }
+    let mut s = PullStep {
+        dev,
+        peers,
+        lag,
+        stop_after: None,
+        crash: false,
+        race: None,
+    };
+    if rng.chance(1, 8) {
+        s.stop_after = Some(rng.index(6));
+        s.crash = rng.chance(1, 2);
+    } else if rng.chance(1, 20) {
+        s.crash = true;
+    }
+    if rng.chance(1, 10) {
         s.race = user_op(rng, world, dev, false).map(Box::new);
     }
     s

@@ -34,6 +34,14 @@ fn without_device(step: &Step, gone: usize) -> Option<Step> {
         | Step::Rename { dev, .. }
         | Step::Chmod { dev, .. }
         | Step::Scan { dev } => *dev = map(*dev)?,
+        Step::Pull(p) => {
+            p.dev = map(p.dev)?;
+            p.peers = without_bit(p.peers, gone);
+            p.lag = without_bit(p.lag, gone);
+            if let Some(r) = &p.race {
+                p.race = without_device(r, gone).map(Box::new);
+            }
+        }
         Step::Sync(sy) => {
             sy.a = map(sy.a)?;
             sy.b = map(sy.b)?;
@@ -45,11 +53,55 @@ fn without_device(step: &Step, gone: usize) -> Option<Step> {
     Some(s)
 }
 
+/// Device mask `m` with device `gone`'s bit removed and later ones renumbered.
+fn without_bit(m: u64, gone: usize) -> u64 {
+    (m & ((1 << gone) - 1)) | ((m >> (gone + 1)) << gone)
+}
+
 /// Simpler versions of one step, simplest first.
 fn simpler(step: &Step) -> Vec<Step> {
     let mut out = Vec::new();
     match step {
         Step::Tick(n) if *n > 1 => out.push(Step::Tick(1)),
+        Step::Pull(p) => {
+            let mut plain = p.clone();
+            plain.race = None;
+            plain.crash = false;
+            plain.stop_after = None;
+            plain.lag = 0;
+            if plain != *p {
+                out.push(Step::Pull(plain));
+            }
+            if p.race.is_some() {
+                let mut t = p.clone();
+                t.race = None;
+                out.push(Step::Pull(t));
+            }
+            if p.lag != 0 {
+                let mut t = p.clone();
+                t.lag = 0;
+                out.push(Step::Pull(t));
+            }
+            if p.crash {
+                let mut t = p.clone();
+                t.crash = false;
+                out.push(Step::Pull(t));
+            }
+            if p.stop_after.is_some() {
+                let mut t = p.clone();
+                t.stop_after = None;
+                out.push(Step::Pull(t));
+            }
+            // Fewer peers.
+            for peer in 0..64 {
+                if p.peers >> peer & 1 == 1 {
+                    let mut t = p.clone();
+                    t.peers &= !(1 << peer);
+                    t.lag &= t.peers;
+                    out.push(Step::Pull(t));
+                }
+            }
+        }
         Step::Sync(s) => {
             let mut plain = s.clone();
             plain.race = None;

@@ -90,6 +90,8 @@ pub enum Step {
     },
     /// A sync exchange between two devices.
     Sync(SyncStep),
+    /// A daemon's pull: one device against the peers it reaches.
+    Pull(PullStep),
 }
 
 /// A sync between devices `a` (side A) and `b` (side B), possibly cut
@@ -109,6 +111,39 @@ pub struct SyncStep {
     pub crash: [bool; 2],
     /// A user operation that lands between the plan and its execution.
     pub race: Option<Box<Step>>,
+}
+
+/// One round of a daemon's pull on device `dev` (see [`crate::sim::daemon`]):
+/// it scans, takes in the indexes its connected peers announced, plans
+/// against their global view and carries out its own side.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullStep {
+    /// The pulling device.
+    pub dev: usize,
+    /// The peers it is connected to (bit i: device i); a peer not connected
+    /// is forgotten, and announces its whole index when it connects again.
+    pub peers: u64,
+    /// Connected peers whose latest index updates have not arrived yet: the
+    /// pull plans with what they announced before.
+    pub lag: u64,
+    /// The peers drop after this many actions (later files find chunks only
+    /// locally); with `crash`, the device dies after this many steps of its
+    /// executor instead.
+    pub stop_after: Option<usize>,
+    /// The device crashes before its index commit: the disk keeps what was
+    /// done, the index none of it.
+    pub crash: bool,
+    /// A user operation on the device that lands between plan and execution.
+    pub race: Option<Box<Step>>,
+}
+
+/// A bit mask of device numbers.
+pub fn mask(devs: &[usize]) -> u64 {
+    devs.iter().fold(0, |m, d| m | 1 << d)
+}
+
+fn unmask(m: u64) -> Vec<usize> {
+    (0..64).filter(|i| m >> i & 1 == 1).collect()
 }
 
 fn rel(p: &str) -> RelPath {
@@ -187,7 +222,38 @@ pub fn sync(a: usize, b: usize) -> Step {
     })
 }
 
+/// A clean daemon pull by `dev` from `peers` (all caught up).
+pub fn pull(dev: usize, peers: &[usize]) -> Step {
+    Step::Pull(PullStep {
+        dev,
+        peers: mask(peers),
+        lag: 0,
+        stop_after: None,
+        crash: false,
+        race: None,
+    })
+}
+
 impl Step {
+    fn pull_mut(&mut self) -> &mut PullStep {
+        match self {
+            Step::Pull(p) => p,
+            _ => panic!("not a pull step"),
+        }
+    }
+    /// A pull that has not yet received the latest updates of `peers`.
+    #[allow(dead_code)] // Vocabulary of printed histories, for regression tests.
+    pub fn lag(mut self, peers: &[usize]) -> Step {
+        self.pull_mut().lag = mask(peers);
+        self
+    }
+    /// A pull whose device crashes before its index commit.
+    #[allow(dead_code)] // Vocabulary of printed histories, for regression tests.
+    pub fn crashed(mut self) -> Step {
+        self.pull_mut().crash = true;
+        self
+    }
+
     fn sync_mut(&mut self) -> &mut SyncStep {
         match self {
             Step::Sync(s) => s,
@@ -200,9 +266,12 @@ impl Step {
         self.sync_mut().hash = h;
         self
     }
-    /// A sync cut after `n` actions.
+    /// A sync cut after `n` actions (a pull: see [`PullStep::stop_after`]).
     pub fn stop_after(mut self, n: usize) -> Step {
-        self.sync_mut().stop_after = Some(n);
+        match &mut self {
+            Step::Pull(p) => p.stop_after = Some(n),
+            _ => self.sync_mut().stop_after = Some(n),
+        }
         self
     }
     /// A sync after which A and/or B lose their index updates.
@@ -210,9 +279,12 @@ impl Step {
         self.sync_mut().crash = [a, b];
         self
     }
-    /// A sync raced by a user operation.
+    /// A sync or pull raced by a user operation.
     pub fn race(mut self, op: Step) -> Step {
-        self.sync_mut().race = Some(Box::new(op));
+        match &mut self {
+            Step::Pull(p) => p.race = Some(Box::new(op)),
+            _ => self.sync_mut().race = Some(Box::new(op)),
+        }
         self
     }
 
@@ -226,7 +298,7 @@ impl Step {
             | Step::Rename { dev, .. }
             | Step::Chmod { dev, .. }
             | Step::Scan { dev } => Some(*dev),
-            Step::Tick(_) | Step::Sync(_) => None,
+            Step::Tick(_) | Step::Sync(_) | Step::Pull(_) => None,
         }
     }
 }
@@ -258,6 +330,22 @@ impl fmt::Display for Step {
                     write!(f, ".crash({}, {})", s.crash[0], s.crash[1])?;
                 }
                 if let Some(r) = &s.race {
+                    write!(f, ".race({r})")?;
+                }
+                Ok(())
+            }
+            Step::Pull(p) => {
+                write!(f, "pull({}, &{:?})", p.dev, unmask(p.peers))?;
+                if p.lag != 0 {
+                    write!(f, ".lag(&{:?})", unmask(p.lag))?;
+                }
+                if let Some(n) = p.stop_after {
+                    write!(f, ".stop_after({n})")?;
+                }
+                if p.crash {
+                    write!(f, ".crashed()")?;
+                }
+                if let Some(r) = &p.race {
                     write!(f, ".race({r})")?;
                 }
                 Ok(())
@@ -346,6 +434,9 @@ impl fmt::Display for Violation {
 pub struct Config {
     /// Two-way, or one-way from device 0 to device 1.
     pub direction: Direction,
+    /// Daemon mode: devices pull from the global view of their peers
+    /// ([`Step::Pull`]) instead of syncing in pairs (two-way only).
+    pub daemon: bool,
     /// Mirror the store's executor exactly where it forgets a conflict
     /// loser's old name even after the winner's copy lands there.
     pub forget_wins: bool,
@@ -384,6 +475,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             direction: Direction::TwoWay,
+            daemon: false,
             forget_wins: false,
             quiesce_hash: HashPolicy::Deferred,
             check_self_refusal: true,
@@ -407,6 +499,9 @@ pub struct Stats {
     pub actions: u64,
     /// Conflict copies planned.
     pub conflicts: u64,
+    /// Daemon mode: conflicts won against the global view (the loser's copy
+    /// fetched under its conflict name).
+    pub won_conflicts: u64,
     /// Syncs cut short.
     pub interrupted: u64,
     /// Index commits lost to a crash.
@@ -425,6 +520,7 @@ impl Stats {
         self.syncs += o.syncs;
         self.actions += o.actions;
         self.conflicts += o.conflicts;
+        self.won_conflicts += o.won_conflicts;
         self.interrupted += o.interrupted;
         self.crashes += o.crashes;
         self.races += o.races;
@@ -489,7 +585,7 @@ pub fn fmt_vv(v: &VersionVector) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
-fn fmt_entry(e: &FileEntry) -> String {
+pub(crate) fn fmt_entry(e: &FileEntry) -> String {
     if e.deleted {
         return format!("tombstone {}", fmt_vv(&e.version));
     }
@@ -570,7 +666,7 @@ pub fn describe(a: &Action) -> String {
     }
 }
 
-fn fmt_node(n: &Node) -> String {
+pub(crate) fn fmt_node(n: &Node) -> String {
     match n.kind {
         FileKind::File => format!(
             "file {:?} mode {:o} mtime {}",
@@ -606,8 +702,11 @@ pub struct World {
     pub trace: Option<Vec<String>>,
     /// Counts.
     pub stats: Stats,
-    at: String,
-    step_no: usize,
+    /// Daemon mode: what each device last received of each peer's index
+    /// (`views[d][p]`; `None`: not connected).
+    pub views: Vec<Vec<Option<crate::sim::daemon::View>>>,
+    pub(crate) at: String,
+    pub(crate) step_no: usize,
 }
 
 fn two_mut<T>(xs: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
@@ -621,7 +720,7 @@ fn two_mut<T>(xs: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
     }
 }
 
-fn newer_or_equal(x: &VersionVector, y: &VersionVector) -> bool {
+pub(crate) fn newer_or_equal(x: &VersionVector, y: &VersionVector) -> bool {
     matches!(x.compare(y), Causality::Newer | Causality::Equal)
 }
 
@@ -668,18 +767,19 @@ impl World {
             writes: Vec::new(),
             trace: None,
             stats: Stats::default(),
+            views: vec![vec![None; skews.len()]; skews.len()],
             at: String::new(),
             step_no: 0,
         }
     }
 
-    fn log(&mut self, line: impl FnOnce() -> String) {
+    pub(crate) fn log(&mut self, line: impl FnOnce() -> String) {
         if let Some(t) = &mut self.trace {
             t.push(line());
         }
     }
 
-    fn violation(&self, kind: Kind, detail: String) -> Violation {
+    pub(crate) fn violation(&self, kind: Kind, detail: String) -> Violation {
         Violation {
             kind,
             at: self.at.clone(),
@@ -761,7 +861,7 @@ impl World {
     /// live path whose version did not move holds the writes it held at the
     /// last commit, whatever the user did in between, and a user's drop there
     /// was no drop; every other drop since the last scan now counts.
-    fn note_scan(&mut self, dev: usize, old: &Snapshot, new: &Snapshot) {
+    pub(crate) fn note_scan(&mut self, dev: usize, old: &Snapshot, new: &Snapshot) {
         let unchanged = |path: &RelPath| {
             matches!(
                 (old.index.get(path), new.index.get(path)),
@@ -801,7 +901,7 @@ impl World {
     }
 
     /// The writes each path of device `dev` holds now.
-    fn writes_on_disk(&self, dev: usize) -> BTreeMap<RelPath, Vec<Tag>> {
+    pub(crate) fn writes_on_disk(&self, dev: usize) -> BTreeMap<RelPath, Vec<Tag>> {
         self.devices[dev]
             .tree
             .nodes
@@ -850,13 +950,13 @@ impl World {
             Step::Scan { dev } => {
                 if *dev < self.devices.len() {
                     let d = &self.devices[*dev];
-                    let snap = scan(
-                        &d.tree,
-                        &d.snap,
-                        d.id,
-                        self.clock_of(*dev),
-                        HashPolicy::Deferred,
-                    );
+                    // The daemon's scanner hashes what changed.
+                    let policy = if self.cfg.daemon {
+                        HashPolicy::Changed
+                    } else {
+                        HashPolicy::Deferred
+                    };
+                    let snap = scan(&d.tree, &d.snap, d.id, self.clock_of(*dev), policy);
                     let old = d.snap.clone();
                     self.note_scan(*dev, &old, &snap);
                     self.devices[*dev].scanned_tags = self.writes_on_disk(*dev);
@@ -865,6 +965,7 @@ impl World {
                 Ok(())
             }
             Step::Sync(s) => self.sync(s).map(|_| ()),
+            Step::Pull(p) => self.pull(p).map(|_| ()),
             op => {
                 let applied = self.user_op(op);
                 let line = format!(
@@ -1023,13 +1124,13 @@ impl World {
                     _ => false,
                 }
             }
-            Step::Scan { .. } | Step::Tick(_) | Step::Sync(_) => false,
+            Step::Scan { .. } | Step::Tick(_) | Step::Sync(_) | Step::Pull(_) => false,
         }
     }
 
     /// Stores a new snapshot as device `dev`'s index, checking that no
     /// recorded version went backwards.
-    fn commit(&mut self, dev: usize, snap: Snapshot) -> Result<(), Violation> {
+    pub(crate) fn commit(&mut self, dev: usize, snap: Snapshot) -> Result<(), Violation> {
         let old = &self.devices[dev].snap;
         for (path, new) in &snap.index {
             if let Some(o) = old.index.get(path)
@@ -1303,9 +1404,9 @@ impl World {
     }
 
     /// Invariant (3) and the plan's agreement with the indexes it came from.
-    fn check_plan(&self, plan: &Plan, a: &Index, b: &Index) -> Result<(), Violation> {
+    pub(crate) fn check_plan(&self, plan: &Plan, a: &Index, b: &Index) -> Result<(), Violation> {
         let idx = |side: Side| if side == Side::A { a } else { b };
-        let tos: BTreeSet<&RelPath> = plan
+        let mut tos: BTreeSet<&RelPath> = plan
             .actions
             .iter()
             .filter_map(|x| match x {
@@ -1314,6 +1415,44 @@ impl World {
             })
             .collect();
         let bad = |kind, what: String| Err(self.violation(kind, what));
+        if self.cfg.daemon {
+            // A pull fetches the loser of a conflict it won under a conflict
+            // name without renaming it on side B (another device's disk):
+            // the copy must be exactly side B's entry at the original name.
+            for act in &plan.actions {
+                if let Action::Copy {
+                    from: Side::B,
+                    source,
+                    ..
+                }
+                | Action::Symlink {
+                    from: Side::B,
+                    source,
+                    ..
+                } = act
+                    && !a.contains_key(&source.path)
+                    && !b.contains_key(&source.path)
+                {
+                    let original = b.values().find(|e| {
+                        conflict::is_conflict_copy_of(&source.path, &e.path) && {
+                            let mut moved = (*e).clone();
+                            moved.path = source.path.clone();
+                            moved == **source
+                        }
+                    });
+                    if original.is_none() {
+                        return bad(
+                            Kind::BadAction,
+                            format!(
+                                "a fetched conflict copy is no side-B entry: {}",
+                                describe(act)
+                            ),
+                        );
+                    }
+                    tos.insert(&source.path);
+                }
+            }
+        }
         for act in &plan.actions {
             let mut paths: Vec<&RelPath> = vec![act.path()];
             match act {
@@ -1461,6 +1600,9 @@ impl World {
     /// Syncs pairs, round after round, until a round changes nothing; then
     /// checks the final invariants.
     pub fn quiesce(&mut self) -> Result<(), Violation> {
+        if self.cfg.daemon {
+            return self.quiesce_daemon();
+        }
         self.at = "quiescence".into();
         let n = self.devices.len();
         let pairs: Vec<(usize, usize)> = match self.cfg.direction {
@@ -1506,6 +1648,28 @@ impl World {
     }
 
     fn check_final_two_way(&mut self) -> Result<(), Violation> {
+        self.check_converged_and_nothing_lost()?;
+        // (4) Idempotence, in both side orders.
+        let n = self.devices.len();
+        for a in 0..n {
+            for b in 0..n {
+                if a == b {
+                    continue;
+                }
+                let (_, _, p) = self.scan_and_plan(a, b, self.cfg.quiesce_hash);
+                if has_work(&p, self.cfg.direction) {
+                    return Err(self.violation(
+                        Kind::NotIdempotent,
+                        format!("devices {a},{b}: {}", plan_text(&p)),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Invariants (1) and (2).
+    pub(crate) fn check_converged_and_nothing_lost(&self) -> Result<(), Violation> {
         // (1) Convergence.
         let first = &self.devices[0].tree.nodes;
         for (i, d) in self.devices.iter().enumerate().skip(1) {
@@ -1561,22 +1725,6 @@ impl World {
                         }
                     ),
                 ));
-            }
-        }
-        // (4) Idempotence, in both side orders.
-        let n = self.devices.len();
-        for a in 0..n {
-            for b in 0..n {
-                if a == b {
-                    continue;
-                }
-                let (_, _, p) = self.scan_and_plan(a, b, self.cfg.quiesce_hash);
-                if has_work(&p, self.cfg.direction) {
-                    return Err(self.violation(
-                        Kind::NotIdempotent,
-                        format!("devices {a},{b}: {}", plan_text(&p)),
-                    ));
-                }
             }
         }
         Ok(())
@@ -1710,7 +1858,7 @@ fn past_pending_writes(plan: &Plan, limit: usize) -> usize {
 
 /// Whether `plan` has work: actions (version records too), or, in
 /// two-way mode, refusals.
-fn has_work(plan: &Plan, direction: Direction) -> bool {
+pub(crate) fn has_work(plan: &Plan, direction: Direction) -> bool {
     !plan.actions.is_empty() || (direction == Direction::TwoWay && !plan.refused.is_empty())
 }
 

@@ -30,7 +30,8 @@ use meshsync_core::ids::{DeviceId, ShareId, ShortId};
 use meshsync_core::ignore::{IGNORE_FILE, IgnoreRules};
 use meshsync_core::keys::{FolderKey, KeyKind};
 use meshsync_core::path::{META_DIR, RelPath};
-use meshsync_core::plan::{self, Action, Direction, EntryMap, Index, Plan, PlanInput, Side};
+use meshsync_core::plan::{Action, EntryMap, Index};
+use meshsync_core::pull::PullInput;
 use meshsync_core::version::Causality;
 use meshsync_store::db::{IndexDb, StoredEntry, TreeMeta, TreeUpdate};
 use meshsync_store::scan::{self, HashPolicy, ScanOptions, ScanOutcome};
@@ -268,7 +269,8 @@ impl Folder {
         self.state.lock().expect("poisoned").remotes.remove(peer);
     }
 
-    /// Plans this folder against the global view; returns the actions on
+    /// Plans this folder against the global view
+    /// ([`meshsync_core::pull::plan_pull`] decides); returns the actions on
     /// this side, and who holds which chunk.
     pub fn plan_pull(&self, now_unix_secs: i64) -> (Vec<Action>, ChunkSources<DeviceId>) {
         let mut st = self.state.lock().expect("poisoned");
@@ -287,59 +289,14 @@ impl Folder {
         peers.sort_by_key(|(d, _)| **d);
         authoritative.extend(peers.iter().map(|(_, r)| &r.entries as &dyn EntryMap));
         let global = global_index(&authoritative);
-        let plan: Plan = plan::plan(&PlanInput {
-            a: &st.local.index,
-            b: &global,
-            a_device: self.device,
-            b_device: ShortId(0),
-            direction: Direction::TwoWay,
-            compare: meshsync_core::entry::CompareMode::Metadata,
+        let actions = meshsync_core::pull::plan_pull(&PullInput {
+            local: &st.local.index,
+            global: &global,
+            device: self.device,
+            clock: st.meta.clock(now_unix_secs),
             now_unix_secs,
-        });
-        // Where this device won a conflict, the plan writes its copy to the
-        // other side, which only the peers can do; here the winner must
-        // record a version newer than both copies, or the next round sees
-        // the same conflict again (and makes another conflict copy).
-        let won: std::collections::BTreeSet<RelPath> = plan
-            .actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::KeepConflictCopy {
-                    side: Side::B,
-                    entry,
-                    ..
-                } => Some(entry.path.clone()),
-                _ => None,
-            })
-            .collect();
-        let clock = st.meta.clock(now_unix_secs);
-        let actions: Vec<Action> = plan
-            .actions
-            .into_iter()
-            .filter_map(|a| {
-                if action_side(&a) == Side::A {
-                    return Some(a);
-                }
-                let (path, version) = match &a {
-                    Action::Copy {
-                        source, version, ..
-                    }
-                    | Action::Symlink {
-                        source, version, ..
-                    } => (&source.path, version),
-                    Action::MakeDir { entry, .. } => (&entry.path, &entry.version),
-                    _ => return None,
-                };
-                won.contains(path).then(|| {
-                    let mut version = version.clone();
-                    version.bump_at(self.device, clock);
-                    Action::RecordVersion {
-                        path: path.clone(),
-                        version,
-                    }
-                })
-            })
-            .collect();
+        })
+        .actions;
         let local_only = if self.announces_changes() {
             0
         } else {
@@ -425,14 +382,10 @@ impl Folder {
     }
 
     /// Records entries this device now has (after applying actions), each
-    /// with a new local sequence number, and stores them.
-    pub fn record(
-        &self,
-        db: &IndexDb,
-        changes: Vec<StoredEntry>,
-        forget: Vec<RelPath>,
-    ) -> Result<()> {
-        if changes.is_empty() && forget.is_empty() {
+    /// with a new local sequence number, and stores them. Nothing is ever
+    /// removed: peers would not learn of it (see `pull.rs`).
+    pub fn record(&self, db: &IndexDb, changes: Vec<StoredEntry>) -> Result<()> {
+        if changes.is_empty() {
             return Ok(());
         }
         let mut st = self.state.lock().expect("poisoned");
@@ -443,16 +396,13 @@ impl Folder {
             paths.push(c.entry.path.clone());
             st.local.index.insert(c.entry.path.clone(), c);
         }
-        for p in &forget {
-            st.local.index.remove(p);
-        }
         let upserts: Vec<&StoredEntry> =
             paths.iter().filter_map(|p| st.local.index.get(p)).collect();
         db.commit(&[TreeUpdate {
             tree_id: &self.tree_id,
             meta: &st.meta,
             upserts: &upserts,
-            removals: &forget,
+            removals: &[],
         }])?;
         Ok(())
     }
@@ -471,17 +421,5 @@ impl Folder {
     pub fn local_chunk_map(&self) -> meshsync_store::chunkmap::ChunkMap {
         let st = self.state.lock().expect("poisoned");
         meshsync_store::chunkmap::ChunkMap::from_index(&self.root, &st.local)
-    }
-}
-
-/// The side an action changes.
-pub fn action_side(a: &Action) -> Side {
-    match a {
-        Action::KeepConflictCopy { side, .. }
-        | Action::MakeDir { side, .. }
-        | Action::SetMetadata { side, .. }
-        | Action::Delete { side, .. } => *side,
-        Action::Copy { from, .. } | Action::Symlink { from, .. } => from.other(),
-        Action::RecordVersion { .. } => Side::A,
     }
 }

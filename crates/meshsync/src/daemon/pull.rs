@@ -12,6 +12,17 @@
 //! Finished files are flushed in batches (one `syncfs`) and then renamed
 //! into place only if the target is still what the scan saw; a change made
 //! meanwhile is kept and the incoming version waits for the next round.
+//!
+//! The index never forgets a path here: peers learn of this device's index
+//! by sequence number, and a path that vanished from it would stay in
+//! their views as it was last announced (a stale version that could win,
+//! come back, or be fetched forever). A conflict loser's old name, and a
+//! path deleted to make room for a write of the same plan, keep their entry
+//! until that write records the path, or a scan finds the path gone and
+//! records the delete. Such a delete records no tombstone of its own: its
+//! version includes the write's, and would claim it if the write never
+//! landed (a concurrent change elsewhere would then beat it, and the
+//! write be lost without a conflict copy).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -98,7 +109,18 @@ pub async fn apply<S: ChunkSource>(
     let bad: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
     let mut made_dirs: Vec<(PathBuf, FileEntry)> = Vec::new();
     let mut records: Vec<StoredEntry> = Vec::new();
-    let mut forget = Vec::new();
+    // The paths this plan writes: a delete that makes room for one of them
+    // records nothing (see the module docs).
+    let writes: HashSet<meshsync_core::path::RelPath> = actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Copy { .. } | Action::Symlink { .. } | Action::MakeDir { .. }
+            )
+        })
+        .map(|a| a.path().clone())
+        .collect();
     let mut finished: Vec<Finished> = Vec::new();
     let mut copies = JoinSet::new();
     let backup = folder.config.mode == FolderMode::Backup;
@@ -121,11 +143,12 @@ pub async fn apply<S: ChunkSource>(
                     )?;
                     let mut moved = (**entry).clone();
                     moved.path = to.clone();
+                    // The old name keeps its entry until the winner lands
+                    // there, or a scan finds it gone.
                     records.push(StoredEntry {
                         entry: moved,
                         local: Some(obs.local),
                     });
-                    forget.push(entry.path.clone());
                     report.lock().expect("poisoned").conflicts += 1;
                 }
                 Action::MakeDir { entry, .. } => {
@@ -174,7 +197,10 @@ pub async fn apply<S: ChunkSource>(
                     });
                 }
                 Action::Delete {
-                    expected, version, ..
+                    expected,
+                    version,
+                    making_room,
+                    ..
                 } => {
                     let abs = folder.abs(&expected.path);
                     let stored = folder.stored(&expected.path);
@@ -184,6 +210,11 @@ pub async fn apply<S: ChunkSource>(
                     let keep_ref: Option<apply::KeepFile<'_>> =
                         (backup || versioning_on(&folder)).then_some(&keep);
                     apply::delete(&abs, stored.as_ref(), expected.kind, keep_ref)?;
+                    report.lock().expect("poisoned").deleted += 1;
+                    if *making_room && writes.contains(&expected.path) {
+                        // The write that follows records the path.
+                        return Ok(());
+                    }
                     let mut tomb = (**expected).clone();
                     tomb.deleted = true;
                     tomb.content = None;
@@ -193,7 +224,6 @@ pub async fn apply<S: ChunkSource>(
                         entry: tomb,
                         local: None,
                     });
-                    report.lock().expect("poisoned").deleted += 1;
                 }
                 Action::RecordVersion { path, version } => {
                     if let Some(mut s) = folder.stored(path)
@@ -257,7 +287,7 @@ pub async fn apply<S: ChunkSource>(
     if let Err(e) = write::sync_filesystem(&folder.root) {
         fail(&report, e.to_string());
     }
-    if let Err(e) = folder.record(&db, records, forget) {
+    if let Err(e) = folder.record(&db, records) {
         fail(&report, format!("recording the index: {e:#}"));
     }
     for peer in bad.lock().expect("poisoned").iter() {

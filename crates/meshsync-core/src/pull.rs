@@ -1,0 +1,472 @@
+//! A device's pull: what it does to its own folder to come in line with the
+//! swarm, decided from its own index and the global view.
+//!
+//! The daemon never writes to a peer: every device changes only its own
+//! disk, and every peer, running this same rule against its own view, does
+//! its part. [`plan_pull`] runs the two-way planner ([`crate::plan`]) with
+//! this device as side A and the global view ([`crate::global`], folded from
+//! this device's index and every authoritative peer's) as side B, and keeps
+//! the actions on side A (see [`Action::side`]) and the version records.
+//!
+//! One decision is its own: a conflict that this device's copy *wins*
+//! against the global entry. The global entry is the winner among the
+//! newest entries folded in, this device's copy included, so this device
+//! wins only with a copy that is no longer among the newest (another
+//! device superseded it, and that copy lost to the global entry) yet beats
+//! the global entry: say a directory a peer has since deleted, against a
+//! file a third device made meanwhile. The pairwise plan would
+//! rename the loser on side B and write the winner there, which only the
+//! loser's devices can do. Here, in two rounds:
+//!
+//! 1. the loser's copy is fetched under its conflict-copy name, an ordinary
+//!    write on this side, and no version is recorded for the path;
+//! 2. once that copy is in this device's index, the path records a version
+//!    newer than both copies, bumped at this device (it changed the path:
+//!    it chose), and the copy is not fetched again. The loser's devices then
+//!    see a newer version and take it, and the conflict is not seen again.
+//!
+//! Recording the dominating version first would let the loser's devices
+//! overwrite their copy as outdated: if the fetch of the loser's copy
+//! failed (a peer gone, a crash), no conflict copy would be left anywhere.
+//!
+//! Pure: indexes in, actions out; the clock is passed in. It must never plan
+//! a change to another device's disk, nor record a version that dominates a
+//! copy nobody keeps.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::conflict;
+use crate::entry::{CompareMode, FileEntry, FileKind};
+use crate::global::GlobalIndex;
+use crate::ids::ShortId;
+use crate::path::RelPath;
+use crate::plan::{self, Action, Direction, EntryMap, Plan, PlanInput, Side};
+use crate::version::Causality;
+
+/// Everything a pull decides from.
+#[derive(Clone, Copy)]
+pub struct PullInput<'a> {
+    /// This device's index (as scanned and recorded).
+    pub local: &'a dyn EntryMap,
+    /// The global view, folded from `local` and every authoritative peer's
+    /// index ([`crate::global::global_index`], `local` first).
+    pub global: &'a GlobalIndex,
+    /// This device's version-vector key.
+    pub device: ShortId,
+    /// This device's version clock (never below a counter it issued
+    /// before): a version it records for a conflict it won is bumped to at
+    /// least this.
+    pub clock: u64,
+    /// The current time, for conflict-copy names.
+    pub now_unix_secs: i64,
+}
+
+/// Plans this device's side of bringing its folder in line with the global
+/// view (see the module docs). The actions change only this device's disk
+/// and index, in the order they must run; refusals are the planner's.
+pub fn plan_pull(input: &PullInput<'_>) -> Plan {
+    let pairwise = plan::plan(&PlanInput {
+        a: input.local,
+        b: input.global,
+        a_device: input.device,
+        // The global view has no device of its own: its entries' versions
+        // name who changed them, and the winner rule goes by those.
+        b_device: ShortId(0),
+        direction: Direction::TwoWay,
+        compare: CompareMode::Metadata,
+        now_unix_secs: input.now_unix_secs,
+    });
+    // Conflicts won here: the path, and the loser's copy kept on side B.
+    let won: BTreeMap<&RelPath, (&FileEntry, &RelPath)> = pairwise
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::KeepConflictCopy {
+                side: Side::B,
+                entry,
+                to,
+            } => Some((&entry.path, (&**entry, to))),
+            _ => None,
+        })
+        .collect();
+    let loser_kept: BTreeSet<&RelPath> = won
+        .iter()
+        .filter(|(_, (loser, _))| holds_conflict_copy(input.local, loser))
+        .map(|(path, _)| *path)
+        .collect();
+    // The names the plan would fetch an already kept loser's copy under.
+    let fetched_already: BTreeSet<&RelPath> = won
+        .iter()
+        .filter(|(path, _)| loser_kept.contains(*path))
+        .map(|(_, (_, to))| *to)
+        .collect();
+    let mut actions: Vec<Action> = Vec::new();
+    for action in &pairwise.actions {
+        match action.side() {
+            None => actions.push(action.clone()),
+            Some(Side::A) => {
+                let refetch = matches!(
+                    action,
+                    Action::Copy { from: Side::B, .. } | Action::Symlink { from: Side::B, .. }
+                ) && fetched_already.contains(action.path());
+                if !refetch {
+                    actions.push(action.clone());
+                }
+            }
+            Some(Side::B) => {
+                // The winner's write to the loser's side becomes, once the
+                // loser's copy is kept here, a version newer than both.
+                let version = match action {
+                    Action::Copy { version, .. } | Action::Symlink { version, .. } => version,
+                    Action::MakeDir { entry, .. } => &entry.version,
+                    _ => continue,
+                };
+                if loser_kept.contains(action.path()) {
+                    let mut version = version.clone();
+                    version.bump_at(input.device, input.clock);
+                    actions.push(Action::RecordVersion {
+                        path: action.path().clone(),
+                        version,
+                    });
+                }
+            }
+        }
+    }
+    // Stable: the planner's order within each phase stays.
+    actions.sort_by_key(Action::phase);
+    Plan {
+        actions,
+        refused: pairwise.refused,
+    }
+}
+
+/// Whether `local` holds `loser` as a conflict copy of its path: a live
+/// sibling conflict copy with the same content and a version that has seen
+/// the loser's.
+fn holds_conflict_copy(local: &dyn EntryMap, loser: &FileEntry) -> bool {
+    let Some(dir) = loser.path.parent() else {
+        return local
+            .entries()
+            .filter(|e| e.path.parent().is_none())
+            .any(|e| is_kept_copy(e, loser));
+    };
+    local
+        .entries_below(&dir)
+        .filter(|e| e.path.parent().as_ref() == Some(&dir))
+        .any(|e| is_kept_copy(e, loser))
+}
+
+fn is_kept_copy(e: &FileEntry, loser: &FileEntry) -> bool {
+    let same_content = match loser.kind {
+        FileKind::File => matches!(
+            (&e.content, &loser.content),
+            (Some(x), Some(y)) if x.hash == y.hash
+        ),
+        FileKind::Symlink => e.symlink_target == loser.symlink_target,
+        FileKind::Directory => false,
+    };
+    e.is_live()
+        && e.kind == loser.kind
+        && same_content
+        && conflict::is_conflict_copy_of(&e.path, &loser.path)
+        && matches!(
+            e.version.compare(&loser.version),
+            Causality::Newer | Causality::Equal
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{ChunkRef, Content, Timestamp};
+    use crate::global::global_index;
+    use crate::ids::Hash;
+    use crate::plan::Index;
+    use crate::version::VersionVector;
+
+    const HERE: ShortId = ShortId(1 << 59);
+    const PEER: ShortId = ShortId(2 << 59);
+    const THIRD: ShortId = ShortId(3 << 59);
+    const NOW: i64 = 1_700_000_000;
+
+    fn vv(counters: &[(ShortId, u64)]) -> VersionVector {
+        let mut v = VersionVector::new();
+        let mut sorted = counters.to_vec();
+        sorted.sort_by_key(|(_, c)| *c);
+        for (d, c) in sorted {
+            v.bump_at(d, c);
+        }
+        v
+    }
+
+    fn file(path: &str, body: &str, secs: i64, version: &[(ShortId, u64)]) -> FileEntry {
+        let hash = Hash::of(body.as_bytes());
+        FileEntry {
+            path: RelPath::new(path).unwrap(),
+            kind: FileKind::File,
+            size: body.len() as u64,
+            mtime: Timestamp { secs, nanos: 0 },
+            permissions: 0o644,
+            symlink_target: None,
+            content: Some(Content {
+                hash,
+                chunk_avg: 65536,
+                chunks: vec![ChunkRef {
+                    hash,
+                    len: body.len() as u32,
+                }],
+            }),
+            version: vv(version),
+            deleted: false,
+            sequence: 0,
+        }
+    }
+
+    fn dir(path: &str, version: &[(ShortId, u64)]) -> FileEntry {
+        FileEntry {
+            kind: FileKind::Directory,
+            size: 0,
+            content: None,
+            permissions: 0o755,
+            ..file(path, "", 0, version)
+        }
+    }
+
+    fn index(entries: &[FileEntry]) -> Index {
+        entries
+            .iter()
+            .map(|e| (e.path.clone(), e.clone()))
+            .collect()
+    }
+
+    fn pull(local: &Index, peer: &Index, clock: u64) -> Plan {
+        pull_from(local, &[peer], clock)
+    }
+
+    fn pull_from(local: &Index, peers: &[&Index], clock: u64) -> Plan {
+        let mut all: Vec<&dyn EntryMap> = vec![local];
+        all.extend(peers.iter().map(|p| *p as &dyn EntryMap));
+        let global = global_index(&all);
+        plan_pull(&PullInput {
+            local,
+            global: &global,
+            device: HERE,
+            clock,
+            now_unix_secs: NOW,
+        })
+    }
+
+    /// What the daemon's executor records for `actions` (the disk aside).
+    fn apply(local: &mut Index, actions: &[Action]) {
+        for a in actions {
+            assert_ne!(a.side(), Some(Side::B), "a pull changed a peer: {a:?}");
+            match a {
+                Action::KeepConflictCopy { entry, to, .. } => {
+                    let mut moved = (**entry).clone();
+                    moved.path = to.clone();
+                    local.remove(&entry.path);
+                    local.insert(to.clone(), moved);
+                }
+                Action::MakeDir { entry, .. } => {
+                    local.insert(entry.path.clone(), (**entry).clone());
+                }
+                Action::Copy {
+                    source, version, ..
+                }
+                | Action::Symlink {
+                    source, version, ..
+                } => {
+                    let mut e = (**source).clone();
+                    e.version = version.clone();
+                    local.insert(e.path.clone(), e);
+                }
+                Action::SetMetadata { entry, .. } => {
+                    local.insert(entry.path.clone(), (**entry).clone());
+                }
+                Action::Delete {
+                    expected, version, ..
+                } => {
+                    let mut tomb = (**expected).clone();
+                    tomb.deleted = true;
+                    tomb.content = None;
+                    tomb.size = 0;
+                    tomb.version = version.clone();
+                    local.insert(tomb.path.clone(), tomb);
+                }
+                Action::RecordVersion { path, version } => {
+                    if let Some(e) = local.get_mut(path) {
+                        e.version = version.clone();
+                    }
+                }
+            }
+        }
+    }
+
+    fn newer_or_equal(x: &VersionVector, y: &VersionVector) -> bool {
+        matches!(x.compare(y), Causality::Newer | Causality::Equal)
+    }
+
+    /// A directory here that the peer has since deleted, and a file a third
+    /// device made at its name meanwhile: the file beats the delete, so it
+    /// is the global entry; against it, the (stale) directory here wins.
+    fn won_conflict() -> (Index, Vec<Index>) {
+        let local = index(&[dir("d", &[(HERE, 1)])]);
+        let mut tomb = dir("d", &[(HERE, 1), (PEER, 5)]);
+        tomb.deleted = true;
+        let peer = index(&[tomb]);
+        let third = index(&[file("d", "a file", 60, &[(THIRD, 7)])]);
+        (local, vec![peer, third])
+    }
+
+    #[test]
+    fn won_conflict_fetches_the_losers_copy_first_then_records_a_dominating_version() {
+        let (mut local, peers) = won_conflict();
+        let peers: Vec<&Index> = peers.iter().collect();
+        let loser = peers[1];
+        let first = pull_from(&local, &peers, 100);
+        // Round 1: the loser's copy comes here under its conflict name;
+        // nothing dominates the loser yet.
+        let copies: Vec<&RelPath> = first
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Copy {
+                    from: Side::B,
+                    source,
+                    ..
+                } => Some(&source.path),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(copies.len(), 1, "{:#?}", first.actions);
+        let d = RelPath::new("d").unwrap();
+        assert!(conflict::is_conflict_copy_of(copies[0], &d));
+        assert!(
+            !first.actions.iter().any(|a| a.path() == &d),
+            "{:#?}",
+            first.actions
+        );
+        apply(&mut local, &first.actions);
+
+        // Round 2: the copy is kept here: the directory records a version
+        // newer than both, bumped at this device, and fetches nothing.
+        let second = pull_from(&local, &peers, 100);
+        match &second.actions[..] {
+            [Action::RecordVersion { path, version }] => {
+                assert_eq!(path, &d);
+                assert!(newer_or_equal(version, &local[&d].version));
+                assert!(newer_or_equal(version, &loser[&d].version));
+                assert_ne!(version, &local[&d].version.merge(&loser[&d].version));
+                assert_eq!(version.get(HERE), 100, "bumped with the clock");
+            }
+            other => panic!("{other:#?}"),
+        }
+        apply(&mut local, &second.actions);
+        assert!(pull_from(&local, &peers, 101).actions.is_empty());
+    }
+
+    #[test]
+    fn lost_conflict_keeps_the_local_copy_and_takes_the_winner() {
+        let local = index(&[file("f", "mine", 10, &[(HERE, 2)])]);
+        let peer = index(&[file("f", "theirs", 20, &[(HERE, 1), (PEER, 3)])]);
+        let p = pull(&local, &peer, 100);
+        match &p.actions[..] {
+            [
+                Action::KeepConflictCopy {
+                    side: Side::A,
+                    entry,
+                    to,
+                },
+                Action::Copy {
+                    from: Side::B,
+                    source,
+                    replaces: None,
+                    version,
+                },
+            ] => {
+                assert_eq!(entry.path.as_str(), "f");
+                assert!(conflict::is_conflict_copy_of(to, &entry.path));
+                assert_eq!(source.content, peer[&entry.path].content);
+                assert!(newer_or_equal(version, &local[&entry.path].version));
+                assert!(newer_or_equal(version, &peer[&entry.path].version));
+            }
+            other => panic!("{other:#?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_to_do_is_an_empty_plan() {
+        let both = index(&[dir("d", &[(PEER, 1)]), file("d/f", "x", 5, &[(PEER, 2)])]);
+        let p = pull(&both, &both, 100);
+        assert_eq!(p, Plan::default());
+        // This device ahead of the swarm: the peers pull; nothing here.
+        let ahead = index(&[
+            dir("d", &[(PEER, 1)]),
+            file("d/f", "y", 6, &[(PEER, 2), (HERE, 3)]),
+        ]);
+        assert_eq!(pull(&ahead, &both, 100), Plan::default());
+    }
+
+    #[test]
+    fn a_delete_from_the_swarm_deletes_here() {
+        let local = index(&[file("f", "x", 5, &[(HERE, 1)])]);
+        let mut tomb = file("f", "", 5, &[(HERE, 1), (PEER, 2)]);
+        tomb.deleted = true;
+        tomb.content = None;
+        let peer = index(&[tomb.clone()]);
+        let p = pull(&local, &peer, 100);
+        match &p.actions[..] {
+            [
+                Action::Delete {
+                    side: Side::A,
+                    expected,
+                    version,
+                    making_room: false,
+                },
+            ] => {
+                assert_eq!(**expected, local[&tomb.path]);
+                assert_eq!(version, &tomb.version);
+            }
+            other => panic!("{other:#?}"),
+        }
+    }
+
+    #[test]
+    fn applying_a_pull_leaves_nothing_to_do() {
+        let mut tomb = file("gone", "", 1, &[(PEER, 4)]);
+        tomb.deleted = true;
+        let cases: Vec<(Index, Vec<Index>)> = vec![
+            won_conflict(),
+            (
+                index(&[file("f", "mine", 10, &[(HERE, 2)])]),
+                vec![index(&[file("f", "theirs", 20, &[(HERE, 1), (PEER, 3)])])],
+            ),
+            (
+                index(&[
+                    file("gone", "x", 1, &[(PEER, 1)]),
+                    file("new", "n", 1, &[(HERE, 1)]),
+                ]),
+                vec![index(&[
+                    tomb,
+                    dir("d", &[(PEER, 2)]),
+                    file("d/x", "x", 3, &[(PEER, 3)]),
+                ])],
+            ),
+        ];
+        for (mut local, peers) in cases {
+            let peers: Vec<&Index> = peers.iter().collect();
+            let mut rounds = 0;
+            loop {
+                let p = pull_from(&local, &peers, 100 + rounds);
+                if p.actions.is_empty() {
+                    break;
+                }
+                assert!(rounds < 2, "not settled: {:#?}", p.actions);
+                apply(&mut local, &p.actions);
+                rounds += 1;
+            }
+            // And again, later: still nothing.
+            assert_eq!(pull_from(&local, &peers, 500), Plan::default());
+        }
+    }
+}
