@@ -90,6 +90,9 @@ pub struct Daemon {
     pub peers: Arc<PeerRegistry>,
     /// Addresses discovery found.
     pub book: Arc<discovery::AddressBook>,
+    /// Signalled when a folder's local index moved (a scan or a pull
+    /// recorded changes): connections send the new entries at once.
+    pub index_moved: Notify,
     /// LAN discovery's counters.
     pub lan_stats: discovery::lan::LanStats,
     /// Events for the API.
@@ -127,6 +130,7 @@ impl Daemon {
             folders: RwLock::new(HashMap::new()),
             peers: Arc::new(PeerRegistry::default()),
             book: Arc::new(discovery::AddressBook::default()),
+            index_moved: Notify::new(),
             lan_stats: discovery::lan::LanStats::default(),
             events,
             counters: Counters::default(),
@@ -303,6 +307,7 @@ impl Daemon {
             Ok((Ok(_changed), map)) => {
                 *rt.chunks.write().expect("poisoned") = Arc::new(map);
                 let _ = rt.sequence.send(folder.max_sequence());
+                self.index_moved.notify_waiters();
                 self.set_state(&folder, FolderStateKind::Idle);
             }
             Ok((Err(e), _)) => {
@@ -338,6 +343,7 @@ impl Daemon {
                 .fetch_add(report.files, Ordering::Relaxed);
             *rt.chunks.write().expect("poisoned") = Arc::new(folder.local_chunk_map());
             let _ = rt.sequence.send(folder.max_sequence());
+            self.index_moved.notify_waiters();
             let progressed = report.files + report.deleted + report.conflicts > 0;
             for e in &report.errors {
                 tracing::warn!("folder {}: {e}", folder.config.path.display());

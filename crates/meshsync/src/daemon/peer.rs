@@ -449,6 +449,9 @@ async fn drive_control(daemon: &Arc<Daemon>, link: &Arc<PeerLink>) -> Result<()>
                     handle_event(daemon, link, &mut proto, &mut sent, event)?;
                 }
             }
+            _ = daemon.index_moved.notified() => {
+                send_index_updates(daemon, &mut proto, &mut sent);
+            }
             _ = tick.tick() => {
                 if proto.negotiated_version().is_some() {
                     offer_new_folders(daemon, &mut proto)?;
