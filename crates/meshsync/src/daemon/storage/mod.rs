@@ -32,6 +32,7 @@
 //! decrypt and check.
 
 pub mod sealer;
+pub mod spool;
 pub mod store;
 pub mod stream;
 
@@ -71,7 +72,11 @@ impl FolderStorage {
                 key.verify_key().clone(),
                 db,
             )?)),
-            key => FolderStorage::Reader(Arc::new(Sealer::new(folder.share, key.clone()))),
+            key => FolderStorage::Reader(Arc::new(Sealer::new(
+                folder.share,
+                key.clone(),
+                &folder.root,
+            ))),
         })
     }
 

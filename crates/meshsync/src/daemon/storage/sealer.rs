@@ -8,9 +8,9 @@
 //!   is encrypted for its hash once, not at every index send or restart.
 //!   Chunks are encrypted on a few threads (the storage peer waits for the
 //!   whole entry before it fetches anything of a file). The ciphertexts made
-//!   on the way are kept for a while (bounded), since the storage peer asks
-//!   for them right after it reads the index; a request that misses them
-//!   reads and encrypts the chunk again.
+//!   on the way wait in the folder's spool ([`super::spool`]) for the storage
+//!   peer's requests; a request that misses it reads and encrypts the chunk
+//!   again.
 //! - [`ReaderView`] (one per storage peer link and folder) holds the
 //!   storage peer's entries, opened: per path every version it keeps that no
 //!   other dominates, and the ciphertext of each plaintext chunk.
@@ -18,10 +18,11 @@
 //! Never: a plaintext chunk or name on a sealed link; a ciphertext served
 //! for a hash it does not match.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use meshsync_core::encrypted_index::{Admission, OpenedEntry, SealedEntry, admit, seal_entry};
@@ -34,10 +35,8 @@ use meshsync_core::plan::{EntryMap, Index};
 use meshsync_store::chunkmap::ChunkMap;
 use meshsync_store::db::IndexDb;
 
-/// Ciphertext kept after sealing, for the storage peer's requests.
-const RECENT_BYTES: usize = 128 << 20;
-/// How long a kept ciphertext waits for its request.
-const RECENT_TTL: Duration = Duration::from_secs(30);
+use super::spool::SharedSpool;
+
 /// Threads that encrypt chunks while sealing.
 const SEAL_THREADS: usize = 4;
 
@@ -47,7 +46,7 @@ pub struct Sealer {
     key: FolderKey,
     tree_id: String,
     map: Mutex<CipherMap>,
-    recent: Mutex<Recent>,
+    spool: SharedSpool,
 }
 
 #[derive(Default)]
@@ -64,48 +63,6 @@ impl CipherMap {
     }
 }
 
-/// Ciphertexts made while sealing, kept for the storage peer's requests,
-/// bounded in bytes. The peer asks for a file's chunks in order, after the
-/// whole file was sealed, so the cache keeps the *earliest* ones: a new
-/// ciphertext that does not fit is dropped (it is encrypted again when asked
-/// for), and one nobody asked for within [`RECENT_TTL`] gives way.
-#[derive(Default)]
-struct Recent {
-    bytes: usize,
-    order: VecDeque<(Hash, Instant)>,
-    by_cipher: HashMap<Hash, Vec<u8>>,
-    hits: u64,
-    misses: u64,
-}
-
-impl Recent {
-    fn insert(&mut self, hash: Hash, ciphertext: Vec<u8>, now: Instant) {
-        while let Some(&(old, at)) = self.order.front() {
-            let stale = now.duration_since(at) > RECENT_TTL;
-            let taken = !self.by_cipher.contains_key(&old);
-            if !(stale || taken) {
-                break;
-            }
-            self.order.pop_front();
-            if let Some(b) = self.by_cipher.remove(&old) {
-                self.bytes -= b.len();
-            }
-        }
-        if self.bytes + ciphertext.len() > RECENT_BYTES || self.by_cipher.contains_key(&hash) {
-            return;
-        }
-        self.bytes += ciphertext.len();
-        self.order.push_back((hash, now));
-        self.by_cipher.insert(hash, ciphertext);
-    }
-
-    fn take(&mut self, hash: &Hash) -> Option<Vec<u8>> {
-        let b = self.by_cipher.remove(hash)?;
-        self.bytes -= b.len();
-        Some(b)
-    }
-}
-
 /// One group of sealed entries, ready to send.
 pub struct SealedGroup {
     /// The entries (some local entries may be missing: see `skipped`).
@@ -116,15 +73,15 @@ pub struct SealedGroup {
 }
 
 impl Sealer {
-    /// The sealer of folder `share`, held with `key` (read-write or
-    /// read-only).
-    pub fn new(share: ShareId, key: FolderKey) -> Self {
+    /// The sealer of folder `share` at `root`, held with `key` (read-write
+    /// or read-only).
+    pub fn new(share: ShareId, key: FolderKey, root: &Path) -> Self {
         Sealer {
             share,
             key,
             tree_id: format!("share-{share}"),
             map: Mutex::new(CipherMap::default()),
-            recent: Mutex::new(Recent::default()),
+            spool: SharedSpool::open(root),
         }
     }
 
@@ -227,11 +184,8 @@ impl Sealer {
                             .lock()
                             .expect("poisoned")
                             .push((c.hash, enc.cipher_hash));
-                        self.recent.lock().expect("poisoned").insert(
-                            enc.cipher_hash,
-                            enc.ciphertext,
-                            Instant::now(),
-                        );
+                        self.spool
+                            .insert(enc.cipher_hash, &enc.ciphertext, Instant::now());
                     }
                 });
             }
@@ -252,19 +206,11 @@ impl Sealer {
     }
 
     /// The ciphertext of the chunk whose ciphertext hash is `hash` and length
-    /// `len`, if this device has its plaintext: from the recent ones, or read
+    /// `len`, if this device has its plaintext: from the spool, or read
     /// (verified) from `chunks` and encrypted. Blocking.
     pub fn serve(&self, hash: &Hash, len: u32, chunks: &ChunkMap) -> Option<Vec<u8>> {
-        {
-            let mut recent = self.recent.lock().expect("poisoned");
-            if let Some(ct) = recent.take(hash) {
-                recent.hits += 1;
-                if ct.len() == len as usize {
-                    return Some(ct);
-                }
-            } else {
-                recent.misses += 1;
-            }
+        if let Some(ct) = self.spool.take(hash, len) {
+            return Some(ct);
         }
         let data = self.key.data_key()?;
         let plain_hash = *self.map.lock().expect("poisoned").by_cipher.get(hash)?;
@@ -274,11 +220,10 @@ impl Sealer {
         (enc.cipher_hash == *hash).then_some(enc.ciphertext)
     }
 
-    /// How often a request was served from the recent ciphertexts, and how
+    /// How often a request was served from the spool, and how
     /// often a chunk had to be encrypted again.
     pub fn recent_stats(&self) -> (u64, u64) {
-        let r = self.recent.lock().expect("poisoned");
-        (r.hits, r.misses)
+        self.spool.stats()
     }
 }
 

@@ -371,12 +371,15 @@ pub async fn run_round(daemon: &Arc<Daemon>, rt: &Arc<FolderRuntime>, store: &Ar
         daemon.set_state(&folder, FolderStateKind::Error);
         return;
     }
+    // Each group's chunks are made durable and its entries recorded while
+    // the next group's chunks are fetched.
+    let mut recording: Option<tokio::task::JoinHandle<Result<usize>>> = None;
     for _round in 0..64 {
         let s = Arc::clone(store);
         let Ok(work) = tokio::task::spawn_blocking(move || s.next_work()).await else {
             return;
         };
-        if work.entries.is_empty() && work.missing.is_empty() {
+        if work.entries.is_empty() && work.missing.is_empty() && recording.is_none() {
             break;
         }
         daemon.set_state(&folder, FolderStateKind::Syncing);
@@ -384,44 +387,38 @@ pub async fn run_round(daemon: &Arc<Daemon>, rt: &Arc<FolderRuntime>, store: &Ar
         let started = std::time::Instant::now();
         let wanted = work.missing.len();
         let fetched = fetch_missing(daemon, store, work.missing).await;
-        let fetch_time = started.elapsed();
-        let s = Arc::clone(store);
-        let db = Arc::clone(&daemon.db);
-        let entries = work.entries;
-        let committed = tokio::task::spawn_blocking(move || {
-            s.blobs.sync()?;
-            s.commit(&db, &entries).map(|n| (n, entries.len()))
-        })
-        .await;
-        let (recorded, offered) = match committed {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                tracing::warn!(
-                    "folder {}: recording sealed entries: {e:#}",
-                    folder.root.display()
-                );
-                folder.state.lock().expect("poisoned").error = Some(format!("{e:#}"));
-                (0, 0)
-            }
-            Err(e) => {
-                tracing::error!("sealed commit task failed: {e}");
-                (0, 0)
-            }
-        };
         tracing::debug!(
-            "folder {}: stored {fetched} of {wanted} missing chunks in {fetch_time:?}, recorded {recorded} of {offered} entries after {:?}",
+            "folder {}: stored {fetched} of {wanted} missing chunks in {:?}",
             store.share,
             started.elapsed()
         );
-        if recorded > 0 {
-            daemon
-                .counters
-                .files_synced
-                .fetch_add(recorded as u64, std::sync::atomic::Ordering::Relaxed);
+        let recorded = match recording.take() {
+            Some(task) => finish_recording(daemon, &folder, task).await,
+            None => 0,
+        };
+        if !work.entries.is_empty() {
+            let (s, db) = (Arc::clone(store), Arc::clone(&daemon.db));
+            let entries = work.entries;
+            recording = Some(tokio::task::spawn_blocking(move || {
+                s.blobs.sync()?;
+                s.commit(&db, &entries)
+            }));
         }
         if recorded == 0 && fetched == 0 {
-            break;
+            // No chunk came and nothing was recorded: record what is
+            // complete now (entries without chunks, repaired ones) and stop
+            // unless that was something.
+            let now = match recording.take() {
+                Some(task) => finish_recording(daemon, &folder, task).await,
+                None => 0,
+            };
+            if now == 0 {
+                break;
+            }
         }
+    }
+    if let Some(task) = recording.take() {
+        finish_recording(daemon, &folder, task).await;
     }
     set_need(&folder, store);
     let state = if folder.state.lock().expect("poisoned").need_files > 0 {
@@ -430,6 +427,35 @@ pub async fn run_round(daemon: &Arc<Daemon>, rt: &Arc<FolderRuntime>, store: &Ar
         FolderStateKind::Idle
     };
     daemon.set_state(&folder, state);
+}
+
+/// Waits for a group's recording; returns how many entries it recorded.
+async fn finish_recording(
+    daemon: &Daemon,
+    folder: &Folder,
+    task: tokio::task::JoinHandle<Result<usize>>,
+) -> usize {
+    match task.await {
+        Ok(Ok(n)) => {
+            daemon
+                .counters
+                .files_synced
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            n
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "folder {}: recording sealed entries: {e:#}",
+                folder.root.display()
+            );
+            folder.state.lock().expect("poisoned").error = Some(format!("{e:#}"));
+            0
+        }
+        Err(e) => {
+            tracing::error!("sealed commit task failed: {e}");
+            0
+        }
+    }
 }
 
 fn set_need(folder: &Folder, store: &SealedStore) {

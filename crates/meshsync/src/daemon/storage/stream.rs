@@ -189,7 +189,15 @@ async fn serve_reader(
         }
         tokio::select! {
             r = changed.changed() => if r.is_err() { return Ok(()) },
-            _ = link.conn.connection.closed() => return Ok(()),
+            _ = link.conn.connection.closed() => {
+                let (hits, misses) = sealer.recent_stats();
+                tracing::debug!(
+                    "folder {}: link to {} closed (ciphertext served from memory {hits}, encrypted again {misses})",
+                    rt.folder.share,
+                    link.device
+                );
+                return Ok(());
+            }
         }
     }
 }
