@@ -25,6 +25,14 @@ pub enum Causality {
     Concurrent,
 }
 
+/// The largest counter a peer may announce. Counters are device clocks
+/// (Unix seconds, about 2^31 today, plus one per change within a second), so
+/// an honest device stays far below 2^48 for millions of years; refusing
+/// larger ones on the way in leaves every device room to count past any
+/// counter it has accepted (a hostile peer announcing `u64::MAX` would
+/// otherwise leave no newer version to make).
+pub const MAX_COUNTER: u64 = 1 << 48;
+
 /// A version vector, kept sorted by device with no zero counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct VersionVector(Vec<(ShortId, u64)>);
@@ -61,7 +69,16 @@ impl VersionVector {
     /// ever issued and pass one more as the next `clock` (a device must never
     /// issue a counter twice for a path; a clock in seconds alone could).
     pub fn bump_at(&mut self, device: ShortId, clock: u64) -> u64 {
-        let next = self.0.iter().map(|(_, c)| *c).max().unwrap_or(0) + 1;
+        // Saturating: counters from peers are bounded by `MAX_COUNTER` on the
+        // way in, so this never reaches u64::MAX in practice; it must not
+        // panic or wrap if it did.
+        let next = self
+            .0
+            .iter()
+            .map(|(_, c)| *c)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
         let counter = next.max(clock);
         self.set(device, counter);
         counter

@@ -155,6 +155,15 @@ pub enum EntryProblem {
         /// Counters in the vector.
         count: usize,
     },
+    /// A version counter above [`meshsync_core::version::MAX_COUNTER`].
+    #[error(
+        "version counter {counter} is above the limit {}",
+        meshsync_core::version::MAX_COUNTER
+    )]
+    CounterTooLarge {
+        /// The counter.
+        counter: u64,
+    },
     /// The mtime's nanoseconds are not below one second.
     #[error("mtime nanoseconds {nanos} are not below 1e9")]
     BadNanos {
@@ -333,6 +342,12 @@ pub(crate) fn check_entry(entry: &FileEntry) -> Result<(), EntryProblem> {
             count: counters.len(),
         });
     }
+    if let Some(&(_, counter)) = counters
+        .iter()
+        .find(|&&(_, c)| c > meshsync_core::version::MAX_COUNTER)
+    {
+        return Err(EntryProblem::CounterTooLarge { counter });
+    }
     let sorted = counters.windows(2).all(|pair| pair[0].0 < pair[1].0);
     if !sorted || counters.iter().any(|&(_, counter)| counter == 0) {
         return Err(EntryProblem::NonCanonicalVersion);
@@ -449,6 +464,19 @@ mod tests {
             deleted: false,
             sequence,
         }
+    }
+
+    #[test]
+    fn counters_above_the_limit_are_refused() {
+        use meshsync_core::version::MAX_COUNTER;
+        let mut e = file("a", 1);
+        e.version.bump_at(ShortId(9), MAX_COUNTER);
+        check_entry(&e).unwrap();
+        e.version.bump_at(ShortId(9), u64::MAX);
+        assert!(matches!(
+            check_entry(&e),
+            Err(EntryProblem::CounterTooLarge { counter: u64::MAX })
+        ));
     }
 
     #[test]

@@ -116,7 +116,8 @@ pub enum SealedEntryProblem {
     #[error("the path is meshsync's own metadata")]
     InternalPath,
     /// The version vector is empty, unsorted, repeats a device, has a zero
-    /// counter or too many counters.
+    /// counter, a counter above [`meshsync_core::version::MAX_COUNTER`] or
+    /// too many counters.
     #[error("the version vector is not canonical")]
     NonCanonicalVersion,
     /// Chunks on a directory, a symlink or a tombstone.
@@ -146,7 +147,9 @@ pub fn check_sealed_entry(entry: &SealedEntry) -> Result<(), SealedEntryProblem>
     if counters.is_empty()
         || counters.len() > MAX_VERSION_COUNTERS
         || !sorted
-        || counters.iter().any(|&(_, c)| c == 0)
+        || counters
+            .iter()
+            .any(|&(_, c)| c == 0 || c > meshsync_core::version::MAX_COUNTER)
     {
         return Err(SealedEntryProblem::NonCanonicalVersion);
     }
