@@ -63,7 +63,20 @@ impl Spool {
     /// nothing (every request encrypts again).
     pub fn open(root: &Path) -> Self {
         let rel = Path::new(META_DIR).join("spool");
-        let dir = match meshsync_store::write::ensure_real_dirs(root, &rel, 0o700) {
+        // Never make the folder marker: a missing `.meshsync` means the
+        // folder is not there (an unmounted disk), and creating it would
+        // make an empty directory look like a folder whose files were all
+        // deleted (the daemon test `marker_missing_at_start_…` caught it).
+        let marker = std::fs::symlink_metadata(root.join(META_DIR)).is_ok_and(|m| m.is_dir());
+        let made = if marker {
+            meshsync_store::write::ensure_real_dirs(root, &rel, 0o700)
+        } else {
+            Err(meshsync_store::write::WriteError::io(
+                &root.join(META_DIR),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the folder marker is missing"),
+            ))
+        };
+        let dir = match made {
             Ok(()) => {
                 let dir = root.join(&rel);
                 if let Ok(entries) = std::fs::read_dir(&dir) {
