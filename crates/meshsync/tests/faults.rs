@@ -1256,17 +1256,21 @@ fn regression_a_version_counter_at_u64_max_from_a_liar_never_blocks_a_later_edit
     // (The protocol machine refuses such a batch on both ends: this liar,
     // built from it, cannot even send it; `check_entry`'s unit test covers
     // the receiving end.)
-
-    holds_for(Duration::from_secs(2), "B keeping its own file", &[&b], || {
-        if pb.join("victim.txt").exists() {
-            match fs::read(pb.join("victim.txt")) {
-                Ok(bytes) if bytes == planted => Err("B took the liar's bytes".to_owned()),
-                _ => Ok(()),
+    holds_for(
+        Duration::from_secs(2),
+        "B keeping its own file",
+        &[&b],
+        || {
+            if pb.join("victim.txt").exists() {
+                match fs::read(pb.join("victim.txt")) {
+                    Ok(bytes) if bytes == planted => Err("B took the liar's bytes".to_owned()),
+                    _ => Ok(()),
+                }
+            } else {
+                Ok(())
             }
-        } else {
-            Ok(())
-        }
-    });
+        },
+    );
     drop(hostile);
     dir.write_with(
         "b/victim.txt",
