@@ -387,11 +387,11 @@ fn read_only_file_system_fails_the_pull_loses_nothing_and_recovers() {
 // The same, but nobody tells B that its disk is writable again: it must
 // retry the failed pull by itself.
 //
-// Found here: a pull that failed is not retried until something wakes the
+// Found here: a pull that failed was not retried until something woke the
 // folder (a peer's index change, a file-system event, the hourly rescan),
-// so B stays behind with `need_files` > 0 and the old error.
+// so B stayed behind with `need_files` > 0 and the old error. Fixed: a
+// failed round is retried after 5 s, backing off to 5 minutes.
 #[test]
-#[ignore = "bug: a failed pull is not retried until the folder is woken (docs/reliability.md)"]
 fn regression_a_failed_pull_is_retried_once_the_disk_is_writable() {
     read_only_file_system("faults-read-only-retry", false);
 }

@@ -262,6 +262,10 @@ impl Daemon {
                 .max(1),
         );
         let mut next_rescan = tokio::time::Instant::now() + rescan_every;
+        const RETRY_FIRST: Duration = Duration::from_secs(5);
+        const RETRY_MAX: Duration = Duration::from_secs(300);
+        let mut retry_after = Duration::ZERO;
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             if *stopping.borrow() {
                 return;
@@ -275,11 +279,30 @@ impl Daemon {
                     self.scan_folder(&rt).await;
                 }
                 if folder.marker_present() {
-                    self.pull_folder(&rt).await;
+                    if self.pull_folder(&rt).await {
+                        // A write failed (a full or read-only disk, a file
+                        // in use): try again later even if nothing wakes
+                        // the folder, backing off to once in five minutes.
+                        retry_after = (retry_after * 2).clamp(RETRY_FIRST, RETRY_MAX);
+                        retry_at = Some(tokio::time::Instant::now() + retry_after);
+                    } else {
+                        retry_after = Duration::ZERO;
+                        retry_at = None;
+                    }
                 }
             }
+            let retry = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = rt.wake.notified() => {}
+                _ = retry => {
+                    retry_at = None;
+                    rt.scan_requested.store(true, Ordering::SeqCst);
+                }
                 _ = tokio::time::sleep_until(next_rescan) => {
                     rt.scan_requested.store(true, Ordering::SeqCst);
                     next_rescan = tokio::time::Instant::now() + rescan_every;
@@ -319,7 +342,9 @@ impl Daemon {
     }
 
     /// Plans and applies until nothing is left to do (bounded rounds).
-    async fn pull_folder(self: &Arc<Self>, rt: &Arc<FolderRuntime>) {
+    /// Returns whether the last round left errors (worth a retry later).
+    async fn pull_folder(self: &Arc<Self>, rt: &Arc<FolderRuntime>) -> bool {
+        let mut failed = false;
         let folder = Arc::clone(&rt.folder);
         for _round in 0..8 {
             let (actions, sources) = folder.plan_pull(now_secs());
@@ -360,6 +385,7 @@ impl Daemon {
                 let mut st = folder.state.lock().expect("poisoned");
                 st.error = report.errors.first().cloned();
             }
+            failed = !report.errors.is_empty();
             if !progressed {
                 break;
             }
@@ -370,6 +396,7 @@ impl Daemon {
             FolderStateKind::Idle
         };
         self.set_state(&folder, state);
+        failed
     }
 
     /// Connects to every configured static peer address and every due
