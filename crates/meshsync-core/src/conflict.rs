@@ -79,7 +79,16 @@ pub fn numbered_conflict_copy_path(
     } else {
         String::new()
     };
-    let new_name = format!("{stem}.sync-conflict-{stamp}-{loser}{suffix}{ext}");
+    let tail = format!(".sync-conflict-{stamp}-{loser}{suffix}{ext}");
+    // A name near the 255-byte limit keeps as much of its stem as fits (cut
+    // at a character boundary), so a conflict on a long name still keeps
+    // both versions.
+    let room = crate::path::MAX_NAME_BYTES.saturating_sub(tail.len());
+    let mut cut = stem.len().min(room);
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let new_name = format!("{}{tail}", &stem[..cut]);
     path.with_file_name(&new_name)
 }
 
@@ -96,14 +105,20 @@ pub fn is_conflict_copy_of(copy: &RelPath, path: &RelPath) -> bool {
         return false;
     }
     let (stem, ext) = split_extension(path.file_name());
-    let Some(middle) = copy
-        .file_name()
-        .strip_prefix(stem)
-        .and_then(|rest| rest.strip_prefix(".sync-conflict-"))
-        .and_then(|rest| rest.strip_suffix(ext))
-    else {
+    let name = copy.file_name();
+    let Some((kept_stem, middle)) = name.strip_suffix(ext).and_then(|rest| {
+        rest.rfind(".sync-conflict-")
+            .map(|i| (&rest[..i], &rest[i + 15..]))
+    }) else {
         return false;
     };
+    // The whole stem, or (for a name cut to fit the limit) a prefix of it
+    // that filled the name to within a character of the limit.
+    let stem_ok = kept_stem == stem
+        || (stem.starts_with(kept_stem) && name.len() + 4 > crate::path::MAX_NAME_BYTES);
+    if !stem_ok {
+        return false;
+    }
     // YYYYMMDD-HHMMSS-DEVICE7, then `-N` for a numbered name.
     let b = middle.as_bytes();
     let stamp_ok = b.len() >= 23
@@ -161,6 +176,24 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_name_keeps_as_much_of_its_stem_as_fits() {
+        for stem in ["a".repeat(251), "é".repeat(125) + "x"] {
+            let path = RelPath::new(&format!("d/{stem}.txt")).unwrap();
+            assert_eq!(path.file_name().len(), stem.len() + 4);
+            let copy = conflict_copy_path(&path, 1_700_000_000, ShortId(3)).unwrap();
+            assert!(copy.file_name().len() <= crate::path::MAX_NAME_BYTES);
+            assert!(copy.file_name().ends_with(".txt"));
+            assert!(is_conflict_copy_of(&copy, &path), "{copy}");
+            let numbered =
+                numbered_conflict_copy_path(&path, 1_700_000_000, ShortId(3), 12).unwrap();
+            assert!(is_conflict_copy_of(&numbered, &path), "{numbered}");
+            assert_ne!(copy, numbered);
+            let short = RelPath::new("d/other.txt").unwrap();
+            assert!(!is_conflict_copy_of(&copy, &short));
+        }
+    }
 
     #[test]
     fn formats_dates() {

@@ -654,11 +654,12 @@ fn long_names_deep_trees_and_case_only_renames_sync_between_daemons() {
 // Linux file system). Both versions must still survive on both devices,
 // and the devices must converge.
 //
-// Found here: the conflict-copy name is refused as too long, the planner's
-// refusal is dropped (`Folder::plan_pull` keeps only `.actions`), and both
-// devices stay idle with their own version, no error and nothing needed.
+// Found here: the conflict-copy name was refused as too long, the
+// planner's refusal was dropped (`Folder::plan_pull` kept only `.actions`),
+// and both devices stayed idle with their own version. Fixed: the copy's
+// name keeps as much of the stem as fits, and a refusal shows as the
+// folder's error.
 #[test]
-#[ignore = "bug: a conflict on a 255-byte name leaves the devices diverged and silent (docs/reliability.md)"]
 fn regression_a_conflict_on_a_255_byte_name_keeps_both_versions() {
     let dir = Dir::new("faults-long-conflict");
     let name = long_ascii_name('c');

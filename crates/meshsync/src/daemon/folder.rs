@@ -86,6 +86,8 @@ pub struct FolderState {
     /// Paths changed here that the swarm does not take (receive-only,
     /// read-only key).
     pub local_only_changes: u64,
+    /// Paths the last plan left alone, with the planner's reasons.
+    pub refused: Vec<String>,
 }
 
 /// A shared folder.
@@ -149,6 +151,7 @@ impl Folder {
                 need_files: 0,
                 need_bytes: 0,
                 local_only_changes: 0,
+                refused: Vec::new(),
             }),
         }))
     }
@@ -289,14 +292,28 @@ impl Folder {
         peers.sort_by_key(|(d, _)| **d);
         authoritative.extend(peers.iter().map(|(_, r)| &r.entries as &dyn EntryMap));
         let global = global_index(&authoritative);
-        let actions = meshsync_core::pull::plan_pull(&PullInput {
+        let plan = meshsync_core::pull::plan_pull(&PullInput {
             local: &st.local.index,
             global: &global,
             device: self.device,
             clock: st.meta.clock(now_unix_secs),
             now_unix_secs,
-        })
-        .actions;
+        });
+        let actions = plan.actions;
+        let refused: Vec<String> = plan
+            .refused
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    self.root.join(r.path.as_str()).display(),
+                    r.reason
+                )
+            })
+            .collect();
+        for r in &refused {
+            tracing::warn!("left alone: {r}");
+        }
         let local_only = if self.announces_changes() {
             0
         } else {
@@ -316,6 +333,7 @@ impl Folder {
                 .count() as u64
         };
         st.local_only_changes = local_only;
+        st.refused = refused;
         st.need_files = actions
             .iter()
             .filter(|a| matches!(a, Action::Copy { .. } | Action::Symlink { .. }))

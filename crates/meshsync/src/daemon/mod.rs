@@ -383,7 +383,11 @@ impl Daemon {
             });
             {
                 let mut st = folder.state.lock().expect("poisoned");
-                st.error = report.errors.first().cloned();
+                st.error = report
+                    .errors
+                    .first()
+                    .or_else(|| st.refused.first())
+                    .cloned();
             }
             failed = !report.errors.is_empty();
             if !progressed {
