@@ -267,9 +267,25 @@ impl Drop for Spool {
 mod tests {
     use super::*;
 
+    fn folder_with_marker() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(META_DIR)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn no_marker_no_spool_and_no_marker_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = SharedSpool::open(dir.path());
+        let a = vec![5u8; 100];
+        spool.insert(Hash::of(&a), &a, Instant::now());
+        assert_eq!(spool.take(&Hash::of(&a), 100), None);
+        assert!(!dir.path().join(META_DIR).exists());
+    }
+
     #[test]
     fn ciphertext_waits_in_segments_that_go_when_served() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = folder_with_marker();
         let spool = SharedSpool::open(dir.path());
         let now = Instant::now();
         let a = vec![1u8; 1000];
@@ -291,7 +307,7 @@ mod tests {
 
     #[test]
     fn old_segments_expire_and_leftovers_are_cleared_on_open() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = folder_with_marker();
         let spool = SharedSpool::open(dir.path());
         let t0 = Instant::now();
         let a = vec![3u8; 100];
