@@ -29,8 +29,12 @@ use tokio::task::JoinSet;
 use super::super::folder::{Folder, FolderStateKind};
 use super::super::{Daemon, FolderRuntime};
 
-/// Chunk requests in flight while filling the store.
+/// Chunks up to this size are written without a blocking-pool hand-off.
+const INLINE_WRITE: usize = 256 << 10;
+/// Chunk requests in flight while filling the store...
 const WINDOW: usize = 64;
+/// ... and their bytes at most (a few requests for the largest chunks).
+const WINDOW_BYTES: u64 = 32 << 20;
 /// Ciphertext fetched before the entries it completes are recorded.
 const GROUP_BYTES: u64 = 256 << 20;
 /// Entries recorded in one group.
@@ -475,18 +479,22 @@ async fn fetch_missing(
 ) -> usize {
     let inflight: Arc<Mutex<HashMap<DeviceId, usize>>> = Arc::default();
     let mut tasks = JoinSet::new();
-    let mut stored = 0;
+    let (mut stored, mut bytes) = (0, 0u64);
     for (chunk, holders) in missing {
-        while tasks.len() >= WINDOW {
-            if let Some(Ok(true)) = tasks.join_next().await {
-                stored += 1;
+        while tasks.len() >= WINDOW
+            || (!tasks.is_empty() && bytes + u64::from(chunk.len) > WINDOW_BYTES)
+        {
+            if let Some(Ok((ok, len))) = tasks.join_next().await {
+                stored += usize::from(ok);
+                bytes -= u64::from(len);
             }
         }
+        bytes += u64::from(chunk.len);
         let (d, s, inf) = (Arc::clone(daemon), Arc::clone(store), Arc::clone(&inflight));
-        tasks.spawn(async move { fetch_one(&d, &s, chunk, holders, &inf).await });
+        tasks.spawn(async move { (fetch_one(&d, &s, chunk, holders, &inf).await, chunk.len) });
     }
     while let Some(r) = tasks.join_next().await {
-        if let Ok(true) = r {
+        if let Ok((true, _)) = r {
             stored += 1;
         }
     }
@@ -527,8 +535,14 @@ async fn fetch_one(
             }
         };
         let n = bytes.len() as u64;
-        let s = Arc::clone(store);
-        let written = tokio::task::spawn_blocking(move || s.blobs.write(&chunk.hash, &bytes)).await;
+        // A small chunk is written on this task: a hand-off to the blocking
+        // pool costs more than the write (as for the daemon's small files).
+        let written = if bytes.len() <= INLINE_WRITE {
+            Ok(store.blobs.write(&chunk.hash, &bytes))
+        } else {
+            let s = Arc::clone(store);
+            tokio::task::spawn_blocking(move || s.blobs.write(&chunk.hash, &bytes)).await
+        };
         match written {
             Ok(Ok(())) => {
                 link.bytes_in

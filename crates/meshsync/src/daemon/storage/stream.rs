@@ -6,7 +6,8 @@
 //! signatures included, numbered by its own sequence); a read-write folder
 //! seals and signs its local entries in groups, so the storage peer starts
 //! fetching the first files while later ones are still being encrypted; a
-//! read-only folder has nothing it can sign and sends nothing. After the
+//! read-only or receive-only folder has nothing it may sign and sends
+//! nothing. After the
 //! whole index, each change follows as the folder's sequence moves.
 //!
 //! Received: every entry's signature is checked off the runtime before
@@ -85,11 +86,12 @@ pub async fn serve(
     let mut writer = SealedBatchWriter::new();
     let result = match &rt.storage {
         FolderStorage::Store(store) => serve_store(store, &link, &mut send, &mut writer).await,
-        FolderStorage::Reader(sealer) if sealer.can_seal() => {
+        FolderStorage::Reader(sealer) if sealer.can_seal() && rt.folder.announces_changes() => {
             serve_reader(&daemon, &rt, sealer, &link, &mut send, &mut writer).await
         }
         FolderStorage::Reader(_) => {
-            // Nothing this device could sign: the stream stays empty.
+            // Nothing this device could sign, or a receive-only folder whose
+            // changes stay local: the stream stays empty.
             link.conn.connection.closed().await;
             Ok(())
         }
