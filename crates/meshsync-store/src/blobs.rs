@@ -78,9 +78,23 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// The store of the folder at `root` (its `.meshsync/blobs`), created if
-    /// missing; leftover temporary files of an interrupted write are removed.
+    /// The store of the folder at `root` (its `.meshsync/blobs`, created if
+    /// missing; the folder marker `.meshsync` must exist); leftover temporary
+    /// files of an interrupted write are removed.
     pub fn open(root: &Path) -> Result<Self, BlobError> {
+        // Never make the folder marker: without it the folder is not there
+        // (an unmounted disk), and ciphertext must not fill the mount point.
+        let marker = root.join(META_DIR);
+        match fs::symlink_metadata(&marker) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(WriteError::UnsafeParent { path: marker }.into()),
+            Err(source) => {
+                return Err(BlobError::Io {
+                    path: marker,
+                    source,
+                });
+            }
+        }
         let rel = Path::new(META_DIR).join(BLOBS_DIR);
         ensure_real_dirs(root, &rel, 0o700)?;
         let store = BlobStore {
@@ -234,9 +248,25 @@ fn parse_hex(name: &str) -> Option<Hash> {
 mod tests {
     use super::*;
 
+    fn folder() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(META_DIR)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_folder_without_its_marker_gets_no_store_and_no_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            BlobStore::open(dir.path()),
+            Err(BlobError::Io { .. })
+        ));
+        assert!(!dir.path().join(META_DIR).exists());
+    }
+
     #[test]
     fn chunks_are_stored_by_hash_and_verified_both_ways() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = folder();
         let store = BlobStore::open(dir.path()).unwrap();
         let bytes = b"ciphertext bytes".to_vec();
         let hash = Hash::of(&bytes);
@@ -272,7 +302,7 @@ mod tests {
 
     #[test]
     fn stale_temps_are_removed_and_odd_names_ignored() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = folder();
         let store = BlobStore::open(dir.path()).unwrap();
         let hash = Hash::of(b"x");
         store.write(&hash, b"x").unwrap();

@@ -371,3 +371,31 @@ fn the_storage_peer_cannot_change_the_folder() {
         || has_content(&dir.path("a/ledger.txt"), b"balance: 100\n"),
     );
 }
+
+#[test]
+fn a_storage_folder_without_its_marker_stays_closed_and_gets_no_marker() {
+    let dir = Dir::new("storage-marker");
+    dir.write_with("a/f.txt", "data\n", 0o644, T1);
+    let mut a = Device::new(&dir, "A");
+    let mut s = Device::new(&dir, "S");
+    let keys = a.share(&dir.path("a"), None);
+    s.join(&keys.encrypted, &dir.path("s"), &[&a], None);
+    // The disk is not mounted: the directory is there, its marker is not.
+    fs::remove_dir(dir.path("s/.meshsync")).unwrap();
+    a.start();
+    s.start();
+    eventually("S to connect to A", &[&a, &s], || match s.peer_count() {
+        1 => Ok(()),
+        n => Err(format!("{n} peers")),
+    });
+    holds_for(
+        Duration::from_secs(3),
+        "S writes nothing into the unmounted folder",
+        &[&a, &s],
+        || match fs::read_dir(dir.path("s")).map(|d| d.count()) {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(format!("{n} entries in S's folder")),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+}
