@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshsync_core::ids::Hash;
-use meshsync_core::path::{META_DIR, TEMP_PREFIX};
+use meshsync_core::path::TEMP_PREFIX;
 
-use crate::write::{WriteError, ensure_real_dirs};
+use crate::write::{WriteError, ensure_meta_dir, ensure_real_dirs};
 
 /// The store's directory inside the folder's marker directory.
 pub const BLOBS_DIR: &str = "blobs";
@@ -82,24 +82,15 @@ impl BlobStore {
     /// missing; the folder marker `.meshsync` must exist); leftover temporary
     /// files of an interrupted write are removed.
     pub fn open(root: &Path) -> Result<Self, BlobError> {
-        // Never make the folder marker: without it the folder is not there
+        // Never makes the folder marker: without it the folder is not there
         // (an unmounted disk), and ciphertext must not fill the mount point.
-        let marker = root.join(META_DIR);
-        match fs::symlink_metadata(&marker) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(WriteError::UnsafeParent { path: marker }.into()),
-            Err(source) => {
-                return Err(BlobError::Io {
-                    path: marker,
-                    source,
-                });
-            }
-        }
-        let rel = Path::new(META_DIR).join(BLOBS_DIR);
-        ensure_real_dirs(root, &rel, 0o700)?;
+        let dir = ensure_meta_dir(root, Path::new(BLOBS_DIR), 0o700).map_err(|e| match e {
+            WriteError::Io { path, source } => BlobError::Io { path, source },
+            other => other.into(),
+        })?;
         let store = BlobStore {
             root: root.to_path_buf(),
-            dir: root.join(rel),
+            dir,
             temps: AtomicU64::new(0),
         };
         for sub in store.subdirs()? {
@@ -247,6 +238,7 @@ fn parse_hex(name: &str) -> Option<Hash> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshsync_core::path::META_DIR;
 
     fn folder() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

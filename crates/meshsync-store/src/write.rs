@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshsync_core::entry::Timestamp;
-use meshsync_core::path::TEMP_PREFIX;
+use meshsync_core::path::{META_DIR, TEMP_PREFIX};
 
 use crate::db::StoredEntry;
 use crate::scan::Observed;
@@ -283,6 +283,29 @@ pub fn check_unchanged(path: &Path, expected: Option<&StoredEntry>) -> Result<()
     } else {
         Err(WriteError::TargetChanged { path: path.into() })
     }
+}
+
+/// Whether the folder marker (`root/.meshsync`) is there, as a real
+/// directory. Without it the folder is not there (an unmounted disk, a
+/// deleted folder), and nothing may be written into it or taken from it.
+pub fn marker_present(root: &Path) -> bool {
+    fs::symlink_metadata(root.join(META_DIR)).is_ok_and(|m| m.is_dir())
+}
+
+/// Makes sure `sub` exists below the folder marker (`root/.meshsync/sub`,
+/// real directories, missing ones made with `mode`) and returns its path.
+/// Never makes the marker itself: creating it would turn an empty, unmounted
+/// mount point into a folder whose files all look deleted.
+pub fn ensure_meta_dir(root: &Path, sub: &Path, mode: u32) -> Result<PathBuf, WriteError> {
+    let marker = root.join(META_DIR);
+    match fs::symlink_metadata(&marker) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(WriteError::UnsafeParent { path: marker }),
+        Err(e) => return Err(WriteError::io(&marker, e)),
+    }
+    let rel = Path::new(META_DIR).join(sub);
+    ensure_real_dirs(root, &rel, mode)?;
+    Ok(root.join(rel))
 }
 
 /// Makes sure every directory from `root` down to `dir` (relative, as

@@ -165,7 +165,7 @@ impl Folder {
     pub fn marker_present(&self) -> bool {
         // A real directory: a symlink there could lead partial files and
         // versions out of the folder.
-        std::fs::symlink_metadata(self.root.join(META_DIR)).is_ok_and(|m| m.is_dir())
+        meshsync_store::write::marker_present(&self.root)
     }
 
     /// Scans the folder (blocking) and stores the changes. Returns how many

@@ -382,13 +382,12 @@ fn archive(root: &Path, rel: &meshsync_core::path::RelPath, abs: &Path) -> Resul
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    let mut relative = PathBuf::from(meshsync_core::path::META_DIR).join("versions");
+    let mut relative = PathBuf::from("versions");
     if let Some(parent) = rel.parent() {
         relative = relative.join(parent.as_str());
     }
-    // Never through a symlink out of the folder.
-    write::ensure_real_dirs(root, &relative, 0o700)?;
-    let dir = root.join(&relative);
+    // Never through a symlink out of the folder, never making the marker.
+    let dir = write::ensure_meta_dir(root, &relative, 0o700)?;
     let target = dir.join(format!("{stem}~{stamp}{ext}"));
     std::fs::rename(abs, &target).map_err(|e| WriteError::io(abs, e))
 }

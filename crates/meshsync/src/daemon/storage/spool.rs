@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meshsync_core::ids::Hash;
-use meshsync_core::path::META_DIR;
 
 /// The most ciphertext waiting in the spool.
 pub const SPOOL_BYTES: u64 = 4 << 30;
@@ -62,23 +61,10 @@ impl Spool {
     /// what an earlier run left. Without a usable directory the spool keeps
     /// nothing (every request encrypts again).
     pub fn open(root: &Path) -> Self {
-        let rel = Path::new(META_DIR).join("spool");
-        // Never make the folder marker: a missing `.meshsync` means the
-        // folder is not there (an unmounted disk), and creating it would
-        // make an empty directory look like a folder whose files were all
-        // deleted (the daemon test `marker_missing_at_start_…` caught it).
-        let marker = std::fs::symlink_metadata(root.join(META_DIR)).is_ok_and(|m| m.is_dir());
-        let made = if marker {
-            meshsync_store::write::ensure_real_dirs(root, &rel, 0o700)
-        } else {
-            Err(meshsync_store::write::WriteError::io(
-                &root.join(META_DIR),
-                std::io::Error::new(std::io::ErrorKind::NotFound, "the folder marker is missing"),
-            ))
-        };
+        // Never makes the folder marker (see `ensure_meta_dir`).
+        let made = meshsync_store::write::ensure_meta_dir(root, Path::new("spool"), 0o700);
         let dir = match made {
-            Ok(()) => {
-                let dir = root.join(&rel);
+            Ok(dir) => {
                 if let Ok(entries) = std::fs::read_dir(&dir) {
                     for e in entries.flatten() {
                         let _ = std::fs::remove_file(e.path());
@@ -266,6 +252,7 @@ impl Drop for Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshsync_core::path::META_DIR;
 
     fn folder_with_marker() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
