@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 
 use meshsync_core::entry::{ChunkRef, Content, FileEntry, FileKind};
 use meshsync_core::ids::Hash;
-use meshsync_core::path::META_DIR;
 
 use crate::chunkmap::ChunkReader;
 use crate::db::StoredEntry;
@@ -134,10 +133,9 @@ impl Assembly {
         content: &Content,
         local: &mut ChunkReader<'_, 2>,
     ) -> Result<Self, WriteError> {
-        // Never through a symlink: `.meshsync` and `partial` must be real
-        // directories inside the folder.
-        write::ensure_real_dirs(root, Path::new(&format!("{META_DIR}/partial")), 0o700)?;
-        let dir = root.join(META_DIR).join("partial");
+        // Never through a symlink (`.meshsync` and `partial` must be real
+        // directories inside the folder), never making the marker.
+        let dir = write::ensure_meta_dir(root, Path::new("partial"), 0o700)?;
         let path_tag = &blake3::hash(path.as_str().as_bytes()).to_hex()[..16];
         let partial = dir.join(format!("{}-{path_tag}", content.hash.to_hex()));
         let existed = partial.exists();
@@ -292,10 +290,12 @@ mod tests {
     use super::*;
     use crate::chunkmap::ChunkMap;
     use meshsync_core::chunking::{ChunkParams, content_of};
+    use meshsync_core::path::META_DIR;
 
     #[test]
     fn assembles_from_chunks_in_any_order_and_resumes() {
         let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(META_DIR)).unwrap();
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let content = content_of(&data, ChunkParams::ideal(data.len() as u64));
         assert!(content.chunks.len() > 3);
