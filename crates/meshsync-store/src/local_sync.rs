@@ -228,7 +228,7 @@ pub fn sync_paths(
     let two_way = opts.direction == Direction::TwoWay;
     if two_way {
         for t in &trees {
-            let marker_ok = fs::symlink_metadata(t.root.join(META_DIR)).is_ok_and(|m| m.is_dir());
+            let marker_ok = write::marker_present(&t.root);
             if t.meta.two_way && !marker_ok {
                 return Err(SyncError::MarkerMissing(t.root.clone()));
             }
