@@ -104,6 +104,26 @@ pub struct Device {
     env: Vec<(String, String)>,
 }
 
+/// Spawns `cmd` (a `meshsync` command with its `--home`) as `meshsync
+/// run`, appending its output to `log`, at info level unless
+/// `$MESHSYNC_TEST_LOG` says otherwise.
+pub fn spawn_run(mut cmd: Command, log: &Path) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("opening the log");
+    cmd.arg("run")
+        .env(
+            "RUST_LOG",
+            std::env::var("MESHSYNC_TEST_LOG").unwrap_or_else(|_| "warn,meshsync=info".into()),
+        )
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .expect("starting meshsync run")
+}
+
 impl Device {
     /// Initialises a device named `name` in the sandbox (`init` with free
     /// loopback ports). Not started.
@@ -239,23 +259,7 @@ impl Device {
     /// answers.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} runs already", self.name);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("opening the log");
-        let child = self
-            .command()
-            .arg("run")
-            .env(
-                "RUST_LOG",
-                std::env::var("MESHSYNC_TEST_LOG").unwrap_or_else(|_| "warn,meshsync=info".into()),
-            )
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting meshsync run");
-        self.child = Some(child);
+        self.child = Some(spawn_run(self.command(), &self.log));
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {

@@ -1094,23 +1094,7 @@ impl<'t> NsDevice<'t> {
     /// API answers.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} runs already", self.name);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("opening the log");
-        let child = self
-            .command()
-            .arg("run")
-            .env(
-                "RUST_LOG",
-                std::env::var("MESHSYNC_TEST_LOG").unwrap_or_else(|_| "warn,meshsync=info".into()),
-            )
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting meshsync run");
-        self.child = Some(child);
+        self.child = Some(crate::daemon_util::spawn_run(self.command(), &self.log));
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
