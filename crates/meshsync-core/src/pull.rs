@@ -175,6 +175,23 @@ fn is_kept_copy(e: &FileEntry, loser: &FileEntry) -> bool {
         )
 }
 
+/// How many of this device's entries the swarm does not take: live paths
+/// no authoritative peer has, and versions newer than or concurrent with
+/// theirs (`swarm` is the global view of the authoritative peers alone).
+/// What a receive-only folder or a read-only key shows as local changes.
+pub fn local_only_changes(local: &dyn EntryMap, swarm: &GlobalIndex) -> u64 {
+    local
+        .entries()
+        .filter(|e| match swarm.get(&e.path) {
+            None => e.is_live(),
+            Some(t) => matches!(
+                e.version.compare(&t.version),
+                Causality::Newer | Causality::Concurrent
+            ),
+        })
+        .count() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +254,23 @@ mod tests {
             .iter()
             .map(|e| (e.path.clone(), e.clone()))
             .collect()
+    }
+
+    #[test]
+    fn local_only_changes_are_what_the_swarm_does_not_have() {
+        let theirs = index(&[
+            file("same", "x", 1, &[(PEER, 10)]),
+            file("mine-newer", "x", 1, &[(PEER, 10)]),
+            file("theirs-newer", "y", 1, &[(PEER, 20)]),
+        ]);
+        let local = index(&[
+            file("same", "x", 1, &[(PEER, 10)]),
+            file("mine-newer", "z", 2, &[(PEER, 10), (HERE, 30)]),
+            file("theirs-newer", "x", 1, &[(PEER, 10)]),
+            file("only-here", "w", 1, &[(HERE, 5)]),
+        ]);
+        let swarm = global_index(&[&theirs]);
+        assert_eq!(local_only_changes(&local, &swarm), 2);
     }
 
     fn pull(local: &Index, peer: &Index, clock: u64) -> Plan {

@@ -32,7 +32,6 @@ use meshsync_core::keys::{FolderKey, KeyKind};
 use meshsync_core::path::{META_DIR, RelPath};
 use meshsync_core::plan::{Action, EntryMap, Index};
 use meshsync_core::pull::PullInput;
-use meshsync_core::version::Causality;
 use meshsync_store::db::{IndexDb, StoredEntry, TreeMeta, TreeUpdate};
 use meshsync_store::scan::{self, HashPolicy, ScanOptions, ScanOutcome};
 use serde::Serialize;
@@ -317,20 +316,9 @@ impl Folder {
         let local_only = if self.announces_changes() {
             0
         } else {
-            // Changes here that no authoritative peer has: what this device
-            // holds that the swarm does not take.
+            // Changes here that no authoritative peer has.
             let theirs = global_index(&authoritative[1..]);
-            st.local
-                .index
-                .values()
-                .filter(|s| match theirs.get(&s.entry.path) {
-                    None => s.entry.is_live(),
-                    Some(t) => matches!(
-                        s.entry.version.compare(&t.version),
-                        Causality::Newer | Causality::Concurrent
-                    ),
-                })
-                .count() as u64
+            meshsync_core::pull::local_only_changes(&st.local.index, &theirs)
         };
         st.local_only_changes = local_only;
         st.refused = refused;
