@@ -2,11 +2,30 @@
 //!
 //! When two devices change a file concurrently, neither change is lost: the
 //! winner keeps the name, the loser is kept beside it as
-//! `name.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.ext` (time in UTC, DEVICE the
-//! loser's short id). The winner is the copy with the newer mtime; on a tie
-//! the larger device id wins, then content and size ([`WinnerKey`]), so every
-//! device picks the same winner whichever side it plays.
-//! A change always wins over a concurrent delete (the data comes back).
+//! `name.sync-conflict-YYYYMMDD-HHMMSS-DEVICE-tag.ext` (time in UTC, DEVICE
+//! the short id of the loser's last changer, `tag` six letters that
+//! [`loser_tag`] derives from the losing version). The winner is the copy
+//! with the newer mtime; on a tie the larger device id wins, then content
+//! and size ([`WinnerKey`]), so every device picks the same winner whichever
+//! side it plays. A change always wins over a concurrent delete (the data
+//! comes back).
+//!
+//! A conflict copy keeps the loser's version vector, and a version vector
+//! orders changes of *one* path. Two copies under one name must therefore be
+//! the same losing version, or the later sync takes one for an edit of the
+//! other and overwrites it (bug 19 of the simulation: two losers of `b`, in
+//! one second, with the same last changer, got one name on devices that had
+//! not seen each other's copy, and the second loser's version dominated the
+//! first's). A device cannot see a name taken on a device it has not met,
+//! so the name itself must tell losers apart: the tag is a digest of the
+//! losing version (its vector and metadata), the same on every device that
+//! keeps that version and different for any other. Content hashes would
+//! not do: a stat-only scan does not always know them, and two losers with
+//! the same bytes but ordered versions would again share a name.
+//!
+//! Never: give two different losing versions of a path one copy name (but
+//! for a 1 in 3·10^8 tag collision within one second and one device), or
+//! read a clock or a random source (the time is passed in).
 
 use crate::entry::Timestamp;
 use crate::ids::ShortId;
@@ -54,21 +73,83 @@ pub fn winner_key(e: &crate::entry::FileEntry, device: ShortId) -> WinnerKey {
     }
 }
 
-/// The name the losing copy of `path` is kept under.
+/// Letters in a [`LoserTag`].
+pub const TAG_LEN: usize = 6;
+
+/// Six lowercase letters that name one losing version in its copy's name
+/// (see the module docs): a digest of its version vector, kind, size,
+/// mtime, permissions and symlink target, which every device holding that
+/// version sees alike. The content hash is left out: one device may know
+/// it and another not yet, and the version already names the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LoserTag([u8; TAG_LEN]);
+
+impl LoserTag {
+    /// The letters.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII letters")
+    }
+}
+
+impl std::fmt::Display for LoserTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The tag of the losing version `loser` (see [`LoserTag`]).
+pub fn loser_tag(loser: &crate::entry::FileEntry) -> LoserTag {
+    let mut h = blake3::Hasher::new();
+    h.update(b"meshsync conflict copy v1");
+    let counters = loser.version.counters();
+    h.update(&(counters.len() as u64).to_le_bytes());
+    for (device, counter) in counters {
+        h.update(&device.0.to_le_bytes());
+        h.update(&counter.to_le_bytes());
+    }
+    // A directory's mtime is not synced (see `winner_key`).
+    let mtime = if loser.kind == crate::entry::FileKind::Directory {
+        Timestamp::default()
+    } else {
+        loser.mtime
+    };
+    h.update(&[loser.kind as u8, u8::from(loser.deleted)]);
+    h.update(&loser.size.to_le_bytes());
+    h.update(&mtime.secs.to_le_bytes());
+    h.update(&mtime.nanos.to_le_bytes());
+    h.update(&loser.permissions.to_le_bytes());
+    let target = loser.symlink_target.as_deref().unwrap_or("");
+    h.update(&(target.len() as u64).to_le_bytes());
+    h.update(target.as_bytes());
+    let digest = h.finalize();
+    let mut n = u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"));
+    let mut letters = [0u8; TAG_LEN];
+    for l in &mut letters {
+        *l = b'a' + (n % 26) as u8;
+        n /= 26;
+    }
+    LoserTag(letters)
+}
+
+/// The name the losing copy of `path` is kept under: `device` is the
+/// loser's last changer, `tag` the losing version's [`loser_tag`].
 pub fn conflict_copy_path(
     path: &RelPath,
     now_unix_secs: i64,
-    loser: ShortId,
+    device: ShortId,
+    tag: LoserTag,
 ) -> Result<RelPath, PathError> {
-    numbered_conflict_copy_path(path, now_unix_secs, loser, 1)
+    numbered_conflict_copy_path(path, now_unix_secs, device, tag, 1)
 }
 
 /// The `n`th candidate name for a conflict copy (`n > 1` adds `-n` after the
-/// device, for when an earlier candidate is taken).
+/// tag, for when an earlier candidate is taken: the same losing version
+/// kept before in the same second).
 pub fn numbered_conflict_copy_path(
     path: &RelPath,
     now_unix_secs: i64,
-    loser: ShortId,
+    device: ShortId,
+    tag: LoserTag,
     n: u32,
 ) -> Result<RelPath, PathError> {
     let name = path.file_name();
@@ -79,7 +160,7 @@ pub fn numbered_conflict_copy_path(
     } else {
         String::new()
     };
-    let tail = format!(".sync-conflict-{stamp}-{loser}{suffix}{ext}");
+    let tail = format!(".sync-conflict-{stamp}-{device}-{tag}{suffix}{ext}");
     // A name near the 255-byte limit keeps as much of its stem as fits (cut
     // at a character boundary), so a conflict on a long name still keeps
     // both versions.
@@ -119,7 +200,8 @@ pub fn is_conflict_copy_of(copy: &RelPath, path: &RelPath) -> bool {
     if !stem_ok {
         return false;
     }
-    // YYYYMMDD-HHMMSS-DEVICE7, then `-N` for a numbered name.
+    // YYYYMMDD-HHMMSS-DEVICE7, then `-tag` (names made before tags had
+    // none), then `-N` for a numbered name.
     let b = middle.as_bytes();
     let stamp_ok = b.len() >= 23
         && b[..8].iter().all(u8::is_ascii_digit)
@@ -127,13 +209,24 @@ pub fn is_conflict_copy_of(copy: &RelPath, path: &RelPath) -> bool {
         && b[9..15].iter().all(u8::is_ascii_digit)
         && b[15] == b'-'
         && b[16..23].iter().all(u8::is_ascii_alphanumeric);
-    stamp_ok
-        && match &middle[23..] {
-            "" => true,
-            n => n
-                .strip_prefix('-')
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit())),
+    if !stamp_ok {
+        return false;
+    }
+    let rest = &middle[23..];
+    let rest = match rest.strip_prefix('-') {
+        Some(t)
+            if t.len() >= TAG_LEN && t.as_bytes()[..TAG_LEN].iter().all(u8::is_ascii_lowercase) =>
+        {
+            &t[TAG_LEN..]
         }
+        _ => rest,
+    };
+    match rest {
+        "" => true,
+        n => n
+            .strip_prefix('-')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit())),
+    }
 }
 
 /// Splits `name` into stem and extension (with its dot). A leading dot
@@ -177,17 +270,19 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    const TAG: LoserTag = LoserTag(*b"abcdef");
+
     #[test]
     fn a_long_name_keeps_as_much_of_its_stem_as_fits() {
         for stem in ["a".repeat(251), "é".repeat(125) + "x"] {
             let path = RelPath::new(&format!("d/{stem}.txt")).unwrap();
             assert_eq!(path.file_name().len(), stem.len() + 4);
-            let copy = conflict_copy_path(&path, 1_700_000_000, ShortId(3)).unwrap();
+            let copy = conflict_copy_path(&path, 1_700_000_000, ShortId(3), TAG).unwrap();
             assert!(copy.file_name().len() <= crate::path::MAX_NAME_BYTES);
             assert!(copy.file_name().ends_with(".txt"));
             assert!(is_conflict_copy_of(&copy, &path), "{copy}");
             let numbered =
-                numbered_conflict_copy_path(&path, 1_700_000_000, ShortId(3), 12).unwrap();
+                numbered_conflict_copy_path(&path, 1_700_000_000, ShortId(3), TAG, 12).unwrap();
             assert!(is_conflict_copy_of(&numbered, &path), "{numbered}");
             assert_ne!(copy, numbered);
             let short = RelPath::new("d/other.txt").unwrap();
@@ -206,16 +301,18 @@ mod tests {
     #[test]
     fn names_conflict_copies() {
         let p = RelPath::new("docs/report.final.pdf").unwrap();
-        let c = conflict_copy_path(&p, 0, ShortId(0)).unwrap();
+        let c = conflict_copy_path(&p, 0, ShortId(0), TAG).unwrap();
         assert_eq!(
             c.as_str(),
-            "docs/report.final.sync-conflict-19700101-000000-AAAAAAA.pdf"
+            "docs/report.final.sync-conflict-19700101-000000-AAAAAAA-abcdef.pdf"
         );
         assert!(is_conflict_copy(&c));
         let dot = RelPath::new(".bashrc").unwrap();
         assert_eq!(
-            conflict_copy_path(&dot, 0, ShortId(0)).unwrap().as_str(),
-            ".bashrc.sync-conflict-19700101-000000-AAAAAAA"
+            conflict_copy_path(&dot, 0, ShortId(0), TAG)
+                .unwrap()
+                .as_str(),
+            ".bashrc.sync-conflict-19700101-000000-AAAAAAA-abcdef"
         );
     }
 
@@ -237,12 +334,34 @@ mod tests {
     fn recognises_copies_of_one_path() {
         let p = RelPath::new("d/c.txt").unwrap();
         for n in [1, 2, 12] {
-            let c = numbered_conflict_copy_path(&p, 1_700_000_000, ShortId(9 << 59), n).unwrap();
+            let c =
+                numbered_conflict_copy_path(&p, 1_700_000_000, ShortId(9 << 59), TAG, n).unwrap();
             assert!(is_conflict_copy_of(&c, &p), "{c}");
             // A copy of the copy is not a copy of the original.
-            let cc = conflict_copy_path(&c, 1_700_000_000, ShortId(1)).unwrap();
+            let cc = conflict_copy_path(&c, 1_700_000_000, ShortId(1), TAG).unwrap();
             assert!(!is_conflict_copy_of(&cc, &p), "{cc}");
             assert!(is_conflict_copy_of(&cc, &c), "{cc}");
+        }
+        // Names made before tags, plain and numbered, are still copies.
+        for old in [
+            "d/c.sync-conflict-20231114-221329-CAAAAAA.txt",
+            "d/c.sync-conflict-20231114-221329-CAAAAAA-3.txt",
+        ] {
+            assert!(
+                is_conflict_copy_of(&RelPath::new(old).unwrap(), &p),
+                "{old}"
+            );
+        }
+        for not in [
+            "d/c.sync-conflict-20231114-221329-CAAAAAA-abcde.txt",
+            "d/c.sync-conflict-20231114-221329-CAAAAAA-ABCDEF.txt",
+            "d/c.sync-conflict-20231114-221329-CAAAAAA-abcdef-.txt",
+            "d/c.sync-conflict-20231114-221329-CAAAAAA-abcdefg.txt",
+        ] {
+            assert!(
+                !is_conflict_copy_of(&RelPath::new(not).unwrap(), &p),
+                "{not}"
+            );
         }
         let other = RelPath::new("d/c.sync-conflict-20231114-221329-CAAAAAA.md").unwrap();
         assert!(!is_conflict_copy_of(&other, &p));
@@ -250,7 +369,7 @@ mod tests {
         assert!(!is_conflict_copy_of(&elsewhere, &p));
         assert!(!is_conflict_copy_of(&p, &p));
         let dot = RelPath::new(".bashrc").unwrap();
-        let c = conflict_copy_path(&dot, 0, ShortId(0)).unwrap();
+        let c = conflict_copy_path(&dot, 0, ShortId(0), TAG).unwrap();
         assert!(is_conflict_copy_of(&c, &dot));
     }
 
@@ -276,9 +395,60 @@ mod tests {
     #[test]
     fn numbered_names_differ() {
         let p = RelPath::new("a.txt").unwrap();
-        let one = numbered_conflict_copy_path(&p, 0, ShortId(0), 1).unwrap();
-        let two = numbered_conflict_copy_path(&p, 0, ShortId(0), 2).unwrap();
+        let one = numbered_conflict_copy_path(&p, 0, ShortId(0), TAG, 1).unwrap();
+        let two = numbered_conflict_copy_path(&p, 0, ShortId(0), TAG, 2).unwrap();
         assert_ne!(one, two);
-        assert!(two.as_str().ends_with("-AAAAAAA-2.txt"));
+        assert!(two.as_str().ends_with("-AAAAAAA-abcdef-2.txt"));
+    }
+
+    fn entry(version: &[(u64, u64)], size: u64) -> crate::entry::FileEntry {
+        let mut v = crate::version::VersionVector::new();
+        for &(d, c) in version {
+            v.bump_at(ShortId(d), c);
+        }
+        crate::entry::FileEntry {
+            path: RelPath::new("b").unwrap(),
+            kind: crate::entry::FileKind::File,
+            size,
+            mtime: Timestamp { secs: 3, nanos: 0 },
+            permissions: 0o644,
+            symlink_target: None,
+            content: None,
+            version: v,
+            deleted: false,
+            sequence: 0,
+        }
+    }
+
+    /// Bug 19: two losing versions of `b` in one second, with one last
+    /// changer, must get two names; one losing version kept on two devices
+    /// gets one name (whatever else the devices know of it).
+    #[test]
+    fn the_tag_names_the_losing_version() {
+        let p = RelPath::new("b").unwrap();
+        let name = |e: &crate::entry::FileEntry| {
+            conflict_copy_path(&p, 1_700_000_005, ShortId(2), loser_tag(e)).unwrap()
+        };
+        let first = entry(&[(2, 5)], 2);
+        let second = entry(&[(0, 3), (2, 5)], 1);
+        assert_ne!(name(&first), name(&second));
+        assert!(is_conflict_copy_of(&name(&first), &p));
+        let mut same = first.clone();
+        same.sequence = 77;
+        same.content = Some(crate::entry::Content {
+            hash: crate::ids::Hash([1; 32]),
+            chunk_avg: 1,
+            chunks: vec![],
+        });
+        assert_eq!(name(&first), name(&same));
+        let mut chmod = first.clone();
+        chmod.permissions = 0o600;
+        assert_ne!(loser_tag(&first), loser_tag(&chmod));
+        assert!(
+            loser_tag(&first)
+                .as_str()
+                .bytes()
+                .all(|c| c.is_ascii_lowercase())
+        );
     }
 }

@@ -631,8 +631,14 @@ fn spell_out(path: &RelPath, decision: Decision, input: &PlanInput<'_>, out: &mu
                 .expect("conflicts have both sides")
                 .clone();
             let loser_device = last_changer(&loser_entry.version).unwrap_or(input.device(loser));
-            // The first free name: a live entry or a tombstone at a candidate
-            // (an earlier conflict in the same second) makes us try the next.
+            // The name tells this losing version from any other (see
+            // `conflict`): a copy keeps the loser's version vector, so two
+            // different losers under one name, on devices that never saw
+            // each other's copy, would later be taken for an edit of each
+            // other. The first free name: a live entry or a tombstone at a
+            // candidate (the same loser kept in the same second) makes us
+            // try the next.
+            let tag = conflict::loser_tag(&loser_entry);
             let taken = |p: &RelPath| input.a.entry(p).is_some() || input.b.entry(p).is_some();
             let to = (1..=99)
                 .map(|n| {
@@ -640,6 +646,7 @@ fn spell_out(path: &RelPath, decision: Decision, input: &PlanInput<'_>, out: &mu
                         path,
                         input.now_unix_secs,
                         loser_device,
+                        tag,
                         n,
                     )
                 })

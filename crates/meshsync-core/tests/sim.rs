@@ -132,10 +132,6 @@
 //!   four is daemon mode). Daemon mode runs about 1,400-2,000 histories per
 //!   second on one core in release.
 //!
-//! Bug 19 (two conflict copies under one name) is open and not stepped
-//! around: the fixed seeds never meet it, a long soak may (about one
-//! history in 200,000).
-//!
 //! # What it does not model (yet)
 //!
 //! Ignore rules, case-insensitive file systems and name collisions, the
@@ -843,17 +839,16 @@ fn bug18_won_conflict_dominates_the_loser_only_once_its_copy_is_kept() {
     );
 }
 
-/// Seed 5084197 (open, two-way): two different conflict copies can get one
-/// name. B's "11" lost to A's "9" and was kept as
-/// `b.sync-conflict-…-DAAAAAA` with its own version {d2:5}, but the sync
-/// was cut before that copy reached A; A's "9" was recorded with the
-/// merged version {d0:3,d2:5}, lost to C's "12" in the same second, and its
-/// copy got the same name (last changer d2 again) with a version that
-/// dominates the first copy's, which the next sync overwrote. A conflict
-/// copy needs a version of its own (a bump by the device that keeps it:
-/// the planner has no clock for that yet) or a name its content decides.
+/// Seed 5084197 (two-way): two different conflict copies got one name.
+/// B's "11" lost to A's "9" and was kept as `b.sync-conflict-…-DAAAAAA`
+/// with its own version {d2:5}, but the sync was cut before that copy
+/// reached A; A's "9" was recorded with the merged version {d0:3,d2:5},
+/// lost to C's "12" in the same second, and its copy got the same name
+/// (last changer d2 again) with a version that dominates the first copy's,
+/// which the next sync overwrote (fixed: a copy's name carries a tag of
+/// the losing version, `conflict::loser_tag`, so two losers never share
+/// one).
 #[test]
-#[ignore = "open: a conflict copy inherits the loser's version, so a later copy under the same name can dominate it"]
 fn bug19_seed5084197_conflict_copies_under_one_name_never_overwrite_each_other() {
     replay(
         &[0, 0, 2],

@@ -29,7 +29,7 @@ pub struct SyncArgs {
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     /// Sync both ways: newer changes win, concurrent changes keep both copies
-    /// (the loser as NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT).
+    /// (the loser as NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE-TAG.EXT).
     #[arg(long, conflicts_with = "delete")]
     pub two_way: bool,
     /// Print a JSON summary on stdout.

@@ -704,7 +704,7 @@ fn dry_run_changes_nothing_in_existing_destination() {
 // 6. --two-way
 
 /// The name of the single conflict copy of `stem.ext` in `dir`, checked
-/// against `stem.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.ext`.
+/// against `stem.sync-conflict-YYYYMMDD-HHMMSS-DEVICE-tag.ext`.
 #[track_caller]
 fn conflict_copy(d: &Dir, dir: &str, stem: &str, ext: &str) -> String {
     let prefix = format!("{stem}.sync-conflict-");
@@ -729,7 +729,14 @@ fn conflict_copy(d: &Dir, dir: &str, stem: &str, ext: &str) -> String {
         parts[1].len() == 6 && parts[1].bytes().all(|b| b.is_ascii_digit()),
         "{name}"
     );
-    assert!(!parts[2].is_empty(), "{name}: no device");
+    let (device, tag) = parts[2]
+        .split_once('-')
+        .unwrap_or_else(|| panic!("{name}: no tag"));
+    assert!(!device.is_empty(), "{name}: no device");
+    assert!(
+        tag.len() == 6 && tag.bytes().all(|b| b.is_ascii_lowercase()),
+        "{name}: the tag is not six letters"
+    );
     name
 }
 

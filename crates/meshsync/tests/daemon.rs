@@ -628,7 +628,7 @@ fn concurrent_edits_keep_the_loser_as_a_conflict_copy_everywhere() {
         let copies = conflict_copies(p, "note", ".txt");
         assert_eq!(copies.len(), 1, "{copies:?}");
         has_content(&p.join(&copies[0]), b"edited on A\n").unwrap();
-        // NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE.EXT
+        // NAME.sync-conflict-YYYYMMDD-HHMMSS-DEVICE-tag.EXT
         let middle = copies[0]
             .strip_prefix("note.sync-conflict-")
             .and_then(|s| s.strip_suffix(".txt"))
@@ -642,7 +642,11 @@ fn concurrent_edits_keep_the_loser_as_a_conflict_copy_everywhere() {
                     .chars()
                     .chain(parts[1].chars())
                     .all(|c| c.is_ascii_digit())
-                && !parts[2].is_empty(),
+                && parts[2].split_once('-').is_some_and(|(device, tag)| {
+                    !device.is_empty()
+                        && tag.len() == 6
+                        && tag.bytes().all(|b| b.is_ascii_lowercase())
+                }),
             "conflict copy name {:?}",
             copies[0]
         );

@@ -315,19 +315,21 @@ fn skewed_clocks_never_let_newer_looking_mtimes_beat_causally_newer_versions() {
     });
     let copy = conflict_copies(&pa, "race", ".txt").remove(0);
     has_content(&pa.join(&copy), b"concurrent on A\n").unwrap();
-    // race.sync-conflict-YYYYMMDD-HHMMSS-<A's short id>.txt, stamped by the
-    // clock of the device that made it: on time, or three hours off.
+    // race.sync-conflict-YYYYMMDD-HHMMSS-<A's short id>-<tag>.txt, stamped
+    // by the clock of the device that made it: on time, or three hours off.
     let middle = copy
         .strip_prefix("race.sync-conflict-")
         .and_then(|s| s.strip_suffix(".txt"))
         .unwrap();
     let parts: Vec<&str> = middle.splitn(3, '-').collect();
     assert_eq!(parts.len(), 3, "{copy}");
+    let (device, tag) = parts[2].split_once('-').unwrap_or(("", ""));
     assert_eq!(
-        parts[2],
+        device,
         device_id(&a).short().to_string(),
         "named after the loser: {copy}"
     );
+    assert_eq!(tag.len(), 6, "tagged with the losing version: {copy}");
     let stamp = unix_of(parts[0], parts[1]).unwrap_or_else(|| panic!("bad stamp in {copy}"));
     let after = now_secs();
     assert!(

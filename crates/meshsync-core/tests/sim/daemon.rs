@@ -580,12 +580,8 @@ fn original_path(copy: &RelPath) -> Option<RelPath> {
     let name = copy.file_name();
     let i = name.rfind(MARK)?;
     let rest = &name[i + MARK.len()..];
-    // YYYYMMDD-HHMMSS-DEVICE7, perhaps -N, then the extension.
-    let mut end = 23.min(rest.len());
-    if let Some(n) = rest[end..].strip_prefix('-') {
-        let digits = n.bytes().take_while(u8::is_ascii_digit).count();
-        end += 1 + digits;
-    }
+    // YYYYMMDD-HHMMSS-DEVICE7-tag, perhaps -N, then the extension.
+    let end = crate::sim::world::conflict_mark_len(rest);
     let original = format!("{}{}", &name[..i], &rest[end..]);
     let candidate = copy.with_file_name(&original).ok()?;
     meshsync_core::conflict::is_conflict_copy_of(copy, &candidate).then_some(candidate)

@@ -724,20 +724,36 @@ pub(crate) fn newer_or_equal(x: &VersionVector, y: &VersionVector) -> bool {
     matches!(x.compare(y), Causality::Newer | Causality::Equal)
 }
 
-/// Strips every `.sync-conflict-YYYYMMDD-HHMMSS-DEVICE` from a path's name.
+/// How long the `YYYYMMDD-HHMMSS-DEVICE-tag-N` part of a conflict copy's
+/// name is, in `rest` (the name after `.sync-conflict-`). The tag (six
+/// lowercase letters) is missing from names made before tags, and `-N` (a
+/// number) from names whose first candidate was free.
+pub fn conflict_mark_len(rest: &str) -> usize {
+    let mut end = (15 + 1 + 7).min(rest.len());
+    let tag = conflict::TAG_LEN;
+    if let Some(t) = rest[end..].strip_prefix('-')
+        && t.len() >= tag
+        && t.as_bytes()[..tag].iter().all(u8::is_ascii_lowercase)
+        && t[tag..].chars().next().is_none_or(|c| c == '.' || c == '-')
+    {
+        end += 1 + tag;
+    }
+    if let Some(n) = rest[end..].strip_prefix('-') {
+        let digits = n.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && n[digits..].chars().next().is_none_or(|c| c == '.') {
+            end += 1 + digits;
+        }
+    }
+    end
+}
+
+/// Strips every `.sync-conflict-YYYYMMDD-HHMMSS-DEVICE-tag-N` from a path's
+/// name.
 pub fn original_of(p: &RelPath) -> String {
     const MARK: &str = ".sync-conflict-";
     let mut name = p.file_name().to_string();
     while let Some(i) = name.find(MARK) {
-        let mut end = (i + MARK.len() + 15 + 1 + 7).min(name.len());
-        // A numbered name (`-2`, `-3`, …) when the first one was taken.
-        let rest = &name[end..];
-        if let Some(n) = rest.strip_prefix('-') {
-            let digits = n.bytes().take_while(u8::is_ascii_digit).count();
-            if digits > 0 && n[digits..].chars().next().is_none_or(|c| c == '.') {
-                end += 1 + digits;
-            }
-        }
+        let end = i + MARK.len() + conflict_mark_len(&name[i + MARK.len()..]);
         name.replace_range(i..end, "");
     }
     match p.parent() {
