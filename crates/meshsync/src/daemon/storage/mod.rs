@@ -21,8 +21,9 @@
 //!   hash, decrypts it and checks the plaintext hash.
 //!
 //! On a storage-only device ([`store`]), the folder never scans its
-//! directory and holds ciphertext only: encrypted chunks by hash under
-//! `.meshsync/blobs/`, sealed entries in the index database. It keeps every
+//! directory and holds ciphertext only: one pack of encrypted chunks per
+//! entry version under `.meshsync/blobs/` (docs/store.md says why not one
+//! file per chunk), sealed entries in the index database. It keeps every
 //! version of a path that no other dominates, fetches their chunks from the
 //! peers that announced them, and relays them to every peer.
 //!

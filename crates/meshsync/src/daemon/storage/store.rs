@@ -4,15 +4,17 @@
 //! version dominates ([`admit`]), each under a sequence number of this
 //! device (so peers receive it incrementally, exactly like a read-write
 //! device's own changes). An entry arrives verified (its signature) from any
-//! peer; it waits as *pending* until every chunk it lists is in the blob
-//! store, fetched from the peers that announced it, and is recorded only
-//! after those chunks are durable. Chunks no kept or pending entry needs are
-//! deleted.
+//! peer; it waits as *pending* while its pack (one file per entry version,
+//! [`BlobStore`]) is filled: each chunk copied from a kept pack that holds
+//! it, or fetched from the peers that announced it. It is recorded only
+//! after its pack is complete, in place and durable. A version that is
+//! superseded takes its pack with it.
 //!
 //! The folder's directory is never scanned and nothing in it is ever read
 //! as plaintext; a storage-only device has no key to read it with.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -40,6 +42,47 @@ const GROUP_BYTES: u64 = 256 << 20;
 /// Entries recorded in one group.
 const GROUP_ENTRIES: usize = 4096;
 
+/// The pack of an entry: BLAKE3 of its signed encoding (unique per entry
+/// version, path included), or `None` for an entry without chunks.
+fn pack_id(e: &SealedEntry) -> Option<Hash> {
+    (!e.chunks.is_empty()).then(|| Hash::of(&e.signed_encoding()))
+}
+
+/// Where each chunk of `e` starts in its pack.
+fn offsets(e: &SealedEntry) -> impl Iterator<Item = (ChunkRef, u64)> + '_ {
+    e.chunks.iter().scan(0u64, |at, c| {
+        let here = *at;
+        *at += u64::from(c.len);
+        Some((*c, here))
+    })
+}
+
+/// Where a chunk of a kept entry is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Location {
+    pack: Hash,
+    offset: u64,
+}
+
+/// A pending entry's pack being filled.
+struct Fill {
+    file: Arc<File>,
+    /// Each chunk, where it goes, and whether it is in.
+    slots: Vec<(ChunkRef, u64, bool)>,
+    missing: usize,
+}
+
+/// One place fetched bytes of a chunk go: a slot of a pack being filled
+/// (`slot`: its pack and index), or a kept pack whose copy was damaged.
+struct Target {
+    file: Arc<File>,
+    offset: u64,
+    slot: Option<(Hash, usize)>,
+}
+
+/// Every place the bytes of one chunk go.
+type Targets = Vec<Target>;
+
 /// A storage-only folder's sealed index and blob store.
 pub struct SealedStore {
     share: ShareId,
@@ -58,12 +101,16 @@ struct StoreState {
     by_seq: BTreeMap<u64, SealedEntry>,
     /// The sequences of each path's kept versions.
     by_path: HashMap<RelPath, Vec<u64>>,
-    /// Admitted entries whose chunks are not all stored yet, by path.
+    /// Admitted entries whose packs are not complete yet, by path.
     pending: HashMap<RelPath, Vec<SealedEntry>>,
     /// Which peers announced each chunk.
     sources: HashMap<Hash, Vec<DeviceId>>,
-    /// Chunks of kept entries found damaged and removed: fetched again.
-    repair: HashSet<ChunkRef>,
+    /// Where the chunks of kept entries are.
+    located: HashMap<Hash, Vec<Location>>,
+    /// Packs of pending entries being filled, by pack id.
+    filling: HashMap<Hash, Fill>,
+    /// Chunks of kept packs found damaged: fetched again, written in place.
+    repair: HashMap<ChunkRef, Vec<Location>>,
 }
 
 impl StoreState {
@@ -74,19 +121,38 @@ impl StoreState {
             .unwrap_or_default()
     }
 
-    fn referenced(&self) -> HashSet<Hash> {
-        self.by_seq
-            .values()
-            .chain(self.pending.values().flatten())
-            .flat_map(|e| e.chunks.iter().map(|c| c.hash))
-            .collect()
+    fn locate(&mut self, e: &SealedEntry) {
+        let Some(pack) = pack_id(e) else { return };
+        for (c, offset) in offsets(e) {
+            self.located
+                .entry(c.hash)
+                .or_default()
+                .push(Location { pack, offset });
+        }
+    }
+
+    fn unlocate(&mut self, e: &SealedEntry) {
+        let Some(pack) = pack_id(e) else { return };
+        for c in &e.chunks {
+            if let Some(locs) = self.located.get_mut(&c.hash) {
+                locs.retain(|l| l.pack != pack);
+                if locs.is_empty() {
+                    self.located.remove(&c.hash);
+                }
+            }
+        }
+        self.repair.retain(|_, locs| {
+            locs.retain(|l| l.pack != pack);
+            !locs.is_empty()
+        });
     }
 }
 
-/// One round's work: entries to complete and the chunks they miss.
+/// One round's work: entries to complete and the chunks they miss, with
+/// who announced them and where their bytes go.
 struct Work {
     entries: Vec<SealedEntry>,
-    missing: Vec<(ChunkRef, Vec<DeviceId>)>,
+    missing: Vec<(ChunkRef, Vec<DeviceId>, Targets)>,
 }
 
 impl SealedStore {
@@ -107,6 +173,7 @@ impl SealedStore {
                 .entry(e.path.clone())
                 .or_default()
                 .push(e.sequence);
+            state.locate(&e);
             state.by_seq.insert(e.sequence, e);
         }
         Ok(SealedStore {
@@ -142,6 +209,7 @@ impl SealedStore {
     pub fn receive(&self, peer: DeviceId, entries: Vec<SealedEntry>) -> usize {
         let mut st = self.state.lock().expect("poisoned");
         let mut admitted = 0;
+        let mut dropped = Vec::new();
         for e in entries {
             for c in &e.chunks {
                 let holders = st.sources.entry(c.hash).or_default();
@@ -162,7 +230,7 @@ impl SealedStore {
                     // Positions past the kept ones are pending entries.
                     for i in supersedes.into_iter().rev() {
                         if let Some(p) = i.checked_sub(kept.len()) {
-                            pending.remove(p);
+                            dropped.extend(pack_id(&pending.remove(p)));
                         }
                     }
                     pending.push(e);
@@ -171,6 +239,11 @@ impl SealedStore {
             }
         }
         st.pending.retain(|_, v| !v.is_empty());
+        for id in dropped {
+            if st.filling.remove(&id).is_some() {
+                self.blobs.discard_partial(&id);
+            }
+        }
         admitted
     }
 
@@ -207,81 +280,248 @@ impl SealedStore {
             .fold((0, 0), |(n, b), e| (n + 1, b + e.cipher_bytes()))
     }
 
-    /// Reads a stored chunk, verified. A damaged one is removed (and logged)
-    /// and will be fetched again. Blocking.
+    /// Reads a stored chunk, verified, from any kept pack that holds it. A
+    /// damaged copy is logged, never served, and queued to be fetched again.
+    /// Blocking.
     pub fn read_chunk(&self, hash: &Hash, len: u32) -> Option<Vec<u8>> {
-        match self.blobs.read(hash, len) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::warn!("folder {}: {e}", self.share);
-                if matches!(e, BlobError::Damaged { .. }) {
-                    self.state
-                        .lock()
-                        .expect("poisoned")
-                        .repair
-                        .insert(ChunkRef { hash: *hash, len });
+        let locations = self
+            .state
+            .lock()
+            .expect("poisoned")
+            .located
+            .get(hash)
+            .cloned()
+            .unwrap_or_default();
+        for loc in locations {
+            match self.blobs.read_chunk(&loc.pack, loc.offset, hash, len) {
+                Ok(Some(bytes)) => return Some(bytes),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("folder {}: {e}", self.share);
+                    if matches!(e, BlobError::Damaged { .. }) {
+                        let mut st = self.state.lock().expect("poisoned");
+                        let locs = st.repair.entry(ChunkRef { hash: *hash, len }).or_default();
+                        if !locs.contains(&loc) {
+                            locs.push(loc);
+                        }
+                    }
                 }
-                None
             }
+        }
+        None
+    }
+
+    /// Opens the packs of `entries` that are not being filled yet (taking
+    /// up what an earlier run left, each chunk checked).
+    fn start_fills(&self, entries: &[SealedEntry]) {
+        let new: Vec<(Hash, &SealedEntry)> = {
+            let st = self.state.lock().expect("poisoned");
+            entries
+                .iter()
+                .filter_map(|e| pack_id(e).map(|id| (id, e)))
+                .filter(|(id, _)| !st.filling.contains_key(id))
+                .collect()
+        };
+        for (id, e) in new {
+            let partial = match self.blobs.open_partial(&id, e.cipher_bytes()) {
+                Ok(p) => p,
+                Err(err) => {
+                    tracing::warn!("folder {}: {err}", self.share);
+                    continue;
+                }
+            };
+            let slots: Vec<(ChunkRef, u64, bool)> = offsets(e)
+                .map(|(c, at)| {
+                    let had =
+                        partial.reused && BlobStore::check_chunk(&partial.file, at, &c.hash, c.len);
+                    (c, at, had)
+                })
+                .collect();
+            let missing = slots.iter().filter(|s| !s.2).count();
+            let fill = Fill {
+                file: Arc::new(partial.file),
+                slots,
+                missing,
+            };
+            self.state
+                .lock()
+                .expect("poisoned")
+                .filling
+                .insert(id, fill);
         }
     }
 
+    /// Copies the chunks that `targets` want from kept packs that hold them
+    /// (verified); returns the chunks still wanted. Blocking.
+    fn copy_local(&self, wanted: Vec<(ChunkRef, Targets)>) -> Vec<(ChunkRef, Targets)> {
+        let mut left = Vec::new();
+        for (c, targets) in wanted {
+            let copied = self
+                .read_chunk(&c.hash, c.len)
+                .is_some_and(|bytes| self.put_chunk(&c, &bytes, &targets).is_ok());
+            if !copied {
+                left.push((c, targets));
+            }
+        }
+        left
+    }
+
+    /// Writes a chunk's bytes to `targets` if they hash to its name (one
+    /// hash for every target), and counts it in where it was wanted.
+    /// Blocking (small `pwrite`s).
+    fn put_chunk(
+        &self,
+        chunk: &ChunkRef,
+        bytes: &[u8],
+        targets: &Targets,
+    ) -> Result<(), BlobError> {
+        BlobStore::write_chunk(
+            targets.iter().map(|t| (&*t.file, t.offset)),
+            &chunk.hash,
+            bytes,
+        )?;
+        let mut st = self.state.lock().expect("poisoned");
+        for (pack, i) in targets.iter().filter_map(|t| t.slot) {
+            if let Some(fill) = st.filling.get_mut(&pack)
+                && let Some(slot) = fill.slots.get_mut(i)
+                && !slot.2
+            {
+                slot.2 = true;
+                fill.missing -= 1;
+            }
+        }
+        if targets.iter().any(|t| t.slot.is_none()) {
+            st.repair.remove(chunk);
+        }
+        Ok(())
+    }
+
     /// The next group of pending entries (by path, bounded in bytes and
-    /// count), and the chunks they miss with who announced them, plus
-    /// damaged chunks to fetch again. Blocking (stats the blob store).
+    /// count), their packs opened, chunks kept elsewhere copied in, and the
+    /// chunks still missing with who announced them and where they go, plus
+    /// damaged chunks to fetch again. Blocking.
     fn next_work(&self) -> Work {
-        let (mut candidates, repair, sources) = {
+        let (mut candidates, sources) = {
             let st = self.state.lock().expect("poisoned");
             let c: Vec<SealedEntry> = st.pending.values().flatten().cloned().collect();
-            (c, st.repair.clone(), st.sources.clone())
+            (c, st.sources.clone())
         };
         candidates.sort_by(|a, b| a.path.cmp(&b.path).then(a.sequence.cmp(&b.sequence)));
         let mut entries = Vec::new();
-        let mut wanted: Vec<ChunkRef> = repair.into_iter().collect();
-        let mut seen: HashSet<Hash> = wanted.iter().map(|c| c.hash).collect();
         let mut bytes = 0u64;
         for e in candidates {
             if entries.len() >= GROUP_ENTRIES || bytes >= GROUP_BYTES {
                 break;
             }
-            for c in &e.chunks {
-                if seen.insert(c.hash) && !self.blobs.has(&c.hash, c.len) {
-                    bytes += u64::from(c.len);
-                    wanted.push(*c);
-                }
-            }
+            bytes += e.cipher_bytes();
             entries.push(e);
         }
-        let missing = wanted
+        self.start_fills(&entries);
+        // Each missing chunk once, with every place it goes.
+        let mut order: Vec<ChunkRef> = Vec::new();
+        let mut wanted: HashMap<ChunkRef, Targets> = HashMap::new();
+        {
+            let st = self.state.lock().expect("poisoned");
+            for e in &entries {
+                let Some((id, fill)) =
+                    pack_id(e).and_then(|id| st.filling.get(&id).map(|f| (id, f)))
+                else {
+                    continue;
+                };
+                for (i, (c, at, _)) in fill.slots.iter().enumerate().filter(|(_, s)| !s.2) {
+                    let t = wanted.entry(*c).or_insert_with(|| {
+                        order.push(*c);
+                        Vec::new()
+                    });
+                    t.push(Target {
+                        file: Arc::clone(&fill.file),
+                        offset: *at,
+                        slot: Some((id, i)),
+                    });
+                }
+            }
+            for (c, locs) in &st.repair {
+                for loc in locs {
+                    let Ok(Some(file)) = self.blobs.open_pack(&loc.pack) else {
+                        continue;
+                    };
+                    let t = wanted.entry(*c).or_insert_with(|| {
+                        order.push(*c);
+                        Vec::new()
+                    });
+                    t.push(Target {
+                        file: Arc::new(file),
+                        offset: loc.offset,
+                        slot: None,
+                    });
+                }
+            }
+        }
+        let wanted: Vec<(ChunkRef, Targets)> = order
             .into_iter()
-            .map(|c| {
+            .filter_map(|c| wanted.remove(&c).map(|t| (c, t)))
+            .collect();
+        let missing = self
+            .copy_local(wanted)
+            .into_iter()
+            .map(|(c, targets)| {
                 let from = sources.get(&c.hash).cloned().unwrap_or_default();
-                (c, from)
+                (c, from, targets)
             })
             .collect();
         Work { entries, missing }
     }
 
-    /// Records the entries of `group` whose chunks are all stored (and
-    /// durable: the caller synced), dropping the kept versions they
-    /// supersede and the chunks nothing needs any more. Returns how many
-    /// were recorded.
-    fn commit(&self, db: &IndexDb, group: &[SealedEntry]) -> Result<usize> {
-        let complete: Vec<&SealedEntry> = group
-            .iter()
-            .filter(|e| e.chunks.iter().all(|c| self.blobs.has(&c.hash, c.len)))
-            .collect();
+    /// Records the entries of `group` whose packs are complete: moves the
+    /// packs into place, makes them durable (one `syncfs`), then records
+    /// the entries, dropping the kept versions they supersede and their
+    /// packs. Returns how many were recorded. Blocking.
+    fn record(&self, db: &IndexDb, group: &[SealedEntry]) -> Result<usize> {
+        let mut complete: Vec<&SealedEntry> = Vec::new();
+        {
+            let st = self.state.lock().expect("poisoned");
+            for e in group {
+                match pack_id(e) {
+                    None => complete.push(e),
+                    Some(id) if st.filling.get(&id).is_some_and(|f| f.missing == 0) => {
+                        complete.push(e)
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let mut moved = Vec::new();
+        complete.retain(|e| match pack_id(e) {
+            None => true,
+            Some(id) => match self.blobs.finish(&id) {
+                Ok(()) => {
+                    moved.push(id);
+                    true
+                }
+                Err(err) => {
+                    tracing::warn!("folder {}: {err}", self.share);
+                    self.state.lock().expect("poisoned").filling.remove(&id);
+                    false
+                }
+            },
+        });
+        self.blobs.sync()?;
         let mut st = self.state.lock().expect("poisoned");
+        for id in &moved {
+            st.filling.remove(id);
+        }
         let mut upserts: Vec<SealedEntry> = Vec::new();
         let mut removed: Vec<u64> = Vec::new();
-        let mut dropped_chunks: Vec<Hash> = Vec::new();
+        let mut dropped_packs: Vec<Hash> = Vec::new();
         let mut last = st.last_sequence;
         for e in complete {
             // Out of pending (whatever happens to it now).
             let Some(pending) = st.pending.get_mut(&e.path) else {
+                dropped_packs.extend(pack_id(e));
                 continue;
             };
             let Some(pos) = pending.iter().position(|p| p == e) else {
+                dropped_packs.extend(pack_id(e));
                 continue;
             };
             pending.remove(pos);
@@ -295,7 +535,10 @@ impl SealedStore {
                 })
                 .unwrap_or_default();
             let supersedes = match admit(kept.iter().map(|(_, k)| &k.version), &e.version) {
-                Admission::Known | Admission::Dominated => continue,
+                Admission::Known | Admission::Dominated => {
+                    dropped_packs.extend(pack_id(e));
+                    continue;
+                }
                 Admission::Admit { supersedes } => supersedes,
             };
             for i in supersedes {
@@ -304,59 +547,53 @@ impl SealedStore {
                 if let Some(seqs) = st.by_path.get_mut(&e.path) {
                     seqs.retain(|s| s != seq);
                 }
+                st.unlocate(old);
                 removed.push(*seq);
-                dropped_chunks.extend(old.chunks.iter().map(|c| c.hash));
+                dropped_packs.extend(pack_id(old));
             }
             last += 1;
             let mut entry = e.clone();
             entry.sequence = last;
             st.by_path.entry(e.path.clone()).or_default().push(last);
+            st.locate(&entry);
             st.by_seq.insert(last, entry.clone());
             upserts.push(entry);
         }
         st.pending.retain(|_, v| !v.is_empty());
         st.by_path.retain(|_, v| !v.is_empty());
-        let repaired: Vec<ChunkRef> = st
-            .repair
-            .iter()
-            .filter(|c| self.blobs.has(&c.hash, c.len))
-            .copied()
-            .collect();
-        for c in repaired {
-            st.repair.remove(&c);
-        }
-        if upserts.is_empty() && removed.is_empty() {
-            return Ok(0);
-        }
-        let refs: Vec<&SealedEntry> = upserts.iter().collect();
-        // Bookkeeping first in memory, then durably; a failed commit leaves
-        // the entries pending again.
-        if let Err(e) = db.commit_sealed(&self.tree_id, last, &refs, &removed) {
-            for u in &upserts {
-                st.by_seq.remove(&u.sequence);
-                if let Some(seqs) = st.by_path.get_mut(&u.path) {
-                    seqs.retain(|s| *s != u.sequence);
+        if !upserts.is_empty() || !removed.is_empty() {
+            let refs: Vec<&SealedEntry> = upserts.iter().collect();
+            // Bookkeeping first in memory, then durably; a failed commit
+            // leaves the entries pending again (their packs are fetched
+            // again).
+            if let Err(e) = db.commit_sealed(&self.tree_id, last, &refs, &removed) {
+                for u in &upserts {
+                    st.by_seq.remove(&u.sequence);
+                    if let Some(seqs) = st.by_path.get_mut(&u.path) {
+                        seqs.retain(|s| *s != u.sequence);
+                    }
+                    st.unlocate(u);
+                    if let Some(id) = pack_id(u) {
+                        let _ = self.blobs.remove(&id);
+                    }
+                    st.pending
+                        .entry(u.path.clone())
+                        .or_default()
+                        .push(u.clone());
                 }
-                st.pending
-                    .entry(u.path.clone())
-                    .or_default()
-                    .push(u.clone());
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
-        st.last_sequence = last;
-        if !dropped_chunks.is_empty() {
-            let referenced = st.referenced();
-            for h in dropped_chunks {
-                if !referenced.contains(&h)
-                    && let Err(e) = self.blobs.remove(&h)
-                {
-                    tracing::warn!("folder {}: {e}", self.share);
-                }
-            }
+            st.last_sequence = last;
         }
         drop(st);
-        let _ = self.sequence.send(last);
+        for id in dropped_packs {
+            if let Err(e) = self.blobs.remove(&id) {
+                tracing::warn!("folder {}: {e}", self.share);
+            }
+        }
+        if !upserts.is_empty() || !removed.is_empty() {
+            let _ = self.sequence.send(last);
+        }
         Ok(upserts.len())
     }
 }
@@ -403,10 +640,7 @@ pub async fn run_round(daemon: &Arc<Daemon>, rt: &Arc<FolderRuntime>, store: &Ar
         if !work.entries.is_empty() {
             let (s, db) = (Arc::clone(store), Arc::clone(&daemon.db));
             let entries = work.entries;
-            recording = Some(tokio::task::spawn_blocking(move || {
-                s.blobs.sync()?;
-                s.commit(&db, &entries)
-            }));
+            recording = Some(tokio::task::spawn_blocking(move || s.record(&db, &entries)));
         }
         if recorded == 0 && fetched == 0 {
             // No chunk came and nothing was recorded: record what is
@@ -475,12 +709,12 @@ fn set_need(folder: &Folder, store: &SealedStore) {
 async fn fetch_missing(
     daemon: &Arc<Daemon>,
     store: &Arc<SealedStore>,
-    missing: Vec<(ChunkRef, Vec<DeviceId>)>,
+    missing: Vec<(ChunkRef, Vec<DeviceId>, Targets)>,
 ) -> usize {
     let inflight: Arc<Mutex<HashMap<DeviceId, usize>>> = Arc::default();
     let mut tasks = JoinSet::new();
     let (mut stored, mut bytes) = (0, 0u64);
-    for (chunk, holders) in missing {
+    for (chunk, holders, targets) in missing {
         while tasks.len() >= WINDOW
             || (!tasks.is_empty() && bytes + u64::from(chunk.len) > WINDOW_BYTES)
         {
@@ -491,7 +725,10 @@ async fn fetch_missing(
         }
         bytes += u64::from(chunk.len);
         let (d, s, inf) = (Arc::clone(daemon), Arc::clone(store), Arc::clone(&inflight));
-        tasks.spawn(async move { (fetch_one(&d, &s, chunk, holders, &inf).await, chunk.len) });
+        tasks.spawn(async move {
+            let ok = fetch_one(&d, &s, chunk, holders, targets, &inf).await;
+            (ok, chunk.len)
+        });
     }
     while let Some(r) = tasks.join_next().await {
         if let Ok((true, _)) = r {
@@ -506,8 +743,10 @@ async fn fetch_one(
     store: &Arc<SealedStore>,
     chunk: ChunkRef,
     mut holders: Vec<DeviceId>,
+    targets: Targets,
     inflight: &Mutex<HashMap<DeviceId, usize>>,
 ) -> bool {
+    let targets = Arc::new(targets);
     {
         let inf = inflight.lock().expect("poisoned");
         holders.sort_by_key(|p| inf.get(p).copied().unwrap_or(0));
@@ -538,10 +777,10 @@ async fn fetch_one(
         // A small chunk is written on this task: a hand-off to the blocking
         // pool costs more than the write (as for the daemon's small files).
         let written = if bytes.len() <= INLINE_WRITE {
-            Ok(store.blobs.write(&chunk.hash, &bytes))
+            Ok(store.put_chunk(&chunk, &bytes, &targets))
         } else {
-            let s = Arc::clone(store);
-            tokio::task::spawn_blocking(move || s.blobs.write(&chunk.hash, &bytes)).await
+            let (s, t) = (Arc::clone(store), Arc::clone(&targets));
+            tokio::task::spawn_blocking(move || s.put_chunk(&chunk, &bytes, &t)).await
         };
         match written {
             Ok(Ok(())) => {
@@ -641,8 +880,26 @@ mod tests {
             .ciphertext
     }
 
+    /// Serves `work`'s missing chunks from `have` (ciphertexts) as a peer
+    /// would; returns how many it had.
+    fn serve(s: &SealedStore, work: Work, have: &[&[u8]]) -> usize {
+        let mut n = 0;
+        for (c, _, targets) in work.missing {
+            let cts: Vec<Vec<u8>> = have.iter().map(|p| ciphertext(p)).collect();
+            if let Some(ct) = cts.iter().find(|ct| Hash::of(ct) == c.hash) {
+                s.put_chunk(&c, ct, &targets).unwrap();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn pack_len(e: &SealedEntry) -> u64 {
+        e.cipher_bytes()
+    }
+
     #[test]
-    fn entries_wait_for_their_chunks_and_supersede_older_versions() {
+    fn entries_wait_for_their_packs_and_supersede_older_versions() {
         let dir = tempfile::tempdir().unwrap();
         let db = IndexDb::open(dir.path()).unwrap();
         let s = store(dir.path(), &db);
@@ -655,26 +912,31 @@ mod tests {
         assert_eq!(work.entries.len(), 1);
         assert_eq!(work.missing.len(), 1);
         assert_eq!(work.missing[0].1, vec![peer]);
-        // Without the chunk nothing is recorded.
-        assert_eq!(s.commit(&db, &work.entries).unwrap(), 0);
+        // Without the chunk nothing is recorded, and nothing is served.
+        assert_eq!(s.record(&db, &work.entries).unwrap(), 0);
         let ct = ciphertext(b"one");
-        s.blobs.write(&Hash::of(&ct), &ct).unwrap();
-        assert_eq!(s.commit(&db, &work.entries).unwrap(), 1);
+        assert_eq!(s.read_chunk(&Hash::of(&ct), ct.len() as u32), None);
+        let entries = work.entries.clone();
+        assert_eq!(serve(&s, work, &[b"one"]), 1);
+        assert_eq!(s.record(&db, &entries).unwrap(), 1);
         assert_eq!(s.changes_since(0).0.len(), 1);
         assert_eq!(s.local_counts(), (1, ct.len() as u64));
+        let p1 = pack_id(&v1).unwrap();
+        assert!(s.blobs.has_pack(&p1, pack_len(&v1)));
+        assert_eq!(s.read_chunk(&Hash::of(&ct), ct.len() as u32), Some(ct));
 
-        // A newer version replaces it and its chunk goes.
+        // A newer version replaces it and its pack goes.
         let v2 = sealed("p", &[(1, 2)], Some(b"two"));
-        assert_eq!(s.receive(peer, vec![v2]), 1);
-        let ct2 = ciphertext(b"two");
-        s.blobs.write(&Hash::of(&ct2), &ct2).unwrap();
+        assert_eq!(s.receive(peer, vec![v2.clone()]), 1);
         let work = s.next_work();
-        assert_eq!(s.commit(&db, &work.entries).unwrap(), 1);
-        let (entries, last) = s.changes_since(0);
-        assert_eq!((entries.len(), last), (1, 2));
-        assert_eq!(entries[0].sequence, 2);
-        assert!(!s.blobs.has(&Hash::of(&ct), ct.len() as u32));
-        assert!(s.blobs.has(&Hash::of(&ct2), ct2.len() as u32));
+        let entries = work.entries.clone();
+        assert_eq!(serve(&s, work, &[b"two"]), 1);
+        assert_eq!(s.record(&db, &entries).unwrap(), 1);
+        let (kept, last) = s.changes_since(0);
+        assert_eq!((kept.len(), last), (1, 2));
+        assert_eq!(kept[0].sequence, 2);
+        assert!(!s.blobs.has_pack(&p1, pack_len(&v1)));
+        assert!(s.blobs.has_pack(&pack_id(&v2).unwrap(), pack_len(&v2)));
         // The older one arriving late is dominated.
         assert_eq!(s.receive(peer, vec![v1]), 0);
 
@@ -682,31 +944,71 @@ mod tests {
         let other = sealed("p", &[(2, 9)], None);
         assert_eq!(s.receive(peer, vec![other]), 1);
         let work = s.next_work();
-        assert_eq!(s.commit(&db, &work.entries).unwrap(), 1);
+        assert_eq!(s.record(&db, &work.entries).unwrap(), 1);
         assert_eq!(s.changes_since(0).0.len(), 2);
+
+        // A chunk kept already is copied into a new pack, not fetched.
+        let copy = sealed("q", &[(1, 3)], Some(b"two"));
+        assert_eq!(s.receive(peer, vec![copy.clone()]), 1);
+        let work = s.next_work();
+        assert!(work.missing.is_empty());
+        assert_eq!(s.record(&db, &work.entries).unwrap(), 1);
+        assert!(s.blobs.has_pack(&pack_id(&copy).unwrap(), pack_len(&copy)));
 
         // Everything survives a restart.
         let stored = db.load_sealed("sealed-test").unwrap();
-        assert_eq!(stored.last_sequence, 3);
-        assert_eq!(stored.entries.len(), 2);
+        assert_eq!(stored.last_sequence, 4);
+        assert_eq!(stored.entries.len(), 3);
     }
 
     #[test]
-    fn a_damaged_chunk_is_dropped_and_queued_for_repair() {
+    fn a_superseded_pending_entry_takes_its_partial_pack_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let db = IndexDb::open(dir.path()).unwrap();
         let s = store(dir.path(), &db);
+        let peer = DeviceId::from_bytes([1; 32]);
+        let v1 = sealed("p", &[(1, 1)], Some(b"one"));
+        s.receive(peer, vec![v1.clone()]);
+        let work = s.next_work();
+        assert_eq!(work.missing.len(), 1);
+        let partial = s
+            .blobs
+            .dir()
+            .join("partial")
+            .join(pack_id(&v1).unwrap().to_hex());
+        assert!(partial.exists());
+        s.receive(peer, vec![sealed("p", &[(1, 2)], Some(b"two"))]);
+        assert!(!partial.exists());
+        // A late write for it changes nothing.
+        assert_eq!(serve(&s, work, &[b"one"]), 1);
+        assert_eq!(s.record(&db, &[v1]).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_damaged_chunk_is_never_served_and_is_repaired_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = IndexDb::open(dir.path()).unwrap();
+        let s = store(dir.path(), &db);
+        let peer = DeviceId::from_bytes([1; 32]);
+        let e = sealed("p", &[(1, 1)], Some(b"data"));
+        s.receive(peer, vec![e.clone()]);
+        let work = s.next_work();
+        let entries = work.entries.clone();
+        serve(&s, work, &[b"data"]);
+        assert_eq!(s.record(&db, &entries).unwrap(), 1);
         let ct = ciphertext(b"data");
         let h = Hash::of(&ct);
-        s.blobs.write(&h, &ct).unwrap();
-        let blob = s.blobs.dir().join(&h.to_hex()[..2]).join(h.to_hex());
-        let mut tampered = ct.clone();
+        let pack = s.blobs.pack_path(&pack_id(&e).unwrap());
+        let mut tampered = std::fs::read(&pack).unwrap();
         tampered[3] ^= 0x40;
-        std::fs::write(&blob, &tampered).unwrap();
+        std::fs::write(&pack, &tampered).unwrap();
         assert_eq!(s.read_chunk(&h, ct.len() as u32), None);
-        assert!(!blob.exists());
+        assert!(s.needs_repair());
         let work = s.next_work();
         assert_eq!(work.missing.len(), 1);
         assert_eq!(work.missing[0].0.hash, h);
+        assert_eq!(serve(&s, work, &[b"data"]), 1);
+        assert!(!s.needs_repair());
+        assert_eq!(s.read_chunk(&h, ct.len() as u32), Some(ct));
     }
 }
