@@ -37,7 +37,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::conflict;
 use crate::entry::{CompareMode, FileEntry, FileKind};
-use crate::global::GlobalIndex;
 use crate::ids::ShortId;
 use crate::path::RelPath;
 use crate::plan::{self, Action, Direction, EntryMap, Plan, PlanInput, Side};
@@ -49,8 +48,8 @@ pub struct PullInput<'a> {
     /// This device's index (as scanned and recorded).
     pub local: &'a dyn EntryMap,
     /// The global view, folded from `local` and every authoritative peer's
-    /// index ([`crate::global::global_index`], `local` first).
-    pub global: &'a GlobalIndex,
+    /// index ([`crate::global::global_view`], `local` first).
+    pub global: &'a dyn EntryMap,
     /// This device's version-vector key.
     pub device: ShortId,
     /// This device's version clock (never below a counter it issued
@@ -179,10 +178,10 @@ fn is_kept_copy(e: &FileEntry, loser: &FileEntry) -> bool {
 /// no authoritative peer has, and versions newer than or concurrent with
 /// theirs (`swarm` is the global view of the authoritative peers alone).
 /// What a receive-only folder or a read-only key shows as local changes.
-pub fn local_only_changes(local: &dyn EntryMap, swarm: &GlobalIndex) -> u64 {
+pub fn local_only_changes(local: &dyn EntryMap, swarm: &dyn EntryMap) -> u64 {
     local
         .entries()
-        .filter(|e| match swarm.get(&e.path) {
+        .filter(|e| match swarm.entry(&e.path) {
             None => e.is_live(),
             Some(t) => matches!(
                 e.version.compare(&t.version),

@@ -15,18 +15,19 @@
 //! verified. Content-defined chunks are not block-aligned, so a reflink could
 //! share almost none of them anyway.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use meshsync_core::entry::{Content, FileKind, Timestamp};
 use meshsync_core::ids::Hash;
+use meshsync_core::path::RelPath;
 
 use std::os::unix::fs::FileExt;
 
-use crate::db::LocalStat;
-use crate::scan::ScanOutcome;
+use crate::db::{LocalStat, StoredIndex};
+use crate::scan::disk_path;
 
 #[derive(Debug, Clone)]
 struct Holder {
@@ -52,10 +53,15 @@ pub struct ChunkMap {
 }
 
 impl ChunkMap {
-    /// Every chunk of every live, hashed file a scan of `root` found.
-    pub fn from_index(root: &Path, scan: &ScanOutcome) -> Self {
+    /// Every chunk of every live, hashed file in `index` (a scan of `root`,
+    /// with the on-disk spellings the scan saw).
+    pub fn from_index(
+        root: &Path,
+        index: &StoredIndex,
+        disk_names: &BTreeMap<RelPath, PathBuf>,
+    ) -> Self {
         let mut map = ChunkMap::default();
-        for (path, stored) in &scan.index {
+        for (path, stored) in index {
             let e = &stored.entry;
             if let (true, FileKind::File, Some(content), Some(local)) = (
                 e.is_live(),
@@ -63,7 +69,13 @@ impl ChunkMap {
                 e.content.as_ref(),
                 stored.local.as_ref(),
             ) {
-                map.add(scan.disk_path(root, path), local, e.size, e.mtime, content);
+                map.add(
+                    disk_path(root, disk_names, path),
+                    local,
+                    e.size,
+                    e.mtime,
+                    content,
+                );
             }
         }
         map

@@ -604,8 +604,8 @@ impl<'a> Run<'a> {
             opts,
             progress,
             chunk_maps: [
-                ChunkMap::from_index(&trees[0].root, &scans[0]),
-                ChunkMap::from_index(&trees[1].root, &scans[1]),
+                ChunkMap::from_index(&trees[0].root, &scans[0].index, &scans[0].disk_names),
+                ChunkMap::from_index(&trees[1].root, &scans[1].index, &scans[1].disk_names),
             ],
             updates: Default::default(),
             removals: Default::default(),

@@ -19,21 +19,21 @@
 //! It must never apply a remote change that no authoritative peer signed, or
 //! delete anything while the marker is missing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use meshsync_core::entry::{FileEntry, FileKind};
-use meshsync_core::global::{ChunkSources, global_index};
+use meshsync_core::global::{ChunkSources, global_view};
 use meshsync_core::ids::{DeviceId, ShareId, ShortId};
 use meshsync_core::ignore::{IGNORE_FILE, IgnoreRules};
 use meshsync_core::keys::{FolderKey, KeyKind};
 use meshsync_core::path::{META_DIR, RelPath};
 use meshsync_core::plan::{Action, EntryMap, Index};
 use meshsync_core::pull::PullInput;
-use meshsync_store::db::{IndexDb, StoredEntry, TreeMeta, TreeUpdate};
-use meshsync_store::scan::{self, HashPolicy, ScanOptions, ScanOutcome};
+use meshsync_store::db::{IndexDb, StoredEntry, StoredIndex, TreeMeta, TreeUpdate};
+use meshsync_store::scan::{self, HashPolicy, ScanChanges, ScanOptions};
 use serde::Serialize;
 
 use crate::config::{FolderConfig, FolderMode};
@@ -66,10 +66,29 @@ pub struct RemoteIndex {
     pub authoritative: bool,
 }
 
+/// The local index and the on-disk spellings of names the last scan saw.
+#[derive(Default)]
+pub struct LocalTree {
+    /// Entries with their local stat facts. A scan reads a snapshot of it
+    /// outside the lock (scans and pulls of one folder never overlap), and
+    /// its changes are then made in place: the index exists once, not once
+    /// more per scan.
+    pub index: Arc<StoredIndex>,
+    /// Names whose spelling on disk is not their NFC form.
+    pub disk_names: BTreeMap<RelPath, PathBuf>,
+}
+
+impl LocalTree {
+    /// The index, to change (copied only if a scan still holds a snapshot).
+    fn index_mut(&mut self) -> &mut StoredIndex {
+        Arc::make_mut(&mut self.index)
+    }
+}
+
 /// Everything mutable about a folder.
 pub struct FolderState {
     /// The local index (entries + local stat facts) and on-disk names.
-    pub local: ScanOutcome,
+    pub local: LocalTree,
     /// Index bookkeeping (sequence numbers).
     pub meta: TreeMeta,
     /// What each connected (or once connected) peer announced.
@@ -138,10 +157,9 @@ impl Folder {
             tree_id,
             paused: std::sync::atomic::AtomicBool::new(paused),
             state: std::sync::Mutex::new(FolderState {
-                local: ScanOutcome {
-                    index: stored,
-                    sequence: meta.sequence,
-                    ..ScanOutcome::default()
+                local: LocalTree {
+                    index: Arc::new(stored),
+                    disk_names: BTreeMap::new(),
                 },
                 meta,
                 remotes: HashMap::new(),
@@ -185,17 +203,18 @@ impl Folder {
         };
         let (previous, last_seq, clock) = {
             let st = self.state.lock().expect("poisoned");
-            // A copy: peers and the API keep reading the current index while
-            // the scan runs (scans and pulls of one folder never overlap).
+            // A snapshot: peers and the API keep reading the current index
+            // while the scan runs (scans and pulls of one folder never
+            // overlap, so nothing else changes it meanwhile).
             (
-                st.local.index.clone(),
+                Arc::clone(&st.local.index),
                 st.meta.sequence,
                 st.meta.clock(now_unix_secs),
             )
         };
-        let outcome = scan::scan(
+        let outcome = scan::scan_changes(
             &self.root,
-            previous,
+            &previous,
             &ignore,
             self.device,
             last_seq,
@@ -205,16 +224,13 @@ impl Folder {
                 clock,
             },
         );
+        drop(previous);
         meshsync_store::write::remove_stale_temps(&outcome.stale_temps);
-        let changed = outcome.changed.len();
+        let changed = outcome.updates.len();
         let mut st = self.state.lock().expect("poisoned");
         st.meta.sequence = outcome.sequence;
         st.meta.last_counter = st.meta.last_counter.max(outcome.last_counter);
-        let upserts: Vec<&StoredEntry> = outcome
-            .changed
-            .iter()
-            .filter_map(|p| outcome.index.get(p))
-            .collect();
+        let upserts: Vec<&StoredEntry> = outcome.updates.iter().collect();
         db.commit(&[TreeUpdate {
             tree_id: &self.tree_id,
             meta: &st.meta,
@@ -226,7 +242,14 @@ impl Folder {
             .iter()
             .find(|p| p.is_error)
             .map(|p| format!("{}: {}", p.path.display(), p.reason));
-        st.local = outcome;
+        let ScanChanges {
+            updates,
+            forgotten,
+            disk_names,
+            ..
+        } = outcome;
+        ScanChanges::apply_to(updates, &forgotten, st.local.index_mut());
+        st.local.disk_names = disk_names;
         Ok(changed)
     }
 
@@ -285,14 +308,14 @@ impl Folder {
         {
             return (Vec::new(), sources);
         }
-        let mut authoritative: Vec<&dyn EntryMap> = vec![&st.local.index];
+        let mut authoritative: Vec<&dyn EntryMap> = vec![&*st.local.index];
         let mut peers: Vec<(&DeviceId, &RemoteIndex)> =
             st.remotes.iter().filter(|(_, r)| r.authoritative).collect();
         peers.sort_by_key(|(d, _)| **d);
         authoritative.extend(peers.iter().map(|(_, r)| &r.entries as &dyn EntryMap));
-        let global = global_index(&authoritative);
+        let global = global_view(&authoritative);
         let plan = meshsync_core::pull::plan_pull(&PullInput {
-            local: &st.local.index,
+            local: &*st.local.index,
             global: &global,
             device: self.device,
             clock: st.meta.clock(now_unix_secs),
@@ -317,8 +340,8 @@ impl Folder {
             0
         } else {
             // Changes here that no authoritative peer has.
-            let theirs = global_index(&authoritative[1..]);
-            meshsync_core::pull::local_only_changes(&st.local.index, &theirs)
+            let theirs = global_view(&authoritative[1..]);
+            meshsync_core::pull::local_only_changes(&*st.local.index, &theirs)
         };
         st.local_only_changes = local_only;
         st.refused = refused;
@@ -373,7 +396,7 @@ impl Folder {
     /// Where `path` is on disk.
     pub fn abs(&self, path: &RelPath) -> PathBuf {
         let st = self.state.lock().expect("poisoned");
-        st.local.disk_path(&self.root, path)
+        scan::disk_path(&self.root, &st.local.disk_names, path)
     }
 
     /// What the index says of `path`.
@@ -400,7 +423,7 @@ impl Folder {
             st.meta.sequence += 1;
             c.entry.sequence = st.meta.sequence;
             paths.push(c.entry.path.clone());
-            st.local.index.insert(c.entry.path.clone(), c);
+            st.local.index_mut().insert(c.entry.path.clone(), c);
         }
         let upserts: Vec<&StoredEntry> =
             paths.iter().filter_map(|p| st.local.index.get(p)).collect();
@@ -426,6 +449,10 @@ impl Folder {
     /// A snapshot of the local index's entries (for the chunk server).
     pub fn local_chunk_map(&self) -> meshsync_store::chunkmap::ChunkMap {
         let st = self.state.lock().expect("poisoned");
-        meshsync_store::chunkmap::ChunkMap::from_index(&self.root, &st.local)
+        meshsync_store::chunkmap::ChunkMap::from_index(
+            &self.root,
+            &st.local.index,
+            &st.local.disk_names,
+        )
     }
 }
