@@ -45,7 +45,6 @@ pub mod sealed;
 pub mod tracker;
 
 mod batch;
-mod read_proof;
 
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;

@@ -289,10 +289,11 @@ fn read_only_key_claiming_read_write_cannot_sign_its_batches() {
     );
 }
 
-/// The read proof computed by hand matches the test vector of
-/// docs/protocol.md (so the attacks above use the real derivation).
+/// The read proof computed by hand matches the test vector of docs/keys.md
+/// ("Proofs", data key 32 × 0x11), so the attacks above use the real
+/// derivation.
 #[test]
-fn read_proof_helper_matches_the_protocol_test_vector() {
+fn read_proof_helper_matches_the_keys_test_vector() {
     let data_key = meshsync_core::keys::DataKey::from_bytes(&[0x11; 32]);
     let proof = read_proof(&data_key, 1, &[0xaa; 32]);
     let hex: String = proof.iter().map(|b| format!("{b:02x}")).collect();

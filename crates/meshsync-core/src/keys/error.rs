@@ -117,6 +117,14 @@ pub enum KeyError {
     )]
     BadAccessProof,
 
+    /// The peer's read proof does not match: it does not hold this folder's
+    /// data key (a storage-only peer claiming to read), or the proof was made
+    /// for another connection or reflected back from this side.
+    #[error(
+        "the read proof does not match: the peer holds no data key of this folder, or the proof belongs to another connection or direction"
+    )]
+    BadReadProof,
+
     /// A path component to encrypt is empty or contains `/`.
     #[error("a path component to encrypt must be non-empty and contain no '/'")]
     InvalidNameComponent,

@@ -17,7 +17,8 @@
 //! - [`FolderKey`]: any of the three, as parsed from a key string.
 //! - [`AccessKey`]: the same for every key type of one folder; proves to a peer,
 //!   bound to one TLS connection, that this side holds some key of the folder
-//!   ([`AccessProof`]).
+//!   ([`AccessProof`]); [`DataKey::prove_read`] proves the same of the data
+//!   key ([`ReadProof`]: this side can read, it is not a storage-only peer).
 //! - [`BatchSignature`], [`sign_batch`], [`verify_batch`]: signed index updates.
 //! - [`EntrySignature`], [`sign_entry`], [`verify_entry`] and
 //!   [`DataKey::seal_metadata`]: the primitives under sealed index entries
@@ -57,6 +58,6 @@ pub use folder::{
 pub use password::{
     ARGON2_M_COST_KIB, ARGON2_P_COST, ARGON2_T_COST, KEY_FILE_MIN_LEN, SALT_MIN_LEN, SessionSecret,
 };
-pub use proof::{AccessProof, CHANNEL_BINDING_MIN_LEN, ProofRole};
+pub use proof::{AccessProof, CHANNEL_BINDING_MIN_LEN, ProofRole, ReadProof};
 pub use sealed::{EntrySignature, METADATA_OVERHEAD, sign_entry, verify_entry};
 pub use signing::{BatchSignature, sign_batch, verify_batch};

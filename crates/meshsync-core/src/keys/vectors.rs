@@ -96,6 +96,49 @@ fn access_proofs() {
 }
 
 #[test]
+fn read_proofs() {
+    let data = vector_key().data_key().clone();
+    let binding = [0xaa; 32];
+    let initiator = data.prove_read(ProofRole::Initiator, &binding).unwrap();
+    let responder = data.prove_read(ProofRole::Responder, &binding).unwrap();
+    assert_eq!(
+        hex(&initiator.to_bytes()),
+        "6a18ad606ba0a479817d559da30f90d1dab6f0ed9dab31190fb3f606c7b57cdb"
+    );
+    assert_eq!(
+        hex(&responder.to_bytes()),
+        "9f7982ce39ea40f5f131b290f1bf8b26f876211e499c2d0b34dcac695ee43b2f"
+    );
+    // The vector protocol.md carried before the read proof moved here.
+    let other = DataKey::from_bytes(&[0x11; 32]);
+    assert_eq!(
+        hex(&other
+            .prove_read(ProofRole::Initiator, &binding)
+            .unwrap()
+            .to_bytes()),
+        "118f395974c5b12f2db8b919b711c88b66edf0efea16fc00a98a1b674729fddc"
+    );
+}
+
+#[test]
+fn discovery_names() {
+    let access = vector_key().access_key().clone();
+    assert_eq!(
+        hex(&discovery::tracker_lookup_key(&access)),
+        "08d4f5ed519cbf16df5fed5d691fa07258eecc0f814edfe3d76eda57eb73c99d"
+    );
+    assert_eq!(
+        hex(&discovery::dht_info_hash(&access, 20_000)),
+        "c5326bf87188fb2324bb453cc52a5f9bffc11d34"
+    );
+    let device = crate::ids::DeviceId::from_bytes([0x22; 32]);
+    assert_eq!(
+        hex(&discovery::LanTagKey::new(&access).tag(&device, 5_000_000, &[1, 2, 3])),
+        "386ed435ea089e772253a1c73c09e004"
+    );
+}
+
+#[test]
 fn encrypted_name() {
     assert_eq!(
         vector_key().data_key().encrypt_name("hello.txt").unwrap(),
@@ -193,8 +236,39 @@ fn intermediate_values() {
         hex(&okm[32..]),
         "7df3195a1ad57cf24f7172137baa6a462cf5173619ab3963"
     );
+    assert_eq!(
+        hex(&blake3::derive_key(
+            super::proof::READ_PROOF_KEY_CONTEXT,
+            key.data_key().as_bytes()
+        )),
+        "f6143c3387ab83c70e2bd29636551ceca7e5c54de90f314b623eabaad1bd79ea"
+    );
+    assert_eq!(
+        hex(&blake3::derive_key(
+            discovery::LAN_TAG_CONTEXT,
+            key.access_key().as_bytes()
+        )),
+        "9ab476f3938109236758b1e92963182638b2afc929235ee20ed5bd83702649e9"
+    );
     assert_eq!(super::signing::BATCH_LABEL.len(), 24);
-    assert_eq!(super::proof::PROOF_LABEL.len(), 25);
+    assert_eq!(super::proof::PROOF_LABEL, b"meshsync v1 access proof\0");
+    assert_eq!(super::proof::READ_PROOF_LABEL, b"meshsync v1 read proof\0");
+    assert_eq!(
+        super::proof::READ_PROOF_KEY_CONTEXT,
+        "meshsync v1 folder read proof key"
+    );
+    assert_eq!(
+        discovery::TRACKER_LOOKUP_CONTEXT,
+        "meshsync v1 tracker lookup key"
+    );
+    assert_eq!(
+        discovery::DHT_INFO_HASH_CONTEXT,
+        "meshsync v1 dht info-hash"
+    );
+    assert_eq!(
+        discovery::LAN_TAG_CONTEXT,
+        "meshsync v1 lan announcement tag key"
+    );
     assert_eq!(super::crypt::NAME_AAD, b"meshsync v1 name");
     assert_eq!(super::crypt::CHUNK_AAD, b"meshsync v1 chunk");
     assert_eq!(

@@ -53,7 +53,7 @@ use std::collections::{BTreeMap, VecDeque};
 use meshsync_core::entry::FileEntry;
 use meshsync_core::ids::{DeviceId, ShareId};
 use meshsync_core::keys::{
-    AccessProof, FolderKey, KeyError, KeyKind, ProofRole, sign_batch, verify_batch,
+    AccessProof, FolderKey, KeyError, KeyKind, ProofRole, ReadProof, sign_batch, verify_batch,
 };
 use meshsync_core::path::RelPath;
 use serde::Serialize;
@@ -73,7 +73,6 @@ use crate::limits::{
     MAX_OUTSTANDING_PINGS, MAX_REASON_LEN, MAX_UNPROVEN_FRAME_LEN,
 };
 use crate::message::{self, Message, MessageType, RefuseReason};
-use crate::read_proof::{prove_read, verify_read};
 
 /// The protocol state of one connection.
 #[derive(Debug)]
@@ -293,7 +292,9 @@ impl Connection {
             .to_bytes();
         let read_proof = key
             .data_key()
-            .map(|data| prove_read(data, self.role, &self.channel_binding));
+            .map(|data| data.prove_read(self.role, &self.channel_binding))
+            .transpose()?
+            .map(|proof| proof.to_bytes());
         let message = Message::OpenFolder(message::OpenFolder {
             share,
             access_proof,
@@ -690,11 +691,13 @@ impl Connection {
         match (offer.kind.can_read(), &offer.read_proof, key.data_key()) {
             (true, None, _) => Err(RejectReason::MissingReadProof),
             (true, Some(proof), Some(data)) => {
-                if verify_read(data, peer_role, &self.channel_binding, proof) {
-                    Ok(true)
-                } else {
-                    Err(RejectReason::BadReadProof)
-                }
+                data.verify_read_proof(
+                    peer_role,
+                    &self.channel_binding,
+                    &ReadProof::from_bytes(*proof),
+                )
+                .map_err(|_| RejectReason::BadReadProof)?;
+                Ok(true)
             }
             (true, Some(_), None) => Ok(false),
             (false, Some(_), _) => Err(RejectReason::UnexpectedReadProof),

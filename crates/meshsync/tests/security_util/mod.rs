@@ -135,9 +135,8 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// The read proof of docs/protocol.md, computed here from the data key as
-/// any holder of it can (the reference implementation keeps its own
-/// private).
+/// The read proof of docs/keys.md ("Proofs"), computed here by hand from
+/// the data key, independently of `DataKey::prove_read`.
 pub fn read_proof(data_key: &DataKey, role_byte: u8, binding: &[u8; 32]) -> [u8; 32] {
     let key = blake3::derive_key("meshsync v1 folder read proof key", data_key.as_bytes());
     let mut mac = blake3::Hasher::new_keyed(&key);
