@@ -142,7 +142,11 @@ impl<'a> PlanInput<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Rename the losing copy of a conflict on `side` to `to`, before the
-    /// winner's copy takes its name.
+    /// winner's copy takes its name. An executor that must fetch the
+    /// winner's bytes does it right before the winner's rename, once they
+    /// are all there and verified (the daemon, `daemon/pull.rs`): a winner
+    /// that never comes then leaves the loser at its name, and a crash
+    /// between the two renames leaves it at `to`, never nowhere.
     KeepConflictCopy {
         /// Where the losing copy is.
         side: Side,

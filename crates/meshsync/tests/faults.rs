@@ -1182,11 +1182,12 @@ fn a_peer_that_lies_in_its_index_and_serves_garbage_gets_nothing_written() {
 // conflict copy), and `own.bin` itself should stay in place until the
 // winner's verified bytes are there to take the name.
 //
-// Found here: B renames its copy to the conflict name at once, so
-// `own.bin` is gone for as long as the winner cannot be fetched (forever,
-// from a liar). Nothing is lost, but the file leaves its name.
+// Found here: B renamed its copy to the conflict name at once, so
+// `own.bin` was gone for as long as the winner could not be fetched
+// (forever, from a liar). Nothing was lost, but the file left its name.
+// Fixed in `daemon/pull.rs`: the loser moves to its conflict name in the
+// commit, right before the winner's verified file takes the name.
 #[test]
-#[ignore = "bug: a lost conflict empties the name before the winner's bytes arrive (docs/reliability.md)"]
 fn regression_a_lost_conflict_keeps_the_name_until_the_winner_arrives() {
     let LiarSetup {
         dir,

@@ -17,6 +17,10 @@
 //!    deletes and version records happen in plan order, files are fetched
 //!    meanwhile and renamed into place at the end; every record goes into
 //!    one index commit at the very end (`Folder::record`). A conflict
+//!    loser whose winner is a fetched file keeps its name until that file
+//!    is here: it moves to its conflict name right before the winner's
+//!    rename (a crash may fall between the two), and not at all if the
+//!    fetch fails. A conflict
 //!    loser's old name, and a path deleted to make room for a write of the
 //!    same plan, keep their entries until that write records the path, or
 //!    a scan finds it gone: a peer's view never learns that a path was
@@ -280,9 +284,23 @@ impl<'a> PullRun<'a> {
             })
             .map(|a| a.path().clone())
             .collect();
+        // Losers whose winner is fetched: moved right before it lands.
+        let fetched_paths: BTreeSet<&RelPath> = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Copy { from: Side::B, .. }))
+            .map(Action::path)
+            .collect();
+        let mut losers: Vec<&Action> = Vec::new();
         let mut fetched = Vec::new();
         let mut made_dirs = Vec::new();
         for (i, action) in plan.actions.iter().enumerate() {
+            if let Action::KeepConflictCopy { entry, .. } = action
+                && fetched_paths.contains(&entry.path)
+            {
+                losers.push(action);
+                continue;
+            }
             if !self.step() {
                 return self.out;
             }
@@ -305,10 +323,21 @@ impl<'a> PullRun<'a> {
             }
         }
         for f in fetched {
+            let path = f.entry.path.clone();
+            if let Some(i) = losers.iter().position(|a| a.path() == &path) {
+                if !self.step() {
+                    return self.out;
+                }
+                let loser = losers.remove(i);
+                if let Err(e) = self.run_one(loser) {
+                    // The loser stays; the winner waits for the next round.
+                    self.fail(&path, e);
+                    continue;
+                }
+            }
             if !self.step() {
                 return self.out;
             }
-            let path = f.entry.path.clone();
             if let Err(e) = self.commit_file(f) {
                 self.fail(&path, e);
             }

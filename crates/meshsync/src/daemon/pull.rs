@@ -13,6 +13,17 @@
 //! into place only if the target is still what the scan saw; a change made
 //! meanwhile is kept and the incoming version waits for the next round.
 //!
+//! A conflict this device's copy lost keeps that copy at its name until
+//! the winner's bytes are all here and verified: the plan's
+//! `KeepConflictCopy` for a path the plan fetches a file to runs in the
+//! commit, right before that file's rename (two renames, each never over
+//! an existing name). A winner that never arrives (a peer gone, a liar)
+//! leaves the loser where it was, and the next round plans the conflict
+//! again. A crash between the two renames leaves the loser under its
+//! conflict name and the name empty: the loser's bytes are always at one
+//! of the two. A winner that needs no fetch (a symlink, a directory) takes
+//! the name at once, as before.
+//!
 //! The index never forgets a path here: peers learn of this device's index
 //! by sequence number, and a path that vanished from it would stay in
 //! their views as it was last announced (a stale version that could win,
@@ -93,6 +104,13 @@ struct Finished {
     entry: FileEntry,
 }
 
+/// A lost conflict's loser, to move to its conflict name right before the
+/// winner's fetched file takes the name (see the module docs).
+struct Loser {
+    entry: FileEntry,
+    to: meshsync_core::path::RelPath,
+}
+
 /// Carries out `actions` (this side's, in plan order) for `folder`.
 pub async fn apply<S: ChunkSource>(
     folder: Arc<Folder>,
@@ -121,6 +139,25 @@ pub async fn apply<S: ChunkSource>(
         })
         .map(|a| a.path().clone())
         .collect();
+    // Losers whose winner is fetched: they keep their name until it is here.
+    let fetched: HashSet<&meshsync_core::path::RelPath> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Copy { from: Side::B, .. }))
+        .map(Action::path)
+        .collect();
+    let mut losers: HashMap<meshsync_core::path::RelPath, Loser> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::KeepConflictCopy { entry, to, .. } if fetched.contains(&entry.path) => Some((
+                entry.path.clone(),
+                Loser {
+                    entry: (**entry).clone(),
+                    to: to.clone(),
+                },
+            )),
+            _ => None,
+        })
+        .collect();
     let mut finished: Vec<Finished> = Vec::new();
     let mut copies = JoinSet::new();
     let backup = folder.config.mode == FolderMode::Backup;
@@ -132,24 +169,11 @@ pub async fn apply<S: ChunkSource>(
         }
         let result: Result<(), WriteError> = (|| -> Result<(), WriteError> {
             match &action {
+                Action::KeepConflictCopy { entry, .. } if losers.contains_key(&entry.path) => {
+                    // Moved in the commit, once the winner is here.
+                }
                 Action::KeepConflictCopy { entry, to, .. } => {
-                    let from = folder.abs(&entry.path);
-                    let to_abs = folder.abs(to);
-                    ensure_parent(&folder, &to_abs)?;
-                    let obs = apply::keep_conflict_copy(
-                        &from,
-                        &to_abs,
-                        folder.stored(&entry.path).as_ref(),
-                    )?;
-                    let mut moved = (**entry).clone();
-                    moved.path = to.clone();
-                    // The old name keeps its entry until the winner lands
-                    // there, or a scan finds it gone.
-                    records.push(StoredEntry {
-                        entry: moved,
-                        local: Some(obs.local),
-                    });
-                    report.lock().expect("poisoned").conflicts += 1;
+                    records.push(keep_loser(&folder, entry, to, &report)?);
                 }
                 Action::MakeDir { entry, .. } => {
                     let abs = folder.abs(&entry.path);
@@ -268,6 +292,7 @@ pub async fn apply<S: ChunkSource>(
                 commit_batch(
                     &folder,
                     std::mem::take(&mut finished),
+                    &mut losers,
                     &mut records,
                     &report,
                     backup,
@@ -276,7 +301,14 @@ pub async fn apply<S: ChunkSource>(
         }
     }
     drain(&mut copies, &mut finished, &report).await;
-    commit_batch(&folder, finished, &mut records, &report, backup);
+    commit_batch(
+        &folder,
+        finished,
+        &mut losers,
+        &mut records,
+        &report,
+        backup,
+    );
     for (abs, entry) in made_dirs.iter().rev() {
         let _ = std::fs::set_permissions(
             abs,
@@ -323,10 +355,37 @@ async fn drain_one(
     }
 }
 
-/// Flushes finished files and renames them into place.
+/// Moves a conflict's loser (still as the scan saw it) to its conflict
+/// name; returns the copy's record. The old name keeps its entry until the
+/// winner lands there, or a scan finds it gone (see the module docs).
+fn keep_loser(
+    folder: &Folder,
+    entry: &FileEntry,
+    to: &meshsync_core::path::RelPath,
+    report: &Mutex<ApplyReport>,
+) -> Result<StoredEntry, WriteError> {
+    let to_abs = folder.abs(to);
+    ensure_parent(folder, &to_abs)?;
+    let obs = apply::keep_conflict_copy(
+        &folder.abs(&entry.path),
+        &to_abs,
+        folder.stored(&entry.path).as_ref(),
+    )?;
+    let mut moved = entry.clone();
+    moved.path = to.clone();
+    report.lock().expect("poisoned").conflicts += 1;
+    Ok(StoredEntry {
+        entry: moved,
+        local: Some(obs.local),
+    })
+}
+
+/// Flushes finished files and renames them into place; a lost conflict's
+/// loser moves to its conflict name right before its winner takes the name.
 fn commit_batch(
     folder: &Folder,
     batch: Vec<Finished>,
+    losers: &mut HashMap<meshsync_core::path::RelPath, Loser>,
     records: &mut Vec<StoredEntry>,
     report: &Mutex<ApplyReport>,
     keep_replaced: bool,
@@ -339,6 +398,17 @@ fn commit_batch(
         return;
     }
     for f in batch {
+        if let Some(loser) = losers.remove(&f.entry.path) {
+            match keep_loser(folder, &loser.entry, &loser.to, report) {
+                Ok(copy) => records.push(copy),
+                Err(e) => {
+                    // The loser stays at its name; the winner waits in its
+                    // partial file for the next round.
+                    report.lock().expect("poisoned").errors.push(e.to_string());
+                    continue;
+                }
+            }
+        }
         let result = (|| -> Result<_, WriteError> {
             let mut expected = f.expected.as_ref();
             if expected.is_some() && (keep_replaced || versioning_on(folder)) {
