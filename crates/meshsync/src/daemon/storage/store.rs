@@ -985,6 +985,70 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_takes_up_the_partial_pack_and_fetches_only_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = IndexDb::open(dir.path()).unwrap();
+        let peer = DeviceId::from_bytes([1; 32]);
+        let k = ReadWriteKey::from_secret(&[4; 32]);
+        let (one, two) = (b"first".as_slice(), b"second".as_slice());
+        let content = meshsync_core::entry::Content {
+            hash: Hash::of(b"firstsecond"),
+            chunk_avg: 65536,
+            chunks: vec![
+                ChunkRef {
+                    hash: Hash::of(one),
+                    len: 5,
+                },
+                ChunkRef {
+                    hash: Hash::of(two),
+                    len: 6,
+                },
+            ],
+        };
+        let mut version = VersionVector::new();
+        let _ = version.bump_at(ShortId(1), 1);
+        let plain = FileEntry {
+            path: RelPath::new("two-chunks").unwrap(),
+            kind: FileKind::File,
+            size: 11,
+            mtime: Timestamp::default(),
+            permissions: 0o644,
+            symlink_target: None,
+            content: Some(content),
+            version,
+            deleted: false,
+            sequence: 1,
+        };
+        let e = seal_entry(&k, &plain, |c| {
+            Some(
+                k.data_key()
+                    .encrypt_chunk(if c.len == 5 { one } else { two })
+                    .cipher_hash,
+            )
+        })
+        .unwrap();
+        {
+            let s = store(dir.path(), &db);
+            s.receive(peer, vec![e.clone()]);
+            let work = s.next_work();
+            assert_eq!(work.missing.len(), 2);
+            // Only the first chunk arrives before the restart.
+            let first = work.missing.into_iter().next().unwrap();
+            let ct = ciphertext(one);
+            assert_eq!(first.0.hash, Hash::of(&ct));
+            s.put_chunk(&first.0, &ct, &first.2).unwrap();
+        }
+        let s = store(dir.path(), &db);
+        s.receive(peer, vec![e.clone()]);
+        let work = s.next_work();
+        assert_eq!(work.missing.len(), 1, "the chunk written before is kept");
+        assert_eq!(work.missing[0].0.hash, Hash::of(&ciphertext(two)));
+        let entries = work.entries.clone();
+        assert_eq!(serve(&s, work, &[two]), 1);
+        assert_eq!(s.record(&db, &entries).unwrap(), 1);
+    }
+
+    #[test]
     fn a_damaged_chunk_is_never_served_and_is_repaired_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let db = IndexDb::open(dir.path()).unwrap();
