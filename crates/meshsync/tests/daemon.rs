@@ -15,6 +15,7 @@
 //! (`MESHSYNC_TEST_LOG_LINES` for more).
 
 mod daemon_util;
+mod security_util;
 mod util;
 
 use std::fs;
@@ -1688,4 +1689,84 @@ fn regression_relay_announces_files_it_pulled_while_scanning() {
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+// ---------------------------------------------------------------------------
+// 10. Swarm pulls (issue 4)
+
+/// Small files that H (a read-only, send-only device that never pulls)
+/// holds as well as A, and a big one only A has.
+fn swarm_fill(dir: &Dir, root: &str) {
+    for i in 0..120 {
+        dir.write_with(
+            &format!("{root}/s/f{i:03}.bin"),
+            random_bytes(100 + i, 16_384 + i as usize),
+            0o644,
+            T1,
+        );
+    }
+}
+
+// A device announces the files it pulled batch by batch, not when its
+// round ends: with the source frozen while B's round waits for a file only
+// the source has, C (which knows only B) still gets what B fetched from H.
+#[test]
+fn a_round_announces_its_files_before_it_ends() {
+    let dir = Dir::new("daemon-swarm-batches");
+    swarm_fill(&dir, "a");
+    let big = random_bytes(7, 32 * MIB);
+    dir.write_with("a/big.bin", &big, 0o644, T1);
+    swarm_fill(&dir, "h");
+    let mut a = Device::new(&dir, "A");
+    let keys = a.share(&dir.path("a"), None);
+    let mut h = Device::new(&dir, "H");
+    h.join(&keys.read_only, &dir.path("h"), &[&a], Some("send-only"));
+    let mut b = Device::new(&dir, "B");
+    b.join(&keys.read_write, &dir.path("b"), &[&a, &h], None);
+    let mut c = Device::new(&dir, "C");
+    c.join(&keys.read_write, &dir.path("c"), &[&b], None);
+    // B hears H's index (availability only) before A's, so it plans its
+    // round knowing H holds the small files.
+    h.start();
+    b.start();
+    eventually("B connected to H", &[&b, &h], || {
+        match b.folder_status(&dir.path("b"))["peers"].as_u64() {
+            Some(1) => Ok(()),
+            other => Err(format!("B has {other:?} peers on the folder")),
+        }
+    });
+    c.start();
+    a.start();
+    // B's round runs once its partial download of big.bin exists: freeze
+    // A there, so that file cannot be finished and the round cannot end.
+    let partial = dir.path("b/.meshsync/partial");
+    eventually("B downloading big.bin", &[&a, &b], || {
+        if names_in(&partial).is_empty() {
+            Err("no partial file yet".into())
+        } else {
+            Ok(())
+        }
+    });
+    let frozen = security_util::Frozen::new(security_util::daemon_pid(&a.home));
+    let got = eventually("C to get small files from B", &[&b, &c], || {
+        let names = names_in(&dir.path("c/s"));
+        if names.is_empty() {
+            return Err("C has no small file yet".into());
+        }
+        Ok(names)
+    });
+    for name in &got {
+        let want = fs::read(dir.path(&format!("a/s/{name}"))).unwrap();
+        eventually(&format!("C's {name}"), &[&b, &c], || {
+            has_content(&dir.path(&format!("c/s/{name}")), &want)
+        });
+    }
+    // B's round is still waiting for the source.
+    absent(&dir.path("b/big.bin")).unwrap();
+    drop(frozen);
+    eventually("everything on B and C", &[&a, &b, &c], || {
+        same_trees(&dir.path("a"), &dir.path("b"))?;
+        same_trees(&dir.path("a"), &dir.path("c"))
+    });
+    has_content(&dir.path("c/big.bin"), &big).unwrap();
 }

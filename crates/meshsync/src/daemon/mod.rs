@@ -341,6 +341,14 @@ impl Daemon {
         }
     }
 
+    /// After a pull recorded changes: serves the new files' chunks, then
+    /// sends the new entries to every peer.
+    fn local_index_moved(&self, rt: &FolderRuntime) {
+        *rt.chunks.write().expect("poisoned") = Arc::new(rt.folder.local_chunk_map());
+        let _ = rt.sequence.send(rt.folder.max_sequence());
+        self.index_moved.notify_waiters();
+    }
+
     /// Plans and applies until nothing is left to do (bounded rounds).
     /// Returns whether the last round left errors (worth a retry later).
     async fn pull_folder(self: &Arc<Self>, rt: &Arc<FolderRuntime>) -> bool {
@@ -355,20 +363,20 @@ impl Daemon {
                 break;
             }
             self.set_state(&folder, FolderStateKind::Syncing);
+            // Each batch the round records is served and announced at once.
+            let recorded = || self.local_index_moved(rt);
             let report = pull::apply(
                 Arc::clone(&folder),
                 actions,
                 sources,
                 Arc::clone(&self.peers),
                 Arc::clone(&self.db),
+                recorded,
             )
             .await;
             self.counters
                 .files_synced
                 .fetch_add(report.files, Ordering::Relaxed);
-            *rt.chunks.write().expect("poisoned") = Arc::new(folder.local_chunk_map());
-            let _ = rt.sequence.send(folder.max_sequence());
-            self.index_moved.notify_waiters();
             let progressed = report.files + report.deleted + report.conflicts > 0;
             for e in &report.errors {
                 tracing::warn!("folder {}: {e}", folder.config.path.display());

@@ -12,6 +12,13 @@
 //! Finished files are flushed in batches (one `syncfs`) and then renamed
 //! into place only if the target is still what the scan saw; a change made
 //! meanwhile is kept and the incoming version waits for the next round.
+//! Each batch is recorded in the index as soon as its renames are durable
+//! (a second `syncfs`), and the daemon then announces it to peers: a batch
+//! closes [`RECORD_AFTER`] after its first file finished (or at
+//! [`BATCH_FILES`] files), so peers hear of this device's files while the
+//! round is still running and can fetch them from here instead of from the
+//! device they came from. What other actions did (deletes, directories,
+//! conflict copies, versions) is recorded with the next batch.
 //!
 //! A conflict this device's copy lost keeps that copy at its name until
 //! the winner's bytes are all here and verified: the plan's
@@ -39,6 +46,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use meshsync_core::entry::{ChunkRef, FileEntry, FileKind};
@@ -73,8 +81,11 @@ pub trait ChunkSource: Send + Sync + 'static {
 const WINDOW_PER_PEER: usize = 64;
 /// Files assembled at once.
 const PARALLEL_FILES: usize = 64;
-/// Finished files flushed and renamed together.
+/// Finished files flushed and renamed together, at most.
 const BATCH_FILES: usize = 4096;
+/// How long a finished file waits, at most, for its batch to be renamed
+/// into place, recorded and announced (a batch costs two `syncfs`).
+const RECORD_AFTER: Duration = Duration::from_secs(1);
 /// Files and chunks up to this size are written on the async task itself
 /// (a hash and a `pwrite` into the page cache take microseconds); larger
 /// ones go to the blocking pool.
@@ -112,12 +123,15 @@ struct Loser {
 }
 
 /// Carries out `actions` (this side's, in plan order) for `folder`.
+/// `recorded` runs each time a batch of changes is in the index, so the
+/// daemon can announce it while the round goes on.
 pub async fn apply<S: ChunkSource>(
     folder: Arc<Folder>,
     actions: Vec<Action>,
     sources: ChunkSources<DeviceId>,
     peers: Arc<S>,
     db: Arc<IndexDb>,
+    recorded: impl Fn() + Send + Sync,
 ) -> ApplyReport {
     let report = Arc::new(Mutex::new(ApplyReport::default()));
     let fail = |r: &Mutex<ApplyReport>, e: String| r.lock().expect("poisoned").errors.push(e);
@@ -126,7 +140,6 @@ pub async fn apply<S: ChunkSource>(
     let inflight: Arc<Mutex<HashMap<DeviceId, usize>>> = Arc::default();
     let bad: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
     let mut made_dirs: Vec<(PathBuf, FileEntry)> = Vec::new();
-    let mut records: Vec<StoredEntry> = Vec::new();
     // The paths this plan writes: a delete that makes room for one of them
     // records nothing (see the module docs).
     let writes: HashSet<meshsync_core::path::RelPath> = actions
@@ -145,7 +158,7 @@ pub async fn apply<S: ChunkSource>(
         .filter(|a| matches!(a, Action::Copy { from: Side::B, .. }))
         .map(Action::path)
         .collect();
-    let mut losers: HashMap<meshsync_core::path::RelPath, Loser> = actions
+    let losers: HashMap<meshsync_core::path::RelPath, Loser> = actions
         .iter()
         .filter_map(|a| match a {
             Action::KeepConflictCopy { entry, to, .. } if fetched.contains(&entry.path) => Some((
@@ -158,28 +171,40 @@ pub async fn apply<S: ChunkSource>(
             _ => None,
         })
         .collect();
-    let mut finished: Vec<Finished> = Vec::new();
-    let mut copies = JoinSet::new();
     let backup = folder.config.mode == FolderMode::Backup;
+    let mut batch = Batch {
+        folder: &folder,
+        db: &db,
+        report: &report,
+        recorded: &recorded,
+        finished: Vec::new(),
+        records: Vec::new(),
+        losers,
+        since: None,
+        keep_replaced: backup,
+    };
+    let mut copies = JoinSet::new();
 
     for action in actions {
         // Writes run concurrently; anything after them waits for them.
         if !matches!(action, Action::Copy { .. }) {
-            drain(&mut copies, &mut finished, &report).await;
+            batch.drain(&mut copies).await;
         }
         let result: Result<(), WriteError> = (|| -> Result<(), WriteError> {
             match &action {
-                Action::KeepConflictCopy { entry, .. } if losers.contains_key(&entry.path) => {
+                Action::KeepConflictCopy { entry, .. }
+                    if batch.losers.contains_key(&entry.path) =>
+                {
                     // Moved in the commit, once the winner is here.
                 }
                 Action::KeepConflictCopy { entry, to, .. } => {
-                    records.push(keep_loser(&folder, entry, to, &report)?);
+                    batch.record(keep_loser(&folder, entry, to, &report)?);
                 }
                 Action::MakeDir { entry, .. } => {
                     let abs = folder.abs(&entry.path);
                     ensure_parent(&folder, &abs)?;
                     let obs = apply::make_dir(&abs, entry.permissions | 0o700)?;
-                    records.push(StoredEntry {
+                    batch.record(StoredEntry {
                         entry: (**entry).clone(),
                         local: Some(obs.local),
                     });
@@ -202,7 +227,7 @@ pub async fn apply<S: ChunkSource>(
                     )?;
                     let mut entry = (**source).clone();
                     entry.version = version.clone();
-                    records.push(StoredEntry {
+                    batch.record(StoredEntry {
                         entry,
                         local: Some(obs.local),
                     });
@@ -215,7 +240,7 @@ pub async fn apply<S: ChunkSource>(
                     if recorded.content.is_none() {
                         recorded.content = stored.and_then(|s| s.entry.content);
                     }
-                    records.push(StoredEntry {
+                    batch.record(StoredEntry {
                         entry: recorded,
                         local: Some(obs.local),
                     });
@@ -244,7 +269,7 @@ pub async fn apply<S: ChunkSource>(
                     tomb.content = None;
                     tomb.size = 0;
                     tomb.version = version.clone();
-                    records.push(StoredEntry {
+                    batch.record(StoredEntry {
                         entry: tomb,
                         local: None,
                     });
@@ -254,7 +279,7 @@ pub async fn apply<S: ChunkSource>(
                         && s.entry.version != *version
                     {
                         s.entry.version = version.clone();
-                        records.push(s);
+                        batch.record(s);
                     }
                 }
                 Action::Copy { .. } => {}
@@ -272,7 +297,7 @@ pub async fn apply<S: ChunkSource>(
         } = action
         {
             while copies.len() >= PARALLEL_FILES {
-                drain_one(&mut copies, &mut finished, &report).await;
+                batch.wait_one(&mut copies).await;
             }
             let mut entry = *source;
             entry.version = version;
@@ -288,27 +313,11 @@ pub async fn apply<S: ChunkSource>(
                 report: Arc::clone(&report),
             };
             copies.spawn(job.run());
-            if finished.len() >= BATCH_FILES {
-                commit_batch(
-                    &folder,
-                    std::mem::take(&mut finished),
-                    &mut losers,
-                    &mut records,
-                    &report,
-                    backup,
-                );
-            }
+            batch.commit_if_due();
         }
     }
-    drain(&mut copies, &mut finished, &report).await;
-    commit_batch(
-        &folder,
-        finished,
-        &mut losers,
-        &mut records,
-        &report,
-        backup,
-    );
+    batch.drain(&mut copies).await;
+    batch.rename_finished();
     for (abs, entry) in made_dirs.iter().rev() {
         let _ = std::fs::set_permissions(
             abs,
@@ -316,42 +325,128 @@ pub async fn apply<S: ChunkSource>(
         );
         let _ = write::set_mtime_nofollow(abs, entry.mtime);
     }
-    if let Err(e) = write::sync_filesystem(&folder.root) {
-        fail(&report, e.to_string());
-    }
-    if let Err(e) = folder.record(&db, records) {
-        fail(&report, format!("recording the index: {e:#}"));
-    }
+    batch.commit();
     for peer in bad.lock().expect("poisoned").iter() {
         peers.mark_bad(*peer, folder.share);
     }
     report.lock().expect("poisoned").clone()
 }
 
-async fn drain(
-    set: &mut JoinSet<Result<Finished, String>>,
-    out: &mut Vec<Finished>,
-    report: &Mutex<ApplyReport>,
-) {
-    while !set.is_empty() {
-        drain_one(set, out, report).await;
-    }
+/// What a round has done but not yet recorded: files fetched and waiting
+/// to be renamed into place, and the records of other actions.
+struct Batch<'a, R> {
+    folder: &'a Folder,
+    db: &'a IndexDb,
+    report: &'a Mutex<ApplyReport>,
+    recorded: &'a R,
+    finished: Vec<Finished>,
+    records: Vec<StoredEntry>,
+    /// Lost conflicts whose winner is still being fetched.
+    losers: HashMap<meshsync_core::path::RelPath, Loser>,
+    /// When the oldest change not yet recorded was made.
+    since: Option<tokio::time::Instant>,
+    /// Backup mode: a replaced file goes to versions first.
+    keep_replaced: bool,
 }
 
-async fn drain_one(
-    set: &mut JoinSet<Result<Finished, String>>,
-    out: &mut Vec<Finished>,
-    report: &Mutex<ApplyReport>,
-) {
-    match set.join_next().await {
-        Some(Ok(Ok(f))) => out.push(f),
-        Some(Ok(Err(e))) => report.lock().expect("poisoned").errors.push(e),
-        Some(Err(e)) => report
-            .lock()
-            .expect("poisoned")
-            .errors
-            .push(format!("copy task failed: {e}")),
-        None => {}
+impl<R: Fn()> Batch<'_, R> {
+    /// Adds the record of an action already carried out.
+    fn record(&mut self, entry: StoredEntry) {
+        self.records.push(entry);
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    fn take(&mut self, joined: Option<Result<Result<Finished, String>, tokio::task::JoinError>>) {
+        match joined {
+            Some(Ok(Ok(f))) => {
+                self.finished.push(f);
+                self.since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            Some(Ok(Err(e))) => self.report.lock().expect("poisoned").errors.push(e),
+            Some(Err(e)) => self
+                .report
+                .lock()
+                .expect("poisoned")
+                .errors
+                .push(format!("copy task failed: {e}")),
+            None => {}
+        }
+    }
+
+    /// When the batch must be committed.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.since.map(|t| t + RECORD_AFTER)
+    }
+
+    /// Commits the batch if it is old or large enough.
+    fn commit_if_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self.finished.len() >= BATCH_FILES || self.due().is_some_and(|d| d <= now) {
+            self.commit();
+        }
+    }
+
+    /// Waits until one copy ends or the batch falls due, and commits it if
+    /// it is due.
+    async fn wait_one(&mut self, copies: &mut JoinSet<Result<Finished, String>>) {
+        let joined = match self.due() {
+            // `join_next` is cancel-safe: a copy that ends meanwhile is
+            // taken by the next call.
+            Some(due) => tokio::time::timeout_at(due, copies.join_next()).await.ok(),
+            None => Some(copies.join_next().await),
+        };
+        if let Some(joined) = joined {
+            self.take(joined);
+        }
+        self.commit_if_due();
+    }
+
+    /// Waits for every copy, committing batches as they fall due.
+    async fn drain(&mut self, copies: &mut JoinSet<Result<Finished, String>>) {
+        while !copies.is_empty() {
+            self.wait_one(copies).await;
+        }
+    }
+
+    /// Renames the finished files into place (their records join the
+    /// batch's).
+    fn rename_finished(&mut self) {
+        commit_batch(
+            self.folder,
+            std::mem::take(&mut self.finished),
+            &mut self.losers,
+            &mut self.records,
+            self.report,
+            self.keep_replaced,
+        );
+    }
+
+    /// Renames the finished files into place, makes that durable, records
+    /// everything in the index and tells the daemon.
+    fn commit(&mut self) {
+        self.since = None;
+        self.rename_finished();
+        if self.records.is_empty() {
+            return;
+        }
+        // The index never claims what a crash could still undo.
+        if let Err(e) = write::sync_filesystem(&self.folder.root) {
+            self.report
+                .lock()
+                .expect("poisoned")
+                .errors
+                .push(e.to_string());
+        }
+        let records = std::mem::take(&mut self.records);
+        match self.folder.record(self.db, records) {
+            Ok(()) => (self.recorded)(),
+            Err(e) => self
+                .report
+                .lock()
+                .expect("poisoned")
+                .errors
+                .push(format!("recording the index: {e:#}")),
+        }
     }
 }
 
