@@ -275,7 +275,13 @@ fn key(e: &FileEntry) -> WinnerKey {
     crate::conflict::winner_key(e, device)
 }
 
-/// Which peers announced holding each chunk (any index, authoritative or not).
+/// Which peers announced holding each chunk (any index, authoritative or
+/// not). Built from the peers' indexes when a pull is planned, then kept up
+/// to date while it runs: a peer's index update adds what it now holds
+/// ([`ChunkSources::add_entries`]), so a file a peer finishes during the
+/// round can be fetched from it. It only grows (a chunk a peer no longer
+/// has costs one "not found" before another holder is asked) until a peer
+/// goes ([`ChunkSources::remove_peer`]) or the next plan rebuilds it.
 #[derive(Debug, Default, Clone)]
 pub struct ChunkSources<P> {
     by_hash: HashMap<Hash, Vec<P>>,
@@ -291,19 +297,38 @@ impl<P: Clone + PartialEq> ChunkSources<P> {
 
     /// Records every chunk of every live file in `index` as held by `peer`.
     pub fn add_index(&mut self, peer: P, index: &dyn EntryMap) {
-        for e in index.entries() {
+        self.add_entries(peer, index.entries());
+    }
+
+    /// Records every chunk of the live files among `entries` (say, an index
+    /// update) as held by `peer`.
+    pub fn add_entries<'e>(&mut self, peer: P, entries: impl IntoIterator<Item = &'e FileEntry>) {
+        for e in entries {
             if !e.is_live() {
                 continue;
             }
             if let Some(c) = &e.content {
-                for chunk in &c.chunks {
-                    let holders = self.by_hash.entry(chunk.hash).or_default();
-                    if !holders.contains(&peer) {
-                        holders.push(peer.clone());
-                    }
-                }
+                self.add_chunks(peer.clone(), c.chunks.iter().map(|c| c.hash));
             }
         }
+    }
+
+    /// Records the chunks `hashes` as held by `peer`.
+    pub fn add_chunks(&mut self, peer: P, hashes: impl IntoIterator<Item = Hash>) {
+        for hash in hashes {
+            let holders = self.by_hash.entry(hash).or_default();
+            if !holders.contains(&peer) {
+                holders.push(peer.clone());
+            }
+        }
+    }
+
+    /// Forgets everything `peer` held (it disconnected).
+    pub fn remove_peer(&mut self, peer: &P) {
+        self.by_hash.retain(|_, holders| {
+            holders.retain(|p| p != peer);
+            !holders.is_empty()
+        });
     }
 
     /// The peers that hold `hash`.
@@ -474,5 +499,23 @@ mod tests {
         s.add_index("peer1", &a);
         assert_eq!(s.holders(&Hash::of(b"x")), &["peer1", "peer2"]);
         assert!(s.holders(&Hash::of(b"y")).is_empty());
+    }
+
+    #[test]
+    fn chunk_sources_follow_updates_and_departures() {
+        let mut s = ChunkSources::new();
+        s.add_index("a", &index(vec![entry("f", "x", 1, &[(1, 1)])]));
+        // An update: b finished f, and a deleted g is not a source.
+        let mut gone = entry("g", "y", 1, &[(1, 1)]);
+        gone.deleted = true;
+        let update = [entry("f", "x", 1, &[(1, 1)]), gone];
+        s.add_entries("b", &update);
+        assert_eq!(s.holders(&Hash::of(b"x")), &["a", "b"]);
+        assert!(s.holders(&Hash::of(b"y")).is_empty());
+        s.remove_peer(&"a");
+        assert_eq!(s.holders(&Hash::of(b"x")), &["b"]);
+        s.remove_peer(&"b");
+        assert!(s.holders(&Hash::of(b"x")).is_empty());
+        assert!(s.by_hash.is_empty());
     }
 }

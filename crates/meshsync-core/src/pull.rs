@@ -174,6 +174,80 @@ fn is_kept_copy(e: &FileEntry, loser: &FileEntry) -> bool {
         )
 }
 
+/// Where a device starts going through work that other devices of the
+/// swarm are doing at the same time, so that they do not all fetch the
+/// same files (or chunks) first: each starts at its own share of the
+/// bytes and wraps around. What one fetched first, another fetches later,
+/// from it, once announced, instead of from the device they all started
+/// from (BitTorrent gets the same spread from rarest-first and random
+/// picks; a rotation keeps each device's reads and the source's reads
+/// sequential).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stagger {
+    slot: usize,
+    slots: usize,
+}
+
+impl Stagger {
+    /// Start at the beginning.
+    pub const NONE: Stagger = Stagger { slot: 0, slots: 1 };
+
+    /// The place of `device` among `others` (the devices known to share the
+    /// folder; itself among them or not): its rank by short id, so every
+    /// device that knows the same set takes a different place.
+    pub fn among(device: ShortId, others: impl IntoIterator<Item = ShortId>) -> Stagger {
+        let mut all: Vec<ShortId> = others.into_iter().chain([device]).collect();
+        all.sort_unstable();
+        all.dedup();
+        Stagger {
+            slot: all.iter().position(|d| *d == device).unwrap_or(0),
+            slots: all.len(),
+        }
+    }
+
+    /// Where to start in items of these sizes: the item that holds the
+    /// byte at this device's share of the total (`slot / slots`).
+    pub fn start(&self, sizes: impl IntoIterator<Item = u64>) -> usize {
+        if self.slot == 0 {
+            return 0;
+        }
+        let sizes: Vec<u64> = sizes.into_iter().collect();
+        let total: u128 = sizes.iter().map(|s| u128::from(*s)).sum();
+        let target = total * self.slot as u128 / self.slots as u128;
+        let mut end = 0u128;
+        for (i, s) in sizes.iter().enumerate() {
+            end += u128::from(*s);
+            if end > target {
+                return i;
+            }
+        }
+        0
+    }
+}
+
+/// Rotates the writes of a pull (`actions` in plan order: files, symlinks
+/// and file metadata, which do not depend on each other) so that this
+/// device starts at its own place ([`Stagger`]); every other phase keeps
+/// its order.
+pub fn stagger_writes(actions: &mut [Action], stagger: Stagger) {
+    let Some(first) = actions.iter().position(|a| a.phase() == WRITE_PHASE) else {
+        return;
+    };
+    let len = actions[first..]
+        .iter()
+        .take_while(|a| a.phase() == WRITE_PHASE)
+        .count();
+    let writes = &mut actions[first..first + len];
+    let start = stagger.start(writes.iter().map(|a| match a {
+        Action::Copy { source, .. } => source.size,
+        _ => 0,
+    }));
+    writes.rotate_left(start);
+}
+
+/// The phase of [`Action::Copy`] (see [`Action::phase`]).
+const WRITE_PHASE: u8 = 3;
+
 /// How many of this device's entries the swarm does not take: live paths
 /// no authoritative peer has, and versions newer than or concurrent with
 /// theirs (`swarm` is the global view of the authoritative peers alone).
@@ -501,5 +575,50 @@ mod tests {
             // And again, later: still nothing.
             assert_eq!(pull_from(&local, &peers, 500), Plan::default());
         }
+    }
+
+    #[test]
+    fn devices_start_at_their_own_share_of_the_bytes() {
+        let devices = [THIRD, PEER, HERE];
+        let places: Vec<Stagger> = devices
+            .iter()
+            .map(|d| Stagger::among(*d, devices))
+            .collect();
+        // Every device knowing the same set takes its own place.
+        assert_eq!(
+            places,
+            [(2, 3), (1, 3), (0, 3)].map(|(slot, slots)| Stagger { slot, slots })
+        );
+        let sizes = [10, 10, 10, 30, 0, 0];
+        assert_eq!(places[2].start(sizes), 0);
+        assert_eq!(places[1].start(sizes), 2);
+        assert_eq!(places[0].start(sizes), 3);
+        assert_eq!(Stagger::NONE.start(sizes), 0);
+        assert_eq!(places[0].start([0, 0]), 0);
+        assert_eq!(places[0].start([]), 0);
+        // Alone, or with itself listed: the beginning.
+        assert_eq!(Stagger::among(HERE, [HERE]), Stagger::NONE);
+    }
+
+    #[test]
+    fn staggered_writes_rotate_and_nothing_else_moves() {
+        let local = Index::new();
+        let mut peer = index(&[dir("d", &[(PEER, 1)])]);
+        for i in 0..4 {
+            let f = file(&format!("d/f{i}"), "12345678", 2, &[(PEER, 2 + i)]);
+            peer.insert(f.path.clone(), f);
+        }
+        let plain = pull(&local, &peer, 100).actions;
+        let paths = |a: &[Action]| -> Vec<String> {
+            a.iter().map(|x| x.path().as_str().to_owned()).collect()
+        };
+        // The directory (an earlier phase) first, then the files.
+        assert_eq!(paths(&plain), ["d", "d/f0", "d/f1", "d/f2", "d/f3"]);
+        let mut staggered = plain.clone();
+        stagger_writes(&mut staggered, Stagger { slot: 1, slots: 2 });
+        assert_eq!(paths(&staggered), ["d", "d/f2", "d/f3", "d/f0", "d/f1"]);
+        let mut same = plain.clone();
+        stagger_writes(&mut same, Stagger::NONE);
+        assert_eq!(same, plain);
     }
 }

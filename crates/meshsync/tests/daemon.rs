@@ -1770,3 +1770,79 @@ fn a_round_announces_its_files_before_it_ends() {
     });
     has_content(&dir.path("c/big.bin"), &big).unwrap();
 }
+
+/// Chunk bytes `d` received from each peer, by device id.
+fn bytes_in_by_peer(d: &Device) -> std::collections::BTreeMap<String, u64> {
+    d.status()["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| {
+            (
+                p["device_id"].as_str().expect("device_id").to_owned(),
+                p["bytes_in"].as_u64().expect("bytes_in"),
+            )
+        })
+        .collect()
+}
+
+// One source and three empty peers: a peer fetches chunks from the other
+// peers, not only from the source. B and C pull from A at once (their
+// exchange depends on timing and is only printed); D starts once they are
+// complete, learns that B and C hold everything (at its plan or by index
+// updates during its round) and spreads its requests over all three.
+#[test]
+fn peers_fetch_from_each_other_not_only_from_the_source() {
+    let dir = Dir::new("daemon-swarm-peers");
+    for i in 0..200 {
+        dir.write_with(
+            &format!("a/d{}/f{i:03}.bin", i % 4),
+            random_bytes(500 + i, 64 * 1024 + i as usize),
+            0o644,
+            T1,
+        );
+    }
+    let mut a = Device::new(&dir, "A");
+    let keys = a.share(&dir.path("a"), None);
+    let mut b = Device::new(&dir, "B");
+    b.join(&keys.read_write, &dir.path("b"), &[&a], None);
+    let mut c = Device::new(&dir, "C");
+    c.join(&keys.read_write, &dir.path("c"), &[&a, &b], None);
+    let mut d = Device::new(&dir, "D");
+    d.join(&keys.read_write, &dir.path("d"), &[&a, &b, &c], None);
+    // B and C know each other before the source appears, so they pull
+    // staggered from their first round.
+    b.start();
+    c.start();
+    eventually("B and C connected", &[&b, &c], || {
+        match c.folder_status(&dir.path("c"))["peers"].as_u64() {
+            Some(1) => Ok(()),
+            other => Err(format!("C has {other:?} peers on the folder")),
+        }
+    });
+    a.start();
+    eventually("A's files on B and C", &[&a, &b, &c], || {
+        same_trees(&dir.path("a"), &dir.path("b"))?;
+        same_trees(&dir.path("a"), &dir.path("c"))
+    });
+    let id = |dev: &Device| dev.status()["device_id"].as_str().unwrap().to_owned();
+    let (ia, ib, ic) = (id(&a), id(&b), id(&c));
+    eprintln!(
+        "B received {:?}, C received {:?} (A is {ia}, B {ib}, C {ic})",
+        bytes_in_by_peer(&b),
+        bytes_in_by_peer(&c)
+    );
+    d.start();
+    eventually("A's files on D", &[&a, &b, &c, &d], || {
+        same_trees(&dir.path("a"), &dir.path("d"))
+    });
+    let from = bytes_in_by_peer(&d);
+    eprintln!("D received {from:?}");
+    let from_peers = from.get(&ib).copied().unwrap_or(0) + from.get(&ic).copied().unwrap_or(0);
+    let total: u64 = from.values().sum();
+    assert!(from_peers > 0, "D took nothing from B or C: {from:?}");
+    assert!(
+        from.get(&ia).copied().unwrap_or(0) < total,
+        "D took everything from A: {from:?}"
+    );
+}

@@ -31,7 +31,7 @@ use meshsync_core::ignore::{IGNORE_FILE, IgnoreRules};
 use meshsync_core::keys::{FolderKey, KeyKind};
 use meshsync_core::path::{META_DIR, RelPath};
 use meshsync_core::plan::{Action, EntryMap, Index};
-use meshsync_core::pull::PullInput;
+use meshsync_core::pull::{PullInput, Stagger};
 use meshsync_store::db::{IndexDb, StoredEntry, StoredIndex, TreeMeta, TreeUpdate};
 use meshsync_store::scan::{self, HashPolicy, ScanChanges, ScanOptions};
 use serde::Serialize;
@@ -108,6 +108,11 @@ pub struct FolderState {
     pub refused: Vec<String>,
 }
 
+/// Who holds which chunk of a folder, as the peers announced it: rebuilt
+/// when a pull is planned, then fed by every index update, so the running
+/// pull can fetch from a peer that got a file after the plan was made.
+pub type LiveSources = Arc<std::sync::RwLock<ChunkSources<DeviceId>>>;
+
 /// A shared folder.
 pub struct Folder {
     /// Its configuration.
@@ -125,6 +130,8 @@ pub struct Folder {
     pub paused: std::sync::atomic::AtomicBool,
     /// The mutable part.
     pub state: std::sync::Mutex<FolderState>,
+    /// Who holds which chunk (locked after `state` when both are).
+    sources: LiveSources,
 }
 
 impl Folder {
@@ -170,6 +177,7 @@ impl Folder {
                 local_only_changes: 0,
                 refused: Vec::new(),
             }),
+            sources: Arc::new(std::sync::RwLock::new(ChunkSources::new())),
         }))
     }
 
@@ -281,6 +289,11 @@ impl Folder {
         signed: bool,
     ) {
         let mut st = self.state.lock().expect("poisoned");
+        // A running pull may fetch these chunks from the peer at once.
+        self.sources
+            .write()
+            .expect("poisoned")
+            .add_entries(peer, &entries);
         let remote = st.remotes.entry(peer).or_default();
         remote.authoritative = signed;
         remote.max_sequence = remote.max_sequence.max(last_sequence);
@@ -292,17 +305,32 @@ impl Folder {
     /// Forgets a peer's index (it disconnected and will resend on reconnect).
     pub fn forget_peer(&self, peer: &DeviceId) {
         self.state.lock().expect("poisoned").remotes.remove(peer);
+        self.sources.write().expect("poisoned").remove_peer(peer);
     }
 
     /// Plans this folder against the global view
     /// ([`meshsync_core::pull::plan_pull`] decides); returns the actions on
-    /// this side, and who holds which chunk.
-    pub fn plan_pull(&self, now_unix_secs: i64) -> (Vec<Action>, ChunkSources<DeviceId>) {
+    /// this side, and who holds which chunk (kept up to date while the
+    /// actions run). `connected`: the peers with the folder open now (the
+    /// swarm the writes are staggered across, with those that sent an
+    /// index).
+    pub fn plan_pull(
+        &self,
+        now_unix_secs: i64,
+        connected: &[DeviceId],
+    ) -> (Vec<Action>, LiveSources) {
         let mut st = self.state.lock().expect("poisoned");
-        let mut sources = ChunkSources::new();
-        for (peer, remote) in &st.remotes {
-            sources.add_index(*peer, &remote.entries);
+        {
+            // Rebuilt from what the peers hold now: chunks they announced
+            // and no longer have are dropped. Updates take the state lock
+            // first too, so none falls between the two.
+            let mut sources = self.sources.write().expect("poisoned");
+            *sources = ChunkSources::new();
+            for (peer, remote) in &st.remotes {
+                sources.add_index(*peer, &remote.entries);
+            }
         }
+        let sources = Arc::clone(&self.sources);
         if self.config.mode == FolderMode::SendOnly
             || self.paused.load(std::sync::atomic::Ordering::SeqCst)
         {
@@ -321,7 +349,12 @@ impl Folder {
             clock: st.meta.clock(now_unix_secs),
             now_unix_secs,
         });
-        let actions = plan.actions;
+        let mut actions = plan.actions;
+        // Peers pulling the same files now start at different places, so
+        // they have something to give each other.
+        let swarm = st.remotes.keys().chain(connected).map(DeviceId::short);
+        let stagger = Stagger::among(self.device, swarm);
+        meshsync_core::pull::stagger_writes(&mut actions, stagger);
         let refused: Vec<String> = plan
             .refused
             .iter()

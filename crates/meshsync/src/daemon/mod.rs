@@ -355,7 +355,8 @@ impl Daemon {
         let mut failed = false;
         let folder = Arc::clone(&rt.folder);
         for _round in 0..8 {
-            let (actions, sources) = folder.plan_pull(now_secs());
+            let connected = self.peers.with_folder(&folder.share);
+            let (actions, sources) = folder.plan_pull(now_secs(), &connected);
             release_free_memory();
             if actions.is_empty() {
                 let f = Arc::clone(&folder);

@@ -5,7 +5,14 @@
 //! anywhere are copied locally (and verified); the rest are requested from
 //! every connected peer that announced them, each chunk from the holder with
 //! the fewest bytes in flight, with a bounded window per peer, so a faster
-//! peer is asked more often. A chunk that fails its hash gets its peer
+//! peer is asked more often. Holders are looked up per request in the
+//! folder's [`LiveSources`], which index updates keep feeding while the
+//! round runs: a peer that finishes a file after the plan was made is asked
+//! for its chunks too, and relieves the device it got them from. For that
+//! to happen, peers pulling the same files at once start at different
+//! places in the plan (`folder::plan_pull` staggers the writes with
+//! [`meshsync_core::pull::Stagger`]), so each soon has files the others
+//! still need. A chunk that fails its hash gets its peer
 //! dropped for this folder and is fetched elsewhere. Partial files live in
 //! `.meshsync/partial/` and survive a disconnect or a restart.
 //!
@@ -50,7 +57,6 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use meshsync_core::entry::{ChunkRef, FileEntry, FileKind};
-use meshsync_core::global::ChunkSources;
 use meshsync_core::ids::{DeviceId, ShareId};
 use meshsync_core::plan::{Action, Side};
 use meshsync_store::apply::{self, Assembly};
@@ -59,7 +65,7 @@ use meshsync_store::db::{IndexDb, StoredEntry};
 use meshsync_store::write::{self, WriteError};
 use tokio::task::JoinSet;
 
-use super::folder::Folder;
+use super::folder::{Folder, LiveSources};
 use crate::config::FolderMode;
 
 /// Where chunks come from: the connected peers.
@@ -128,7 +134,7 @@ struct Loser {
 pub async fn apply<S: ChunkSource>(
     folder: Arc<Folder>,
     actions: Vec<Action>,
-    sources: ChunkSources<DeviceId>,
+    sources: LiveSources,
     peers: Arc<S>,
     db: Arc<IndexDb>,
     recorded: impl Fn() + Send + Sync,
@@ -136,7 +142,6 @@ pub async fn apply<S: ChunkSource>(
     let report = Arc::new(Mutex::new(ApplyReport::default()));
     let fail = |r: &Mutex<ApplyReport>, e: String| r.lock().expect("poisoned").errors.push(e);
     let local_map = Arc::new(folder.local_chunk_map());
-    let sources = Arc::new(sources);
     let inflight: Arc<Mutex<HashMap<DeviceId, usize>>> = Arc::default();
     let bad: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
     let mut made_dirs: Vec<(PathBuf, FileEntry)> = Vec::new();
@@ -568,7 +573,7 @@ struct CopyJob<S> {
     replacing: bool,
     entry: FileEntry,
     local_map: Arc<ChunkMap>,
-    sources: Arc<ChunkSources<DeviceId>>,
+    sources: LiveSources,
     peers: Arc<S>,
     inflight: Arc<Mutex<HashMap<DeviceId, usize>>>,
     bad: Arc<Mutex<HashSet<DeviceId>>>,
@@ -668,6 +673,8 @@ impl<S: ChunkSource> CopyJob<S> {
             loop {
                 let connected = peers.connected();
                 let candidate = {
+                    // Read at every attempt: holders come and go.
+                    let sources = sources.read().expect("poisoned");
                     let bad = bad.lock().expect("poisoned");
                     let inflight = inflight.lock().expect("poisoned");
                     sources
@@ -714,5 +721,145 @@ impl<S: ChunkSource> CopyJob<S> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use meshsync_core::entry::{Content, Timestamp};
+    use meshsync_core::global::ChunkSources;
+    use meshsync_core::ids::{Hash, ShortId};
+    use meshsync_core::keys::ReadWriteKey;
+    use meshsync_core::path::RelPath;
+    use meshsync_core::version::VersionVector;
+
+    use super::*;
+    use crate::config::{FolderConfig, VersioningConfig};
+
+    /// Two peers of a pull: `early`, the only holder when the round was
+    /// planned, and `late`, which announces a file while the round asks
+    /// `early` for it, and `early` then goes away.
+    struct TwoPeers {
+        chunks: HashMap<Hash, Vec<u8>>,
+        early: DeviceId,
+        late: DeviceId,
+        /// The chunk `early` cannot serve.
+        gone: Hash,
+        sources: LiveSources,
+        asked: Mutex<Vec<(DeviceId, Hash)>>,
+    }
+
+    impl ChunkSource for TwoPeers {
+        async fn fetch(&self, peer: DeviceId, _: ShareId, chunk: ChunkRef) -> Result<Vec<u8>> {
+            self.asked.lock().unwrap().push((peer, chunk.hash));
+            if peer == self.early && chunk.hash == self.gone {
+                // `late`'s index update arrives while this request runs.
+                self.sources
+                    .write()
+                    .unwrap()
+                    .add_chunks(self.late, [chunk.hash]);
+                return Err(anyhow!("connection lost"));
+            }
+            Ok(self.chunks[&chunk.hash].clone())
+        }
+
+        fn connected(&self) -> Vec<DeviceId> {
+            vec![self.early, self.late]
+        }
+
+        fn mark_bad(&self, _: DeviceId, _: ShareId) {}
+    }
+
+    fn file(path: &str, body: &[u8]) -> FileEntry {
+        let hash = Hash::of(body);
+        let mut version = VersionVector::new();
+        version.bump_at(ShortId(7), 1);
+        FileEntry {
+            path: RelPath::new(path).unwrap(),
+            kind: FileKind::File,
+            size: body.len() as u64,
+            mtime: Timestamp {
+                secs: 1_600_000_000,
+                nanos: 0,
+            },
+            permissions: 0o644,
+            symlink_target: None,
+            content: Some(Content {
+                hash,
+                chunk_avg: 65536,
+                chunks: vec![ChunkRef {
+                    hash,
+                    len: body.len() as u32,
+                }],
+            }),
+            version,
+            deleted: false,
+            sequence: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_holder_announced_during_the_round_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("folder");
+        std::fs::create_dir_all(root.join(meshsync_core::path::META_DIR)).unwrap();
+        let db = Arc::new(IndexDb::open(dir.path()).unwrap());
+        let key = ReadWriteKey::from_secret(&[4; 32]);
+        let config = FolderConfig {
+            path: root.clone(),
+            key: key.to_key_string().to_string(),
+            mode: FolderMode::SendReceive,
+            versioning: VersioningConfig::None,
+            peers: Vec::new(),
+            paused: false,
+        };
+        let folder = Folder::open(config, DeviceId::from_bytes([9; 32]), &db).unwrap();
+        let (one, two) = (b"first file".to_vec(), b"second file".to_vec());
+        let entries = [file("one", &one), file("two", &two)];
+        let early = DeviceId::from_bytes([1; 32]);
+        let late = DeviceId::from_bytes([2; 32]);
+        let mut sources = ChunkSources::new();
+        sources.add_entries(early, &entries);
+        let sources = Arc::new(RwLock::new(sources));
+        let peers = Arc::new(TwoPeers {
+            chunks: [(Hash::of(&one), one.clone()), (Hash::of(&two), two.clone())].into(),
+            early,
+            late,
+            gone: Hash::of(&two),
+            sources: Arc::clone(&sources),
+            asked: Mutex::default(),
+        });
+        let actions = entries
+            .iter()
+            .map(|e| Action::Copy {
+                from: Side::B,
+                source: Box::new(e.clone()),
+                replaces: None,
+                version: e.version.clone(),
+            })
+            .collect();
+        let recorded = AtomicUsize::new(0);
+        let report = apply(
+            Arc::clone(&folder),
+            actions,
+            sources,
+            Arc::clone(&peers),
+            db,
+            || {
+                recorded.fetch_add(1, Ordering::SeqCst);
+            },
+        )
+        .await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.files, 2);
+        assert_eq!(std::fs::read(root.join("one")).unwrap(), one);
+        assert_eq!(std::fs::read(root.join("two")).unwrap(), two);
+        let asked = peers.asked.lock().unwrap().clone();
+        assert!(asked.contains(&(late, Hash::of(&two))), "{asked:?}");
+        assert!(recorded.load(Ordering::SeqCst) >= 1);
+        assert!(folder.stored(&RelPath::new("two").unwrap()).is_some());
     }
 }
