@@ -248,6 +248,39 @@ pub fn stagger_writes(actions: &mut [Action], stagger: Stagger) {
 /// The phase of [`Action::Copy`] (see [`Action::phase`]).
 const WRITE_PHASE: u8 = 3;
 
+/// Whether a peer's index update can change this device's pull. It cannot
+/// when every entry says that the peer now holds exactly what this device
+/// holds (the same version and state of the path) and replaces nothing of
+/// the peer's that was not older than that: the global view stays the same
+/// (an entry older than this device's never wins it, and an equal one
+/// merges into this device's). Peers catching up with this device (a
+/// swarm's source) send little else, batch after batch; each would
+/// otherwise cost a plan of the whole folder.
+pub fn may_change_pull(
+    local: &dyn EntryMap,
+    peer_before: &dyn EntryMap,
+    update: &[FileEntry],
+) -> bool {
+    update.iter().any(|e| {
+        let Some(mine) = local.entry(&e.path) else {
+            return true;
+        };
+        let same = mine.version.compare(&e.version) == Causality::Equal
+            && mine.deleted == e.deleted
+            && mine.kind == e.kind
+            && mine.content.as_ref().map(|c| c.hash) == e.content.as_ref().map(|c| c.hash);
+        if !same {
+            return true;
+        }
+        peer_before.entry(&e.path).is_some_and(|old| {
+            !matches!(
+                old.version.compare(&mine.version),
+                Causality::Older | Causality::Equal
+            )
+        })
+    })
+}
+
 /// How many of this device's entries the swarm does not take: live paths
 /// no authoritative peer has, and versions newer than or concurrent with
 /// theirs (`swarm` is the global view of the authoritative peers alone).
@@ -620,5 +653,34 @@ mod tests {
         let mut same = plain.clone();
         stagger_writes(&mut same, Stagger::NONE);
         assert_eq!(same, plain);
+    }
+
+    #[test]
+    fn an_update_that_only_catches_up_changes_no_pull() {
+        let local = index(&[
+            file("f", "x", 1, &[(HERE, 2)]),
+            file("g", "y", 1, &[(HERE, 3)]),
+        ]);
+        let none = Index::new();
+        let caught_up = [file("f", "x", 1, &[(HERE, 2)])];
+        assert!(!may_change_pull(&local, &none, &caught_up));
+        // It replaces an older entry of the peer's: still nothing new.
+        let older = index(&[file("f", "old", 1, &[(HERE, 1)])]);
+        assert!(!may_change_pull(&local, &older, &caught_up));
+        // It replaces a concurrent one (which may have won): news.
+        let concurrent = index(&[file("f", "c", 9, &[(PEER, 5)])]);
+        assert!(may_change_pull(&local, &concurrent, &caught_up));
+        // Newer, unknown here, or deleted where this device has it: news.
+        for e in [
+            file("f", "z", 2, &[(HERE, 2), (PEER, 4)]),
+            file("h", "n", 1, &[(PEER, 1)]),
+            FileEntry {
+                deleted: true,
+                ..file("g", "y", 1, &[(HERE, 3)])
+            },
+        ] {
+            assert!(may_change_pull(&local, &none, &[caught_up[0].clone(), e]));
+        }
+        assert!(!may_change_pull(&local, &none, &[]));
     }
 }

@@ -280,26 +280,36 @@ impl Folder {
         self.state.lock().expect("poisoned").meta.sequence
     }
 
-    /// Takes in index entries a peer announced.
+    /// Takes in index entries a peer announced. Returns whether they may
+    /// change what this device pulls (else there is nothing to plan again:
+    /// [`meshsync_core::pull::may_change_pull`]).
     pub fn receive_index(
         &self,
         peer: DeviceId,
         entries: Vec<FileEntry>,
         last_sequence: u64,
         signed: bool,
-    ) {
+    ) -> bool {
         let mut st = self.state.lock().expect("poisoned");
         // A running pull may fetch these chunks from the peer at once.
         self.sources
             .write()
             .expect("poisoned")
             .add_entries(peer, &entries);
+        let st = &mut *st;
+        let news = match st.remotes.get(&peer) {
+            Some(r) if r.authoritative == signed => {
+                meshsync_core::pull::may_change_pull(&*st.local.index, &r.entries, &entries)
+            }
+            _ => true,
+        };
         let remote = st.remotes.entry(peer).or_default();
         remote.authoritative = signed;
         remote.max_sequence = remote.max_sequence.max(last_sequence);
         for e in entries {
             remote.entries.insert(e.path.clone(), e);
         }
+        news
     }
 
     /// Forgets a peer's index (it disconnected and will resend on reconnect).
@@ -320,16 +330,6 @@ impl Folder {
         connected: &[DeviceId],
     ) -> (Vec<Action>, LiveSources) {
         let mut st = self.state.lock().expect("poisoned");
-        {
-            // Rebuilt from what the peers hold now: chunks they announced
-            // and no longer have are dropped. Updates take the state lock
-            // first too, so none falls between the two.
-            let mut sources = self.sources.write().expect("poisoned");
-            *sources = ChunkSources::new();
-            for (peer, remote) in &st.remotes {
-                sources.add_index(*peer, &remote.entries);
-            }
-        }
         let sources = Arc::clone(&self.sources);
         if self.config.mode == FolderMode::SendOnly
             || self.paused.load(std::sync::atomic::Ordering::SeqCst)
@@ -389,6 +389,16 @@ impl Folder {
                 _ => 0,
             })
             .sum();
+        if st.need_files > 0 {
+            // Rebuilt from what the peers hold now: chunks they announced
+            // and no longer have are dropped. Updates take the state lock
+            // first too, so none falls between the two.
+            let mut sources = self.sources.write().expect("poisoned");
+            *sources = ChunkSources::new();
+            for (peer, remote) in &st.remotes {
+                sources.add_index(*peer, &remote.entries);
+            }
+        }
         (actions, sources)
     }
 

@@ -250,6 +250,9 @@ async fn serve_chunk(
     if header[0] == meshsync_proto::sealed::STREAM_KIND_SEALED_INDEX {
         return super::storage::stream::serve(daemon, link, send, recv).await;
     }
+    if header[0] == meshsync_proto::sealed::STREAM_KIND_CHUNK_HINTS {
+        return super::storage::hints::receive(daemon, link, send, recv).await;
+    }
     recv.read_exact(&mut header[1..]).await?;
     let request = ChunkRequest::decode(&header)?;
     let open = link
@@ -580,13 +583,15 @@ fn handle_event(
                 return Ok(());
             }
             if let Some(rt) = daemon.folder(&share) {
-                rt.folder.receive_index(
+                let news = rt.folder.receive_index(
                     link.device,
                     batch.entries,
                     batch.last_sequence,
                     batch.signed,
                 );
-                rt.wake.notify_one();
+                if news {
+                    rt.wake.notify_one();
+                }
             }
         }
         ProtoEvent::FolderRejected { share, reason } => {
