@@ -292,6 +292,22 @@ fn check_events(
                     }
                 }
             }
+            Event::ChunksHeld {
+                share: s, spans, ..
+            } => {
+                assert_eq!(s, share, "chunks held of a folder that is not open");
+                assert!(matches!(
+                    scenario,
+                    Scenario::OpenReadOnlyPeer | Scenario::OpenReadWritePeer
+                ));
+                assert!(!spans.is_empty() && spans.len() <= meshsync_proto::limits::MAX_HELD_SPANS);
+                let mut next = 0u64;
+                for span in &spans {
+                    assert!(span.count > 0 && u64::from(span.first) >= next, "{spans:?}");
+                    next = span.numbers().end;
+                }
+                assert!(next <= 1 << 32);
+            }
             Event::Closed { reason, .. } => {
                 assert!(reason.len() <= 256 && !reason.chars().any(char::is_control));
             }

@@ -263,6 +263,13 @@ pub enum ProtocolError {
         /// The rule broken.
         problem: PeersProblem,
     },
+    /// Chunks held given as no runs, too many, or runs that are empty,
+    /// out of order, overlapping or past 2^32.
+    #[error("chunks held in folder {share}: bad runs of chunk numbers")]
+    BadChunkSpans {
+        /// The folder.
+        share: ShareId,
+    },
 }
 
 /// What is wrong with a peer-exchange list.
@@ -306,7 +313,8 @@ impl ProtocolError {
             }
             ProtocolError::ControlCharacters { .. }
             | ProtocolError::BadProgress { .. }
-            | ProtocolError::BadPeers { .. } => CloseCode::Malformed,
+            | ProtocolError::BadPeers { .. }
+            | ProtocolError::BadChunkSpans { .. } => CloseCode::Malformed,
             ProtocolError::FolderNotOpen { .. } => CloseCode::FolderNotOpen,
             ProtocolError::Batch { error, .. } => match error {
                 BatchError::TooManyEntries { .. } => CloseCode::LimitExceeded,
@@ -390,6 +398,12 @@ pub enum UsageError {
         share: ShareId,
         /// The rule broken.
         problem: PeersProblem,
+    },
+    /// Runs of chunk numbers the peer would refuse.
+    #[error("chunks held in folder {share}: bad runs of chunk numbers")]
+    BadChunkSpans {
+        /// The folder.
+        share: ShareId,
     },
     /// A key could not make a proof.
     #[error("key: {0}")]

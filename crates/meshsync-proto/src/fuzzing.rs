@@ -156,7 +156,7 @@ mod tests {
     fn scenarios_reach_their_states() {
         use crate::connection::Phase;
         assert_eq!(connection_at(0).0.phase(), Phase::AwaitingHello);
-        assert_eq!(connection_at(1).0.phase(), Phase::Negotiated { version: 2 });
+        assert_eq!(connection_at(1).0.phase(), Phase::Negotiated { version: 3 });
         for scenario in [2, 3] {
             let (connection, keys) = connection_at(scenario);
             assert!(

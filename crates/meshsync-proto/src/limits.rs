@@ -66,3 +66,7 @@ pub const MAX_PEX_PEERS: usize = 32;
 
 /// The most addresses of one peer in a peer-exchange message.
 pub const MAX_PEX_ADDRESSES: usize = 8;
+
+/// The most runs of chunk numbers in one chunks-held message (a sender with
+/// more splits them over several messages).
+pub const MAX_HELD_SPANS: usize = 1024;

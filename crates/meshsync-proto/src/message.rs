@@ -23,7 +23,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use meshsync_core::entry::FileEntry;
-use meshsync_core::ids::{DeviceId, ShareId};
+use meshsync_core::ids::{DeviceId, Hash, ShareId};
 use meshsync_core::keys::{BatchSignature, KeyKind};
 use meshsync_core::path::RelPath;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -32,16 +32,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::CloseCode;
 use crate::frame::{FrameError, HEADER_LEN, seal_frame};
-use crate::limits::{MAX_BATCH_ENTRIES, MAX_PEX_ADDRESSES, MAX_PEX_PEERS};
+use crate::limits::{MAX_BATCH_ENTRIES, MAX_HELD_SPANS, MAX_PEX_ADDRESSES, MAX_PEX_PEERS};
 
 /// The newest protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first version with peer exchange ([`Peers`]). Version 1 is version 2
 /// without it; a connection that negotiated version 1 never carries it.
 pub const PEX_VERSION: u16 = 2;
 
-/// The versions this crate supports: 1 and 2.
+/// The first version in which a device tells which chunks of a file it is
+/// still downloading it already holds ([`ChunksHeld`]). Version 2 is version
+/// 3 without it.
+pub const HELD_VERSION: u16 = 3;
+
+/// The versions this crate supports: 1 to 3.
 pub const SUPPORTED_VERSIONS: VersionRange = VersionRange {
     min: 1,
     max: PROTOCOL_VERSION,
@@ -127,10 +132,12 @@ pub enum MessageType {
     DownloadProgress = 7,
     /// [`Peers`]: 8 (version 2 and later).
     Peers = 8,
+    /// [`ChunksHeld`]: 9 (version 3 and later).
+    ChunksHeld = 9,
 }
 
 impl MessageType {
-    const ALL: [MessageType; 9] = [
+    const ALL: [MessageType; 10] = [
         MessageType::Hello,
         MessageType::Close,
         MessageType::Ping,
@@ -140,6 +147,7 @@ impl MessageType {
         MessageType::IndexBatch,
         MessageType::DownloadProgress,
         MessageType::Peers,
+        MessageType::ChunksHeld,
     ];
 
     /// The type with wire number `number`, if this version has one.
@@ -158,6 +166,7 @@ impl MessageType {
     pub fn since_version(self) -> u16 {
         match self {
             MessageType::Peers => PEX_VERSION,
+            MessageType::ChunksHeld => HELD_VERSION,
             _ => 1,
         }
     }
@@ -193,6 +202,9 @@ pub enum Message {
     /// Where other peers of an open folder can be reached (peer exchange,
     /// version 2 and later).
     Peers(Peers),
+    /// Chunks of a file the sender is downloading that it holds already
+    /// (version 3 and later).
+    ChunksHeld(ChunksHeld),
 }
 
 /// The first message on the control stream, from both sides, sent without
@@ -394,6 +406,66 @@ pub struct PeerAddresses {
     pub addresses: Vec<SocketAddr>,
 }
 
+/// Chunks of a file the sender is still downloading that it holds, each
+/// verified against its hash, and serves on request like any other chunk.
+/// Sent only on a connection that negotiated [`HELD_VERSION`] or later, only
+/// for a folder open both ways. Each message adds to what earlier ones said
+/// of the same file; none takes anything back.
+///
+/// Like an index from a peer that cannot sign, it is a hint of where to ask:
+/// a chunk the sender no longer has (it finished the file, or gave it up) is
+/// answered "not found", and every chunk received is checked against its
+/// hash before it is used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunksHeld {
+    /// The folder.
+    pub share: ShareId,
+    /// The file being downloaded.
+    pub path: RelPath,
+    /// The content hash of the version being downloaded (an entry's
+    /// `content.hash`): the chunk numbers index that version's chunk list.
+    pub file: Hash,
+    /// 1 to [`MAX_HELD_SPANS`] runs of chunk numbers (checked before
+    /// decoding them), in increasing order, not overlapping.
+    #[serde(deserialize_with = "bounded_spans")]
+    pub spans: Vec<ChunkSpan>,
+}
+
+/// A run of chunk numbers of one file: `first`, `first + 1`, ...,
+/// `first + count - 1` (0 is the file's first chunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkSpan {
+    /// The first chunk number.
+    pub first: u32,
+    /// How many (at least 1, ending at most at 2^32).
+    pub count: u32,
+}
+
+impl ChunkSpan {
+    /// The chunk numbers.
+    pub fn numbers(&self) -> std::ops::Range<u64> {
+        u64::from(self.first)..u64::from(self.first) + u64::from(self.count)
+    }
+
+    /// Runs covering `numbers` (in any order, repeats allowed), in
+    /// increasing order.
+    pub fn runs(numbers: impl IntoIterator<Item = u32>) -> Vec<ChunkSpan> {
+        let mut sorted: Vec<u32> = numbers.into_iter().collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut spans: Vec<ChunkSpan> = Vec::new();
+        for n in sorted {
+            match spans.last_mut() {
+                Some(last) if u64::from(last.first) + u64::from(last.count) == u64::from(n) => {
+                    last.count += 1;
+                }
+                _ => spans.push(ChunkSpan { first: n, count: 1 }),
+            }
+        }
+        spans
+    }
+}
+
 /// Why a frame payload is not a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -439,6 +511,7 @@ impl Message {
             Message::IndexBatch(_) => MessageType::IndexBatch,
             Message::DownloadProgress(_) => MessageType::DownloadProgress,
             Message::Peers(_) => MessageType::Peers,
+            Message::ChunksHeld(_) => MessageType::ChunksHeld,
         }
     }
 
@@ -570,6 +643,10 @@ fn bounded_peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerAddresses>, 
 
 fn bounded_addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
     bounded_seq(d, MAX_PEX_ADDRESSES, "addresses")
+}
+
+fn bounded_spans<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ChunkSpan>, D::Error> {
+    bounded_seq(d, MAX_HELD_SPANS, "chunk spans")
 }
 
 /// [`KeyKind`] on the wire: one byte, 0 read-write, 1 read-only, 2 encrypted.

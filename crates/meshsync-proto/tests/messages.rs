@@ -8,8 +8,8 @@ use meshsync_proto::CloseCode;
 use meshsync_proto::frame::{FrameDecoder, HEADER_LEN};
 use meshsync_proto::limits::MAX_FRAME_LEN;
 use meshsync_proto::message::{
-    Close, DecodeError, DownloadProgress, FolderRefused, Hello, IndexBatch, Message, MessageType,
-    OpenFolder, PeerAddresses, Peers, Ping, Pong, RefuseReason, VersionRange,
+    ChunkSpan, ChunksHeld, Close, DecodeError, DownloadProgress, FolderRefused, Hello, IndexBatch,
+    Message, MessageType, OpenFolder, PeerAddresses, Peers, Ping, Pong, RefuseReason, VersionRange,
 };
 use proptest::prelude::*;
 use util::{arb_entry, arb_path, arb_share};
@@ -125,6 +125,24 @@ fn arb_message() -> impl Strategy<Value = Message> {
                         .collect(),
                 })
             }),
+        (
+            arb_share(),
+            arb_path(),
+            any::<[u8; 32]>(),
+            prop::collection::vec(any::<(u32, u32)>(), 0..5)
+        )
+            .prop_map(|(share, path, file, spans)| {
+                Message::ChunksHeld(ChunksHeld {
+                    share,
+                    path,
+                    file: meshsync_core::ids::Hash(file),
+                    // Any runs decode; the rules are the connection's.
+                    spans: spans
+                        .into_iter()
+                        .map(|(first, count)| ChunkSpan { first, count })
+                        .collect(),
+                })
+            }),
     ]
 }
 
@@ -179,13 +197,15 @@ fn message_type_numbers_are_pinned() {
         (MessageType::IndexBatch, 6),
         (MessageType::DownloadProgress, 7),
         (MessageType::Peers, 8),
+        (MessageType::ChunksHeld, 9),
     ];
     for (ty, number) in pinned {
         assert_eq!(ty.number(), number);
         assert_eq!(MessageType::from_number(number), Some(ty));
     }
-    assert_eq!(MessageType::from_number(9), None);
+    assert_eq!(MessageType::from_number(10), None);
     assert_eq!(MessageType::Peers.since_version(), 2);
+    assert_eq!(MessageType::ChunksHeld.since_version(), 3);
     assert_eq!(MessageType::IndexBatch.since_version(), 1);
 }
 
@@ -238,6 +258,46 @@ fn golden_bytes() {
     expected.extend_from_slice(&[0; 11]);
     expected.extend_from_slice(&[1, 0xac, 0x02]); // V6, port 300
     assert_eq!(peers.to_frame().unwrap(), expected);
+    let held = Message::ChunksHeld(ChunksHeld {
+        share: meshsync_core::ids::ShareId::from_bytes([0xee; 32]),
+        path: meshsync_core::path::RelPath::new("big.bin").unwrap(),
+        file: meshsync_core::ids::Hash([0xcc; 32]),
+        spans: vec![
+            ChunkSpan { first: 0, count: 3 },
+            ChunkSpan {
+                first: 300,
+                count: 1,
+            },
+        ],
+    });
+    let mut expected = vec![0, 0, 0, 79, 9];
+    expected.extend_from_slice(&[0xee; 32]);
+    expected.push(7);
+    expected.extend_from_slice(b"big.bin");
+    expected.extend_from_slice(&[0xcc; 32]);
+    expected.extend_from_slice(&[2, 0, 3, 0xac, 0x02, 1]); // two runs: 0+3, 300+1
+    assert_eq!(held.to_frame().unwrap(), expected);
+}
+
+#[test]
+fn chunks_held_over_the_limit_do_not_decode() {
+    use meshsync_proto::limits::MAX_HELD_SPANS;
+    let encode = |n: usize| {
+        Message::ChunksHeld(ChunksHeld {
+            share: meshsync_core::ids::ShareId::from_bytes([0; 32]),
+            path: meshsync_core::path::RelPath::new("f").unwrap(),
+            file: meshsync_core::ids::Hash([0; 32]),
+            spans: (0..n as u32)
+                .map(|i| ChunkSpan {
+                    first: 2 * i,
+                    count: 1,
+                })
+                .collect(),
+        })
+        .encode()
+    };
+    assert!(Message::decode(&encode(MAX_HELD_SPANS)).is_ok());
+    assert!(Message::decode(&encode(MAX_HELD_SPANS + 1)).is_err());
 }
 
 #[test]

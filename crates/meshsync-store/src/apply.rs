@@ -184,6 +184,11 @@ impl Assembly {
         })
     }
 
+    /// The partial file (chunks written to it were verified first).
+    pub fn partial(&self) -> &Path {
+        &self.partial
+    }
+
     /// The chunks still to fetch, with their offsets.
     pub fn missing(&self) -> &[(u64, ChunkRef)] {
         &self.missing

@@ -1846,3 +1846,89 @@ fn peers_fetch_from_each_other_not_only_from_the_source() {
         "D took everything from A: {from:?}"
     );
 }
+
+/// Slows a daemon down, until dropped: frozen (SIGSTOP) most of the time.
+struct Throttle {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Throttle {
+    /// Lets `pid` (a daemon this test started) run 10 ms in every 50.
+    fn new(pid: i32) -> Throttle {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let _frozen = security_util::Frozen::new(pid);
+                std::thread::sleep(Duration::from_millis(40));
+                drop(_frozen);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Throttle {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// Peers downloading the same big file fetch parts of it from each other
+// before either has it whole (protocol version 3, chunks held): with the
+// source slowed down, B and C each start at their own place in big.bin,
+// announce the chunks they verified, and serve them from their partial
+// files to the other.
+#[test]
+fn peers_share_parts_of_a_big_file_they_are_still_downloading() {
+    let dir = Dir::new("daemon-swarm-partial");
+    let big = random_bytes(11, 48 * MIB);
+    dir.write_with("a/big.bin", &big, 0o644, T1);
+    let mut a = Device::new(&dir, "A");
+    let keys = a.share(&dir.path("a"), None);
+    let mut b = Device::new(&dir, "B");
+    b.join(&keys.read_write, &dir.path("b"), &[&a], None);
+    let mut c = Device::new(&dir, "C");
+    c.join(&keys.read_write, &dir.path("c"), &[&a, &b], None);
+    // B and C know each other before the source appears, so they start at
+    // different places in the file.
+    b.start();
+    c.start();
+    eventually("B and C connected", &[&b, &c], || {
+        match c.folder_status(&dir.path("c"))["peers"].as_u64() {
+            Some(1) => Ok(()),
+            other => Err(format!("C has {other:?} peers on the folder")),
+        }
+    });
+    a.start();
+    let throttle = Throttle::new(security_util::daemon_pid(&a.home));
+    daemon_util::eventually_within(
+        Duration::from_secs(120),
+        "big.bin on B and C",
+        &[&a, &b, &c],
+        || {
+            has_content(&dir.path("b/big.bin"), &big)?;
+            has_content(&dir.path("c/big.bin"), &big)
+        },
+    );
+    drop(throttle);
+    let partial = |d: &Device| d.metric("meshsync_partial_bytes_sent_total") as u64;
+    let (from_b, from_c) = (partial(&b), partial(&c));
+    eprintln!(
+        "served from partial files: B {from_b}, C {from_c}; B received {:?}, C received {:?}",
+        bytes_in_by_peer(&b),
+        bytes_in_by_peer(&c)
+    );
+    assert!(
+        from_b + from_c > 0,
+        "neither B nor C served a chunk of big.bin while downloading it"
+    );
+}

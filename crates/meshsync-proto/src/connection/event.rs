@@ -293,6 +293,19 @@ pub enum Event {
         /// The peers and their addresses.
         peers: Vec<crate::message::PeerAddresses>,
     },
+    /// The peer holds these chunks of a file it is still downloading, and
+    /// serves them (version 3). The runs passed the checks of
+    /// `send_chunks_held`; the claim is still only a hint of where to ask.
+    ChunksHeld {
+        /// The folder (open on this connection).
+        share: ShareId,
+        /// The file.
+        path: RelPath,
+        /// The content hash of the version the peer is downloading.
+        file: meshsync_core::ids::Hash,
+        /// Chunk numbers in that version's chunk list.
+        spans: Vec<crate::message::ChunkSpan>,
+    },
     /// The peer pinged; the pong is queued.
     PingReceived {
         /// The ping's nonce.

@@ -20,7 +20,7 @@
 //!     (none|LocalOffered) ─peer OpenFolder bad─▶ Refused(Local)
 //!     PeerOffered ─refuse_folder──▶ Refused(Local)
 //!     LocalOffered ─peer FolderRefused──▶ Refused(Peer)
-//!     Open: IndexBatch / DownloadProgress both ways   │   │
+//!     Open: IndexBatch / DownloadProgress / Peers / ChunksHeld both ways
 //!                                                 ┌───▼───▼┐
 //!                                                 │ Closed │
 //!                                                 └────────┘
@@ -457,6 +457,46 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether the negotiated version carries chunks of partial files
+    /// ([`Connection::send_chunks_held`], [`Event::ChunksHeld`]).
+    pub fn has_held_chunks(&self) -> bool {
+        self.negotiated_version()
+            .is_some_and(|v| v >= message::HELD_VERSION)
+    }
+
+    /// Tells the peer that this side holds (verified) the chunks `spans` of
+    /// the version `file` of `path` it is downloading in the open folder
+    /// `share`, and serves them. Needs a negotiated version with it
+    /// ([`Connection::has_held_chunks`]); `spans` must be 1 to
+    /// [`MAX_HELD_SPANS`](crate::limits::MAX_HELD_SPANS) runs in increasing
+    /// order, not overlapping ([`message::ChunkSpan::runs`] makes them).
+    pub fn send_chunks_held(
+        &mut self,
+        share: ShareId,
+        path: RelPath,
+        file: meshsync_core::ids::Hash,
+        spans: Vec<message::ChunkSpan>,
+    ) -> Result<(), UsageError> {
+        self.check_negotiated()?;
+        if !self.has_held_chunks() {
+            return Err(UsageError::NotInVersion {
+                message_type: MessageType::ChunksHeld,
+                negotiated: self.negotiated_version().unwrap_or(0),
+            });
+        }
+        self.open_folder_mut(share, "send chunks held")?;
+        if !spans_valid(&spans) {
+            return Err(UsageError::BadChunkSpans { share });
+        }
+        self.queue(&Message::ChunksHeld(message::ChunksHeld {
+            share,
+            path,
+            file,
+            spans,
+        }));
+        Ok(())
+    }
+
     /// Sends a ping; the peer's pong shows up as [`Event::PongReceived`].
     pub fn ping(&mut self, nonce: u64) -> Result<(), UsageError> {
         self.check_negotiated()?;
@@ -585,6 +625,9 @@ impl Connection {
             }
             (Phase::Negotiated { version }, Message::Peers(peers)) => {
                 self.handle_peers(version, peers)
+            }
+            (Phase::Negotiated { version }, Message::ChunksHeld(held)) => {
+                self.handle_held(version, held)
             }
             (phase, _) => Err(ProtocolError::UnexpectedMessage {
                 message_type,
@@ -792,6 +835,36 @@ impl Connection {
         Ok(())
     }
 
+    fn handle_held(
+        &mut self,
+        version: u16,
+        held: message::ChunksHeld,
+    ) -> Result<(), ProtocolError> {
+        if version < message::HELD_VERSION {
+            // Not a type of the negotiated version: as unknown as type 99.
+            return Err(ProtocolError::Decode(message::DecodeError::UnknownType {
+                number: MessageType::ChunksHeld.number(),
+            }));
+        }
+        let share = held.share;
+        if !matches!(self.folders.get(&share), Some(FolderState::Open(_))) {
+            return Err(ProtocolError::FolderNotOpen {
+                share,
+                message_type: MessageType::ChunksHeld,
+            });
+        }
+        if !spans_valid(&held.spans) {
+            return Err(ProtocolError::BadChunkSpans { share });
+        }
+        self.events.push_back(Event::ChunksHeld {
+            share,
+            path: held.path,
+            file: held.file,
+            spans: held.spans,
+        });
+        Ok(())
+    }
+
     fn handle_progress(
         &mut self,
         progress: message::DownloadProgress,
@@ -818,6 +891,20 @@ impl Connection {
         });
         Ok(())
     }
+}
+
+/// Whether `spans` are 1 to [`MAX_HELD_SPANS`](crate::limits::MAX_HELD_SPANS)
+/// non-empty runs of chunk numbers, in increasing order, not overlapping,
+/// none past 2^32 (the upper count was checked while decoding).
+fn spans_valid(spans: &[message::ChunkSpan]) -> bool {
+    let mut next = 0u64;
+    !spans.is_empty()
+        && spans.len() <= crate::limits::MAX_HELD_SPANS
+        && spans.iter().all(|s| {
+            let ok = s.count > 0 && u64::from(s.first) >= next;
+            next = s.numbers().end;
+            ok && next <= 1 << 32
+        })
 }
 
 /// Checks a peer-exchange list: no device twice, not `receiver`, each with 1

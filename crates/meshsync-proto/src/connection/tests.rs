@@ -264,7 +264,7 @@ fn no_common_version_closes_with_incompatible_version() {
     let mut a = Connection::new(
         ProofRole::Initiator,
         LocalInfo::new(DeviceId::from_bytes(A), "a", "t")
-            .with_versions(VersionRange::new(3, 4).unwrap()),
+            .with_versions(VersionRange::new(4, 5).unwrap()),
         BINDING,
         DeviceId::from_bytes(B),
     );
@@ -276,7 +276,7 @@ fn no_common_version_closes_with_incompatible_version() {
         err,
         ProtocolError::IncompatibleVersion {
             local: SUPPORTED_VERSIONS,
-            peer: VersionRange::new(3, 4).unwrap(),
+            peer: VersionRange::new(4, 5).unwrap(),
         }
     );
 }
@@ -318,7 +318,7 @@ fn hello_ignores_trailing_fields_of_later_versions() {
     bytes.extend_from_slice(&[1, 2, 3]);
     let mut b = responder();
     b.handle_frame(&bytes, &[rw()][..]).unwrap();
-    assert_eq!(b.negotiated_version(), Some(2));
+    assert_eq!(b.negotiated_version(), Some(3));
 }
 
 #[test]
@@ -1320,4 +1320,112 @@ fn bad_peer_lists_are_refused_by_both_sides() {
             }
         );
     }
+}
+
+// --- Chunks of partial files (version 3) -------------------------------------
+
+fn span(first: u32, count: u32) -> message::ChunkSpan {
+    message::ChunkSpan { first, count }
+}
+
+fn held(spans: Vec<message::ChunkSpan>) -> Vec<u8> {
+    frame(Message::ChunksHeld(message::ChunksHeld {
+        share: share(),
+        path: RelPath::new("big.bin").unwrap(),
+        file: Hash::of(b"big"),
+        spans,
+    }))
+}
+
+#[test]
+fn chunks_held_of_an_open_folder_are_delivered() {
+    let (mut a, mut b) = open_pair(&rw(), 0);
+    assert!(a.has_held_chunks() && b.has_held_chunks());
+    let spans = message::ChunkSpan::runs([7, 0, 1, 2, 9, 8, 2]);
+    assert_eq!(spans, [span(0, 3), span(7, 3)]);
+    let path = RelPath::new("big.bin").unwrap();
+    a.send_chunks_held(share(), path.clone(), Hash::of(b"big"), spans.clone())
+        .unwrap();
+    deliver(&mut a, &mut b, &[rw()][..]).unwrap();
+    assert_eq!(
+        events(&mut b),
+        [Event::ChunksHeld {
+            share: share(),
+            path,
+            file: Hash::of(b"big"),
+            spans
+        }]
+    );
+}
+
+#[test]
+fn chunks_held_need_version_3_both_ways() {
+    let (a, mut b) = open_pair_speaking(VersionRange::new(1, 2).unwrap());
+    assert_eq!(a.negotiated_version(), Some(2));
+    assert!(!a.has_held_chunks() && !b.has_held_chunks());
+    assert!(matches!(
+        b.send_chunks_held(
+            share(),
+            RelPath::new("f").unwrap(),
+            Hash::of(b"f"),
+            vec![span(0, 1)]
+        ),
+        Err(UsageError::NotInVersion { negotiated: 2, .. })
+    ));
+    let err = expect_close(&mut b, &held(vec![span(0, 1)]), CloseCode::UnknownMessage);
+    assert!(matches!(
+        err,
+        ProtocolError::Decode(message::DecodeError::UnknownType { number: 9 })
+    ));
+}
+
+#[test]
+fn chunks_held_of_a_folder_not_open_are_refused() {
+    let (mut a, mut b) = negotiated();
+    assert!(matches!(
+        a.send_chunks_held(
+            share(),
+            RelPath::new("f").unwrap(),
+            Hash::of(b"f"),
+            vec![span(0, 1)]
+        ),
+        Err(UsageError::FolderState { .. })
+    ));
+    expect_close(&mut b, &held(vec![span(0, 1)]), CloseCode::FolderNotOpen);
+}
+
+#[test]
+fn bad_runs_of_chunks_held_are_refused_by_both_sides() {
+    let cases = [
+        vec![],
+        vec![span(0, 0)],
+        vec![span(5, 1), span(2, 1)],
+        vec![span(0, 3), span(2, 1)],
+        vec![span(u32::MAX, 2)],
+    ];
+    for spans in cases {
+        let (mut a, mut b) = open_pair(&rw(), 0);
+        assert_eq!(
+            a.send_chunks_held(
+                share(),
+                RelPath::new("f").unwrap(),
+                Hash::of(b"f"),
+                spans.clone()
+            ),
+            Err(UsageError::BadChunkSpans { share: share() }),
+            "{spans:?}"
+        );
+        assert!(sent(&mut a).is_empty(), "nothing sent");
+        let err = expect_close(&mut b, &held(spans), CloseCode::Malformed);
+        assert_eq!(err, ProtocolError::BadChunkSpans { share: share() });
+    }
+    // Touching runs and the last chunk number are fine.
+    let (mut a, _) = open_pair(&rw(), 0);
+    a.send_chunks_held(
+        share(),
+        RelPath::new("f").unwrap(),
+        Hash::of(b"f"),
+        vec![span(0, 2), span(2, 1), span(u32::MAX, 1)],
+    )
+    .unwrap();
 }

@@ -536,6 +536,12 @@ fn render_metrics(metrics: &Metrics, status: &Status) -> String {
             metrics.bytes_sent,
         ),
         (
+            "meshsync_partial_bytes_sent_total",
+            "counter",
+            "Chunk data sent to peers from files still downloading here, in bytes.",
+            metrics.partial_bytes_sent,
+        ),
+        (
             "meshsync_files_synced_total",
             "counter",
             "Files written by sync.",
@@ -784,6 +790,7 @@ mod tests {
                 metrics: Metrics {
                     bytes_received: 4096,
                     bytes_sent: 2048,
+                    partial_bytes_sent: 512,
                     files_synced: 7,
                     chunks_rejected: 1,
                     peers_connected: 2,
@@ -1331,6 +1338,7 @@ mod tests {
         for expected in [
             "meshsync_bytes_received_total 4096",
             "meshsync_bytes_sent_total 2048",
+            "meshsync_partial_bytes_sent_total 512",
             "meshsync_chunks_rejected_total 1",
             "meshsync_peers_connected 2",
             "meshsync_folder_need_bytes{share_id=\"SHAREA\"} 100",

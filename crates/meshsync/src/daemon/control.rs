@@ -173,6 +173,8 @@ pub struct Metrics {
     pub bytes_received: u64,
     /// Bytes sent to peers (chunk data).
     pub bytes_sent: u64,
+    /// Of `bytes_sent`, those read from files still downloading here.
+    pub partial_bytes_sent: u64,
     /// Files written by sync.
     pub files_synced: u64,
     /// Chunks refused for a bad hash.

@@ -132,6 +132,8 @@ pub struct Folder {
     pub state: std::sync::Mutex<FolderState>,
     /// Who holds which chunk (locked after `state` when both are).
     sources: LiveSources,
+    /// Chunks of big files being downloaded that this device holds.
+    pub held: super::held::HeldChunks,
 }
 
 impl Folder {
@@ -178,6 +180,7 @@ impl Folder {
                 refused: Vec::new(),
             }),
             sources: Arc::new(std::sync::RwLock::new(ChunkSources::new())),
+            held: Default::default(),
         }))
     }
 
@@ -312,6 +315,54 @@ impl Folder {
         news
     }
 
+    /// Takes in a peer's word that it holds the chunks numbered `spans` of
+    /// the version `file` of `path` it is downloading: a running pull may
+    /// fetch them from it. Numbers are looked up in the chunk list of that
+    /// version as another peer announced it; what no known entry has is
+    /// ignored (a hint, like an unsigned index).
+    pub fn receive_held(
+        &self,
+        peer: DeviceId,
+        path: &RelPath,
+        file: meshsync_core::ids::Hash,
+        spans: &[meshsync_proto::message::ChunkSpan],
+    ) {
+        let st = self.state.lock().expect("poisoned");
+        let chunks = st
+            .remotes
+            .values()
+            .filter_map(|r| r.entries.get(path))
+            .filter_map(|e| e.content.as_ref())
+            .find(|c| c.hash == file);
+        let Some(content) = chunks else {
+            return;
+        };
+        let len = content.chunks.len() as u64;
+        let hashes = spans
+            .iter()
+            .flat_map(|s| s.numbers().start.min(len)..s.numbers().end.min(len))
+            .map(|n| content.chunks[n as usize].hash);
+        self.sources
+            .write()
+            .expect("poisoned")
+            .add_chunks(peer, hashes);
+    }
+
+    /// Whether `peer` announced holding the version `file` of `path` whole.
+    pub fn peer_has(
+        &self,
+        peer: &DeviceId,
+        path: &RelPath,
+        file: &meshsync_core::ids::Hash,
+    ) -> bool {
+        let st = self.state.lock().expect("poisoned");
+        st.remotes
+            .get(peer)
+            .and_then(|r| r.entries.get(path))
+            .and_then(|e| e.content.as_ref())
+            .is_some_and(|c| c.hash == *file)
+    }
+
     /// Forgets a peer's index (it disconnected and will resend on reconnect).
     pub fn forget_peer(&self, peer: &DeviceId) {
         self.state.lock().expect("poisoned").remotes.remove(peer);
@@ -320,21 +371,21 @@ impl Folder {
 
     /// Plans this folder against the global view
     /// ([`meshsync_core::pull::plan_pull`] decides); returns the actions on
-    /// this side, and who holds which chunk (kept up to date while the
-    /// actions run). `connected`: the peers with the folder open now (the
-    /// swarm the writes are staggered across, with those that sent an
-    /// index).
+    /// this side, who holds which chunk (kept up to date while the actions
+    /// run), and where this device starts in the list of writes and in each
+    /// big file's chunks. `connected`: the peers with the folder open now
+    /// (the swarm it is staggered across, with those that sent an index).
     pub fn plan_pull(
         &self,
         now_unix_secs: i64,
         connected: &[DeviceId],
-    ) -> (Vec<Action>, LiveSources) {
+    ) -> (Vec<Action>, LiveSources, Stagger) {
         let mut st = self.state.lock().expect("poisoned");
         let sources = Arc::clone(&self.sources);
         if self.config.mode == FolderMode::SendOnly
             || self.paused.load(std::sync::atomic::Ordering::SeqCst)
         {
-            return (Vec::new(), sources);
+            return (Vec::new(), sources, Stagger::NONE);
         }
         let mut authoritative: Vec<&dyn EntryMap> = vec![&*st.local.index];
         let mut peers: Vec<(&DeviceId, &RemoteIndex)> =
@@ -399,7 +450,7 @@ impl Folder {
                 sources.add_index(*peer, &remote.entries);
             }
         }
-        (actions, sources)
+        (actions, sources, stagger)
     }
 
     /// Removes partial downloads that no known version of any file needs

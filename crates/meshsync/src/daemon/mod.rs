@@ -19,6 +19,7 @@ pub mod api;
 pub mod control;
 pub mod discovery;
 pub mod folder;
+pub mod held;
 pub mod peer;
 pub mod pull;
 pub mod storage;
@@ -64,6 +65,8 @@ pub struct FolderRuntime {
 pub struct Counters {
     /// Chunk bytes sent.
     pub bytes_sent: AtomicU64,
+    /// Of those, bytes read from files still downloading here.
+    pub partial_bytes_sent: AtomicU64,
     /// Files written.
     pub files_synced: AtomicU64,
     /// Chunks refused (bad hash).
@@ -356,7 +359,7 @@ impl Daemon {
         let folder = Arc::clone(&rt.folder);
         for _round in 0..8 {
             let connected = self.peers.with_folder(&folder.share);
-            let (actions, sources) = folder.plan_pull(now_secs(), &connected);
+            let (actions, sources, stagger) = folder.plan_pull(now_secs(), &connected);
             release_free_memory();
             if actions.is_empty() {
                 let f = Arc::clone(&folder);
@@ -370,6 +373,7 @@ impl Daemon {
                 Arc::clone(&folder),
                 actions,
                 sources,
+                stagger,
                 Arc::clone(&self.peers),
                 Arc::clone(&self.db),
                 recorded,
@@ -672,6 +676,7 @@ impl Control for Daemon {
         Metrics {
             bytes_received: self.peers.bytes_received.load(Ordering::Relaxed),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            partial_bytes_sent: c.partial_bytes_sent.load(Ordering::Relaxed),
             files_synced: c.files_synced.load(Ordering::Relaxed),
             chunks_rejected: c.chunks_rejected.load(Ordering::Relaxed),
             peers_connected: self.peers.count() as u64,

@@ -24,13 +24,15 @@ use meshsync_core::ids::{DeviceId, ShareId};
 use meshsync_core::keys::{FolderKey, KeyKind, ProofRole};
 use meshsync_net::{PeerConnection, Role};
 use meshsync_proto::chunk::{ChunkRequest, ChunkResponse, ChunkStatus};
-use meshsync_proto::limits::MAX_BATCH_ENTRIES;
+use meshsync_proto::limits::{MAX_BATCH_ENTRIES, MAX_HELD_SPANS};
+use meshsync_proto::message::ChunkSpan;
 use meshsync_proto::{CloseCode, Connection, Event as ProtoEvent, FolderOffer, LocalInfo};
 
 use super::Daemon;
 use super::control::{Event, PeerStatus};
 use super::discovery::pex::Exchange;
 use super::discovery::{Found, PathKind};
+use super::held::HeldCursor;
 use super::pull::ChunkSource;
 
 /// One connected peer.
@@ -260,9 +262,9 @@ async fn serve_chunk(
         .lock()
         .expect("poisoned")
         .contains(&request.share);
-    let map = daemon
-        .folder(&request.share)
-        .filter(|_| open)
+    let folder = daemon.folder(&request.share).filter(|_| open);
+    let map = folder
+        .as_ref()
         .map(|rt| Arc::clone(&rt.chunks.read().expect("poisoned")));
     let Some(map) = map else {
         send.write_all(&ChunkResponse::refused().encode()).await?;
@@ -278,9 +280,22 @@ async fn serve_chunk(
         return Ok(());
     }
     let (hash, len) = (request.hash, request.len);
-    let bytes = tokio::task::spawn_blocking(move || map.read_chunk(&hash, len)).await?;
+    let rt = folder.expect("checked with the map");
+    // Whole files first, then big files still downloading (both read back
+    // and hashed before they are served).
+    let bytes = tokio::task::spawn_blocking(move || match map.read_chunk(&hash, len) {
+        Some(bytes) => Some((bytes, false)),
+        None => rt.folder.held.read(&hash, len).map(|b| (b, true)),
+    })
+    .await?;
     match bytes {
-        Some(bytes) => {
+        Some((bytes, partial)) => {
+            if partial {
+                daemon
+                    .counters
+                    .partial_bytes_sent
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
             send.write_all(&ChunkResponse::found(&request).encode())
                 .await?;
             send.write_all(&bytes).await?;
@@ -428,6 +443,8 @@ async fn drive_control(daemon: &Arc<Daemon>, link: &Arc<PeerLink>) -> Result<()>
     );
     // What was sent of each open folder's index: the last sequence covered.
     let mut sent: HashMap<ShareId, u64> = HashMap::new();
+    // What was announced of each open folder's partial downloads.
+    let mut held: HashMap<ShareId, HeldCursor> = HashMap::new();
     let mut pex = Exchange::new(std::time::Instant::now());
     let mut buf = vec![0u8; 64 * 1024];
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -471,6 +488,7 @@ async fn drive_control(daemon: &Arc<Daemon>, link: &Arc<PeerLink>) -> Result<()>
                     offer_new_folders(daemon, &mut proto)?;
                 }
                 send_index_updates(daemon, &mut proto, &mut sent);
+                send_held_chunks(daemon, link, &mut proto, &sent, &mut held);
                 pex.send_due(daemon, link, &mut proto, std::time::Instant::now());
             }
             _ = stopping.changed() => {
@@ -594,6 +612,23 @@ fn handle_event(
                 }
             }
         }
+        ProtoEvent::ChunksHeld {
+            share,
+            path,
+            file,
+            spans,
+        } => {
+            let open = link.folders.lock().expect("poisoned").contains(&share);
+            if !open
+                || link.sealed.is_sealed(&share)
+                || link.bad_for.lock().expect("poisoned").contains(&share)
+            {
+                return Ok(());
+            }
+            if let Some(rt) = daemon.folder(&share) {
+                rt.folder.receive_held(link.device, &path, file, &spans);
+            }
+        }
         ProtoEvent::FolderRejected { share, reason } => {
             tracing::warn!(
                 "peer {} offered folder {share} and was refused: {reason:?}",
@@ -612,6 +647,41 @@ fn handle_event(
         _ => {}
     }
     Ok(())
+}
+
+/// Tells the peer which chunks of big files still downloading here it can
+/// fetch from this device (version 3): the new ones since the last time,
+/// for each folder whose index goes to it (read-proven), except files the
+/// peer announced holding whole.
+fn send_held_chunks(
+    daemon: &Daemon,
+    link: &PeerLink,
+    proto: &mut Connection,
+    sent: &HashMap<ShareId, u64>,
+    held: &mut HashMap<ShareId, HeldCursor>,
+) {
+    if !proto.has_held_chunks() {
+        return;
+    }
+    held.retain(|share, _| sent.contains_key(share));
+    for share in sent.keys() {
+        let Some(rt) = daemon.folder(share) else {
+            continue;
+        };
+        let cursor = held.entry(*share).or_default();
+        for (path, file, numbers) in rt.folder.held.news(cursor) {
+            if rt.folder.peer_has(&link.device, &path, &file) {
+                continue;
+            }
+            let spans = ChunkSpan::runs(numbers);
+            for part in spans.chunks(MAX_HELD_SPANS) {
+                if let Err(e) = proto.send_chunks_held(*share, path.clone(), file, part.to_vec()) {
+                    tracing::debug!("announcing chunks of {path} held: {e}");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Encoded bytes a batch may hold (well under the 16 MiB frame limit).

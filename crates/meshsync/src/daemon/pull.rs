@@ -12,7 +12,10 @@
 //! to happen, peers pulling the same files at once start at different
 //! places in the plan (`folder::plan_pull` staggers the writes with
 //! [`meshsync_core::pull::Stagger`]), so each soon has files the others
-//! still need. A chunk that fails its hash gets its peer
+//! still need; in a big file each also starts at its own place among the
+//! chunks, and announces the chunks it verified while the file is still
+//! downloading (`held`, protocol version 3), so peers can take parts of the
+//! file from each other before any has it whole. A chunk that fails its hash gets its peer
 //! dropped for this folder and is fetched elsewhere. Partial files live in
 //! `.meshsync/partial/` and survive a disconnect or a restart.
 //!
@@ -59,6 +62,7 @@ use anyhow::{Result, anyhow};
 use meshsync_core::entry::{ChunkRef, FileEntry, FileKind};
 use meshsync_core::ids::{DeviceId, ShareId};
 use meshsync_core::plan::{Action, Side};
+use meshsync_core::pull::Stagger;
 use meshsync_store::apply::{self, Assembly};
 use meshsync_store::chunkmap::{ChunkMap, ChunkReader};
 use meshsync_store::db::{IndexDb, StoredEntry};
@@ -66,6 +70,7 @@ use meshsync_store::write::{self, WriteError};
 use tokio::task::JoinSet;
 
 use super::folder::{Folder, LiveSources};
+use super::held::HeldChunks;
 use crate::config::FolderMode;
 
 /// Where chunks come from: the connected peers.
@@ -135,6 +140,7 @@ pub async fn apply<S: ChunkSource>(
     folder: Arc<Folder>,
     actions: Vec<Action>,
     sources: LiveSources,
+    stagger: Stagger,
     peers: Arc<S>,
     db: Arc<IndexDb>,
     recorded: impl Fn() + Send + Sync,
@@ -310,6 +316,7 @@ pub async fn apply<S: ChunkSource>(
                 folder: Arc::clone(&folder),
                 replacing: replaces.is_some(),
                 entry,
+                stagger,
                 local_map: Arc::clone(&local_map),
                 sources: Arc::clone(&sources),
                 peers: Arc::clone(&peers),
@@ -520,6 +527,11 @@ fn commit_batch(
             }
             apply::commit_partial(&f.partial, &folder.root, &f.target, expected)
         })();
+        if let Some(c) = &f.entry.content {
+            // The partial file is gone (or waits for the next round): the
+            // index speaks for the file once recorded.
+            folder.held.stop(&f.entry.path, &c.hash);
+        }
         match result {
             Ok(obs) => {
                 report.lock().expect("poisoned").files += 1;
@@ -572,6 +584,8 @@ struct CopyJob<S> {
     folder: Arc<Folder>,
     replacing: bool,
     entry: FileEntry,
+    /// Where this device starts in the file's chunks.
+    stagger: Stagger,
     local_map: Arc<ChunkMap>,
     sources: LiveSources,
     peers: Arc<S>,
@@ -583,9 +597,14 @@ struct CopyJob<S> {
 impl<S: ChunkSource> CopyJob<S> {
     async fn run(self) -> Result<Finished, String> {
         let path = self.entry.path.clone();
-        self.fetch_file()
-            .await
-            .map_err(|e| format!("{}: {e:#}", self.folder.root.join(path.as_str()).display()))
+        let result = self.fetch_file().await;
+        if result.is_err()
+            && let Some(c) = &self.entry.content
+        {
+            // Given up: its chunks are no longer announced or served.
+            self.folder.held.stop(&path, &c.hash);
+        }
+        result.map_err(|e| format!("{}: {e:#}", self.folder.root.join(path.as_str()).display()))
     }
 
     async fn fetch_file(&self) -> Result<Finished> {
@@ -619,15 +638,44 @@ impl<S: ChunkSource> CopyJob<S> {
         } else {
             tokio::task::spawn_blocking(start).await??
         };
+        // Every chunk numbered; those the partial file holds already (a
+        // resumed download, local copies) and those still to fetch.
+        let missing: HashSet<u64> = assembly.missing().iter().map(|(o, _)| *o).collect();
+        let (mut todo, held): (Vec<_>, Vec<_>) = content
+            .offsets()
+            .enumerate()
+            .map(|(n, (offset, chunk))| (n as u32, offset, *chunk))
+            .partition(|(_, offset, _)| missing.contains(offset));
+        // A big file is announced chunk by chunk while it downloads, and
+        // peers downloading it too start elsewhere in it.
+        let announce = HeldChunks::worth_it(&content);
+        if announce {
+            let partial = assembly.partial().to_path_buf();
+            self.folder
+                .held
+                .start(&entry.path, content.hash, partial, held);
+        }
+        let start = self
+            .stagger
+            .start(todo.iter().map(|(_, _, c)| u64::from(c.len)));
+        todo.rotate_left(start);
+        let file = content.hash;
         let assembly = Arc::new(assembly);
         let mut fetches = JoinSet::new();
         let mut fetched = 0u64;
-        for &(offset, chunk) in assembly.missing() {
+        for (n, offset, chunk) in todo {
             while fetches.len() >= WINDOW_PER_PEER {
                 fetched += self.join_fetch(&mut fetches).await?;
             }
             let job = self.fetch_chunk(offset, chunk, Arc::clone(&assembly));
-            fetches.spawn(job);
+            let (folder, path) = (Arc::clone(&self.folder), entry.path.clone());
+            fetches.spawn(async move {
+                let got = job.await?;
+                if announce {
+                    folder.held.add(&path, file, n, offset, chunk);
+                }
+                Ok(got)
+            });
         }
         while !fetches.is_empty() {
             fetched += self.join_fetch(&mut fetches).await?;
@@ -846,6 +894,7 @@ mod tests {
             Arc::clone(&folder),
             actions,
             sources,
+            Stagger::NONE,
             Arc::clone(&peers),
             db,
             || {
