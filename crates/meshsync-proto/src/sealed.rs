@@ -30,10 +30,11 @@
 //! This module must never panic on any input.
 
 use meshsync_core::encrypted_index::{CHUNK_TAG_LEN, SealedEntry};
-use meshsync_core::entry::FileKind;
+use meshsync_core::entry::{ChunkRef, FileKind};
 use meshsync_core::ids::ShareId;
 use meshsync_core::keys::METADATA_OVERHEAD;
 use meshsync_core::path::RelPath;
+use meshsync_core::version::VersionVector;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{FrameDecoder, FrameError, encode_frame};
@@ -142,33 +143,44 @@ pub fn check_sealed_entry(entry: &SealedEntry) -> Result<(), SealedEntryProblem>
     if entry.path.is_internal() {
         return Err(SealedEntryProblem::InternalPath);
     }
-    let counters = entry.version.counters();
-    let sorted = counters.windows(2).all(|pair| pair[0].0 < pair[1].0);
-    if counters.is_empty()
-        || counters.len() > MAX_VERSION_COUNTERS
-        || !sorted
-        || counters
-            .iter()
-            .any(|&(_, c)| c == 0 || c > meshsync_core::version::MAX_COUNTER)
-    {
+    if !canonical_version(&entry.version) {
         return Err(SealedEntryProblem::NonCanonicalVersion);
     }
     if !entry.chunks.is_empty() && (entry.kind != FileKind::File || entry.deleted) {
         return Err(SealedEntryProblem::ChunksOnNonFile);
     }
-    if let Some(c) = entry
-        .chunks
-        .iter()
-        .find(|c| c.len <= CHUNK_TAG_LEN || c.len > MAX_REQUEST_LEN)
-    {
-        return Err(SealedEntryProblem::BadChunkLen { len: c.len });
-    }
+    check_chunk_lens(&entry.chunks)?;
     if entry.metadata.len() < METADATA_OVERHEAD {
         return Err(SealedEntryProblem::ShortMetadata {
             len: entry.metadata.len(),
         });
     }
     Ok(())
+}
+
+/// A version vector as every sealed entry must carry it: not empty, sorted,
+/// no device twice, no zero counter, none above
+/// [`meshsync_core::version::MAX_COUNTER`], at most
+/// [`MAX_VERSION_COUNTERS`].
+fn canonical_version(version: &VersionVector) -> bool {
+    let counters = version.counters();
+    let sorted = counters.windows(2).all(|pair| pair[0].0 < pair[1].0);
+    !counters.is_empty()
+        && counters.len() <= MAX_VERSION_COUNTERS
+        && sorted
+        && counters
+            .iter()
+            .all(|&(_, c)| c != 0 && c <= meshsync_core::version::MAX_COUNTER)
+}
+
+fn check_chunk_lens(chunks: &[ChunkRef]) -> Result<(), SealedEntryProblem> {
+    match chunks
+        .iter()
+        .find(|c| c.len <= CHUNK_TAG_LEN || c.len > MAX_REQUEST_LEN)
+    {
+        Some(c) => Err(SealedEntryProblem::BadChunkLen { len: c.len }),
+        None => Ok(()),
+    }
 }
 
 /// A request for the responder's sealed index of one folder.
@@ -388,6 +400,155 @@ impl SealedBatchReader {
     }
 }
 
+// Chunk hints (kind 0x03): the chunks of an entry still being sealed, sent
+// ahead of it so that a storage peer fetches them while the sender encrypts
+// the rest. A hint is not signed and proves nothing: the storage peer keeps
+// what it fetched for a hint only in a partial pack, counts it only where the
+// signed entry, when it comes, lists the same chunk at the same place, and
+// drops it otherwise (docs/protocol.md, "Chunk hint stream").
+
+/// The first byte of a chunk hint stream.
+pub const STREAM_KIND_CHUNK_HINTS: u8 = 0x03;
+
+/// Chunks in one hint at most.
+pub const MAX_HINT_CHUNKS: usize = 8192;
+
+/// The header of a chunk hint stream: the folder the hints are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkHintsHeader {
+    /// The folder (must be open and sealed on this connection).
+    pub share: ShareId,
+}
+
+impl ChunkHintsHeader {
+    /// Bytes in an encoded header (the stream-kind byte included).
+    pub const ENCODED_LEN: usize = 1 + 32;
+
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        out[0] = STREAM_KIND_CHUNK_HINTS;
+        out[1..].copy_from_slice(self.share.as_bytes());
+        out
+    }
+
+    /// Reads a header from exactly [`ChunkHintsHeader::ENCODED_LEN`] bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, SealedStreamError> {
+        let bytes: &[u8; Self::ENCODED_LEN] =
+            bytes
+                .try_into()
+                .map_err(|_| SealedStreamError::HeaderLength {
+                    expected: Self::ENCODED_LEN,
+                    got: bytes.len(),
+                })?;
+        if bytes[0] != STREAM_KIND_CHUNK_HINTS {
+            return Err(SealedStreamError::WrongStreamKind(bytes[0]));
+        }
+        let mut share = [0u8; 32];
+        share.copy_from_slice(&bytes[1..]);
+        Ok(ChunkHintsHeader {
+            share: ShareId::from_bytes(share),
+        })
+    }
+}
+
+/// Chunks `first..first + chunks.len()` of the entry the sender is sealing
+/// for encrypted path `path` at `version` (ciphertext hashes and lengths, as
+/// the entry will list them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkHint {
+    /// The entry's encrypted path.
+    pub path: RelPath,
+    /// The entry's version vector.
+    pub version: VersionVector,
+    /// The index of the first chunk in the entry's chunk list.
+    pub first: u32,
+    /// The chunks, in file order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Checks a hint's clear fields as for a sealed entry's.
+pub fn check_hint(hint: &ChunkHint) -> Result<(), SealedEntryProblem> {
+    if hint.path.is_internal() {
+        return Err(SealedEntryProblem::InternalPath);
+    }
+    if !canonical_version(&hint.version) {
+        return Err(SealedEntryProblem::NonCanonicalVersion);
+    }
+    check_chunk_lens(&hint.chunks)
+}
+
+/// Frames a hint for a chunk hint stream (refusing one the receiver would
+/// refuse).
+pub fn frame_hint(hint: &ChunkHint) -> Result<Vec<u8>, SealedStreamError> {
+    if hint.chunks.is_empty() || hint.chunks.len() > MAX_HINT_CHUNKS {
+        return Err(SealedStreamError::TooManyEntries {
+            count: hint.chunks.len() as u64,
+        });
+    }
+    check_hint(hint).map_err(|problem| SealedStreamError::InvalidEntry {
+        path: hint.path.clone(),
+        problem,
+    })?;
+    let payload = postcard::to_stdvec(hint).map_err(|_| SealedStreamError::Malformed)?;
+    Ok(encode_frame(&payload)?)
+}
+
+/// The receiving side of a chunk hint stream (after its header): bytes in,
+/// checked hints out.
+#[derive(Debug, Clone)]
+pub struct ChunkHintReader {
+    frames: FrameDecoder,
+}
+
+impl Default for ChunkHintReader {
+    fn default() -> Self {
+        ChunkHintReader {
+            frames: FrameDecoder::new(MAX_FRAME_LEN),
+        }
+    }
+}
+
+impl ChunkHintReader {
+    /// A reader at the start of the stream's frames.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes received bytes (any split).
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), SealedStreamError> {
+        Ok(self.frames.push(bytes)?)
+    }
+
+    /// The next complete hint, checked, or `None` when more bytes are
+    /// needed.
+    pub fn next_hint(&mut self) -> Result<Option<ChunkHint>, SealedStreamError> {
+        let Some(payload) = self.frames.next_frame()? else {
+            return Ok(None);
+        };
+        let hint: ChunkHint =
+            postcard::from_bytes(&payload).map_err(|_| SealedStreamError::Malformed)?;
+        if postcard::to_stdvec(&hint).map_err(|_| SealedStreamError::Malformed)? != payload {
+            return Err(SealedStreamError::Malformed);
+        }
+        if hint.chunks.is_empty() || hint.chunks.len() > MAX_HINT_CHUNKS {
+            return Err(SealedStreamError::TooManyEntries {
+                count: hint.chunks.len() as u64,
+            });
+        }
+        check_hint(&hint).map_err(|problem| SealedStreamError::InvalidEntry {
+            path: hint.path.clone(),
+            problem,
+        })?;
+        Ok(Some(hint))
+    }
+
+    /// Call when the stream ended: a frame cut in the middle is an error.
+    pub fn finish(&self) -> Result<(), SealedStreamError> {
+        Ok(self.frames.finish()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use meshsync_core::encrypted_index::seal_entry;
@@ -569,10 +730,74 @@ mod tests {
         assert!(r.finish().is_err());
     }
 
+    fn hint(path: &str, lens: &[u32]) -> ChunkHint {
+        let e = entry(path, 1);
+        ChunkHint {
+            path: e.path,
+            version: e.version,
+            first: 3,
+            chunks: lens
+                .iter()
+                .map(|&len| ChunkRef {
+                    hash: Hash::of(&len.to_be_bytes()),
+                    len,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn hints_round_trip_and_are_checked_like_entries() {
+        let header = ChunkHintsHeader {
+            share: ShareId::from_bytes([7; 32]),
+        };
+        let bytes = header.encode();
+        assert_eq!(bytes[0], 0x03);
+        assert_eq!(ChunkHintsHeader::decode(&bytes), Ok(header));
+        assert_eq!(
+            SealedIndexRequest::decode(&bytes),
+            Err(SealedStreamError::WrongStreamKind(3))
+        );
+        let (a, b) = (hint("a", &[17, 100]), hint("b", &[MAX_REQUEST_LEN]));
+        let mut bytes = frame_hint(&a).unwrap();
+        bytes.extend(frame_hint(&b).unwrap());
+        for split in [1, 9, bytes.len()] {
+            let mut r = ChunkHintReader::new();
+            let mut got = Vec::new();
+            for piece in bytes.chunks(split) {
+                r.push(piece).unwrap();
+                while let Some(h) = r.next_hint().unwrap() {
+                    got.push(h);
+                }
+            }
+            r.finish().unwrap();
+            assert_eq!(got, vec![a.clone(), b.clone()]);
+        }
+        // What the writer refuses, the reader refuses too.
+        let mut internal = hint("c", &[20]);
+        internal.path = RelPath::new(".meshsync/x").unwrap();
+        let mut bad = vec![hint("c", &[16]), hint("c", &[]), internal];
+        let mut unversioned = hint("d", &[20]);
+        unversioned.version = VersionVector::new();
+        bad.push(unversioned);
+        for h in bad {
+            assert!(frame_hint(&h).is_err(), "{h:?}");
+            let payload = postcard::to_stdvec(&h).unwrap();
+            let mut r = ChunkHintReader::new();
+            r.push(&encode_frame(&payload).unwrap()).unwrap();
+            assert!(r.next_hint().is_err(), "{h:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
             let _ = SealedIndexRequest::decode(&bytes);
+            let _ = ChunkHintsHeader::decode(&bytes);
+            let mut r = ChunkHintReader::new();
+            if r.push(&bytes).is_ok() {
+                let _ = r.next_hint();
+            }
             let mut r = SealedBatchReader::new();
             if r.push(&bytes).is_ok() {
                 let _ = r.next_batch();

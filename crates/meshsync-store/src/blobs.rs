@@ -226,6 +226,13 @@ impl BlobStore {
         fs::rename(self.partial_path(id), &target).map_err(io_err(&target))
     }
 
+    /// Renames partial pack `from` to `to` (a pack filled for a hint,
+    /// taken up by the entry that claims it).
+    pub fn rename_partial(&self, from: &Hash, to: &Hash) -> Result<(), BlobError> {
+        let target = self.partial_path(to);
+        fs::rename(self.partial_path(from), &target).map_err(io_err(&target))
+    }
+
     /// Drops a partial pack (its entry was superseded before it completed).
     pub fn discard_partial(&self, id: &Hash) {
         let _ = fs::remove_file(self.partial_path(id));

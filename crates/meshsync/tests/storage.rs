@@ -311,6 +311,40 @@ fn a_damaged_chunk_on_the_storage_peer_is_never_served_and_is_repaired() {
     );
 }
 
+/// A file large enough to be hinted (16 MiB and up) reaches the storage
+/// peer through chunks fetched ahead of its signed entry, and comes back
+/// intact from the storage peer alone.
+#[test]
+fn a_large_file_is_fetched_ahead_from_hints_and_restores_intact() {
+    let dir = Dir::new("storage-hints");
+    let large = random_bytes(21, 40 * MIB + 99);
+    dir.write_with("a/large.bin", &large, 0o644, T1);
+    let mut a = Device::new(&dir, "A");
+    let mut s = Device::new(&dir, "S");
+    let keys = a.share(&dir.path("a"), None);
+    s.join(&keys.encrypted, &dir.path("s"), &[&a], None);
+    a.start();
+    s.start();
+    storage_holds(&s, &dir.path("s"), 1, &[&a, &s]);
+    assert!(
+        s.log_text()
+            .contains("takes up the pack filled ahead from its hints"),
+        "S fetched nothing ahead of the entry:\n{}",
+        s.log_text()
+    );
+    assert!(
+        files_below(&dir.path("s/.meshsync/blobs/partial")).is_empty(),
+        "a partial pack is left on S"
+    );
+    a.stop();
+    let mut b = Device::new(&dir, "B");
+    b.join(&keys.read_write, &dir.path("b"), &[&s], None);
+    b.start();
+    eventually("B to restore the large file from S", &[&b, &s], || {
+        has_content(&dir.path("b/large.bin"), &large)
+    });
+}
+
 #[test]
 fn the_storage_peer_cannot_change_the_folder() {
     use meshsync_core::ids::DeviceId;

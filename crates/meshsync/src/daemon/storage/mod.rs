@@ -13,6 +13,10 @@
 //!   its local index sealed and signed ([`sealer`]); a storage-only device
 //!   streams what it keeps, signatures as received ([`store`]); a read-only
 //!   device cannot sign and is not asked.
+//! - **Hints**: while it seals a large file, a read-write device sends the
+//!   storage peer the chunks encrypted so far, unsigned, ahead of the entry
+//!   ([`hints`]), so that the storage peer fetches them at once; they count
+//!   only where the signed entry agrees.
 //! - **Chunks**: requested by ciphertext hash and length. A storage-only
 //!   device serves them from its blob store; a reading device maps the
 //!   ciphertext hash to the plaintext chunk, reads it (verified) and encrypts
@@ -32,6 +36,7 @@
 //! never send plaintext on a sealed link, and never write a chunk it did not
 //! decrypt and check.
 
+pub mod hints;
 pub mod sealer;
 pub mod spool;
 pub mod store;

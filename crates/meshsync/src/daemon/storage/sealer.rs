@@ -6,11 +6,12 @@
 //!   costs reading and encrypting the chunk, so the pairs (plaintext hash →
 //!   ciphertext hash) are kept in memory and in the index database: a chunk
 //!   is encrypted for its hash once, not at every index send or restart.
-//!   Chunks are encrypted on a few threads (the storage peer waits for the
-//!   whole entry before it fetches anything of a file). The ciphertexts made
-//!   on the way wait in the folder's spool ([`super::spool`]) for the storage
-//!   peer's requests; a request that misses it reads and encrypts the chunk
-//!   again.
+//!   Chunks are encrypted on a few threads, in pieces; after each piece the
+//!   chunks of large files known so far go out as hints ([`super::hints`]),
+//!   so the storage peer fetches them before the file's entry is complete.
+//!   The ciphertexts made on the way wait in the folder's spool
+//!   ([`super::spool`]) for the storage peer's requests; a request that
+//!   misses it reads and encrypts the chunk again.
 //! - [`ReaderView`] (one per storage peer link and folder) holds the
 //!   storage peer's entries, opened: per path every version it keeps that no
 //!   other dominates, and the ciphertext of each plaintext chunk.
@@ -25,13 +26,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
-use meshsync_core::encrypted_index::{Admission, OpenedEntry, SealedEntry, admit, seal_entry};
+use meshsync_core::encrypted_index::{
+    Admission, CHUNK_TAG_LEN, OpenedEntry, SealedEntry, admit, seal_entry,
+};
 use meshsync_core::entry::{ChunkRef, FileEntry, FileKind};
 use meshsync_core::global::global_index;
 use meshsync_core::ids::{Hash, ShareId};
 use meshsync_core::keys::{DataKey, FolderKey, VerifyKey};
 use meshsync_core::path::RelPath;
 use meshsync_core::plan::{EntryMap, Index};
+use meshsync_proto::sealed::{ChunkHint, MAX_HINT_CHUNKS};
 use meshsync_store::chunkmap::ChunkMap;
 use meshsync_store::db::IndexDb;
 
@@ -39,6 +43,11 @@ use super::spool::SharedSpool;
 
 /// Threads that encrypt chunks while sealing.
 const SEAL_THREADS: usize = 4;
+/// Plaintext encrypted between two rounds of hints.
+const PIECE_BYTES: u64 = 16 << 20;
+/// Files at least this large are hinted ahead of their sealed entry
+/// (smaller ones are sealed and sent within a piece or two anyway).
+const HINT_MIN_BYTES: u64 = 16 << 20;
 
 /// A reading folder's encryption state for storage peers.
 pub struct Sealer {
@@ -105,8 +114,18 @@ impl Sealer {
 
     /// Seals `entries` (local entries, in sequence order), encrypting the
     /// chunks whose ciphertext hash is not known yet from `chunks` (each read
-    /// verified), and records the new hashes in `db`. Blocking.
-    pub fn seal(&self, entries: &[FileEntry], chunks: &ChunkMap, db: &IndexDb) -> SealedGroup {
+    /// verified), and records the new hashes in `db`. The chunks are
+    /// encrypted in pieces of [`PIECE_BYTES`]; after each, the chunks of
+    /// every entry of at least [`HINT_MIN_BYTES`] whose ciphertext hashes
+    /// are known so far go to `hint`, so that the storage peer fetches them
+    /// while the rest is encrypted. Blocking.
+    pub fn seal(
+        &self,
+        entries: &[FileEntry],
+        chunks: &ChunkMap,
+        db: &IndexDb,
+        hint: &mut dyn FnMut(ChunkHint),
+    ) -> SealedGroup {
         let FolderKey::ReadWrite(key) = &self.key else {
             return SealedGroup {
                 entries: Vec::new(),
@@ -122,7 +141,21 @@ impl Sealer {
             .flat_map(|c| c.chunks.iter().copied())
             .filter(|c| self.cipher_hash(&c.hash).is_none() && seen.insert(c.hash))
             .collect();
-        let (new_pairs, unreadable) = self.encrypt_all(&todo, key.data_key(), chunks);
+        let mut hinted: Vec<Hinting> = entries
+            .iter()
+            .filter(|e| e.is_live() && e.size >= HINT_MIN_BYTES)
+            .filter_map(|e| Hinting::new(key.data_key(), e))
+            .collect();
+        let mut new_pairs = Vec::new();
+        let mut unreadable = HashSet::new();
+        for piece in pieces(&todo) {
+            let (pairs, bad) = self.encrypt_all(piece, key.data_key(), chunks);
+            new_pairs.extend(pairs);
+            unreadable.extend(bad);
+            for h in &mut hinted {
+                h.send_known(|c| self.cipher_hash(c), hint);
+            }
+        }
         let mut out = Vec::with_capacity(entries.len());
         let mut skipped = Vec::new();
         for e in entries {
@@ -185,7 +218,7 @@ impl Sealer {
                             .expect("poisoned")
                             .push((c.hash, enc.cipher_hash));
                         self.spool
-                            .insert(enc.cipher_hash, &enc.ciphertext, Instant::now());
+                            .insert(enc.cipher_hash, enc.ciphertext, Instant::now());
                     }
                 });
             }
@@ -224,6 +257,77 @@ impl Sealer {
     /// often a chunk had to be encrypted again.
     pub fn recent_stats(&self) -> (u64, u64) {
         self.spool.stats()
+    }
+}
+
+/// Splits chunks to encrypt into pieces of about [`PIECE_BYTES`].
+fn pieces(todo: &[ChunkRef]) -> Vec<&[ChunkRef]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, c) in todo.iter().enumerate() {
+        bytes += u64::from(c.len);
+        if bytes >= PIECE_BYTES {
+            out.push(&todo[start..=i]);
+            (start, bytes) = (i + 1, 0);
+        }
+    }
+    if start < todo.len() {
+        out.push(&todo[start..]);
+    }
+    out
+}
+
+/// An entry being hinted: its encrypted path and how many of its chunks
+/// went out in hints.
+struct Hinting<'e> {
+    entry: &'e FileEntry,
+    path: RelPath,
+    sent: usize,
+}
+
+impl<'e> Hinting<'e> {
+    fn new(data: &DataKey, entry: &'e FileEntry) -> Option<Self> {
+        let encrypted = data.encrypt_path(entry.path.as_str()).ok()?;
+        Some(Hinting {
+            entry,
+            path: RelPath::new(&encrypted).ok()?,
+            sent: 0,
+        })
+    }
+
+    /// Sends the chunks after the ones sent already whose ciphertext hashes
+    /// are known now, in order (up to the first that is not).
+    fn send_known(
+        &mut self,
+        cipher_hash: impl Fn(&Hash) -> Option<Hash>,
+        hint: &mut dyn FnMut(ChunkHint),
+    ) {
+        let Some(content) = &self.entry.content else {
+            return;
+        };
+        while self.sent < content.chunks.len() {
+            let known: Vec<ChunkRef> = content.chunks[self.sent..]
+                .iter()
+                .take(MAX_HINT_CHUNKS)
+                .map_while(|c| {
+                    cipher_hash(&c.hash).map(|hash| ChunkRef {
+                        hash,
+                        len: c.len + CHUNK_TAG_LEN,
+                    })
+                })
+                .collect();
+            if known.is_empty() {
+                return;
+            }
+            let n = known.len();
+            hint(ChunkHint {
+                path: self.path.clone(),
+                version: self.entry.version.clone(),
+                first: self.sent as u32,
+                chunks: known,
+            });
+            self.sent += n;
+        }
     }
 }
 

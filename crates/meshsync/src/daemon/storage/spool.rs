@@ -1,25 +1,29 @@
 //! The ciphertext a reading device made while sealing, kept until the
 //! storage peer asks for it.
 //!
-//! A storage peer can fetch nothing of a file before its sealed entry
-//! arrives, and the entry needs the ciphertext hash of every chunk: the
-//! sending device encrypts the whole file first, then the peer asks for the
-//! chunks one by one. Encrypting them a second time on request would double
-//! the cost of the first sync (measured: with a 128 MiB memory cache, 78 % of
-//! a 1 GiB folder's chunks were encrypted twice). So the ciphertext goes to
-//! append-only segment files under the folder's `.meshsync/spool/` (the page
-//! cache keeps them warm; a segment deleted soon after is often never
-//! written back at all) and a request reads it back. A segment is deleted
-//! once every chunk in it was served, or after [`SPOOL_TTL`]; the spool holds
-//! at most [`SPOOL_BYTES`], and what does not fit is encrypted again on
-//! request. It holds ciphertext only, and never anything a peer could not
-//! already ask for.
+//! The sealed entry of a file needs the ciphertext hash of every chunk, so
+//! the sending device encrypts chunks before the storage peer can ask for
+//! them; encrypting them a second time on request would double the cost of
+//! a first sync (measured: with a 128 MiB memory cache and no hints, 78 % of
+//! a 1 GiB folder's chunks were encrypted twice). So the ciphertext waits
+//! here. With chunk hints ([`super::hints`]) the storage peer asks for a
+//! chunk shortly after it was made, so it waits in memory first (up to
+//! [`MEMORY_BYTES`]; a sealing thread that finds it full waits a moment for
+//! the peer to take some, so it does not run far ahead of a peer it shares
+//! the cores with); beyond that, or when the peer does not take any, in
+//! append-only segment files under the folder's `.meshsync/spool/` (the
+//! page cache keeps them warm; a segment deleted soon after is often never
+//! written back at all). A segment is deleted once every chunk in it was
+//! served, or after [`SPOOL_TTL`]; the segments hold at most
+//! [`SPOOL_BYTES`], and what does not fit is encrypted again on request. It
+//! holds ciphertext only, and never anything a peer could not already ask
+//! for.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use meshsync_core::ids::Hash;
@@ -201,43 +205,150 @@ impl Spool {
     }
 }
 
-/// A spool shared by the sealing threads and the chunk server: the lock is
-/// held to find a place, never while the bytes are written or read.
-pub struct SharedSpool(Mutex<Spool>);
+/// Ciphertext kept in memory before any goes to segment files: with chunk
+/// hints the storage peer asks for a chunk a second or so after it was
+/// made, so most never touch the disk (a write and a read back through the
+/// page cache were about 0.8 s of CPU per GiB here).
+pub const MEMORY_BYTES: u64 = 128 << 20;
 
-impl SharedSpool {
-    /// See [`Spool::open`].
-    pub fn open(root: &Path) -> Self {
-        SharedSpool(Mutex::new(Spool::open(root)))
+/// How long a sealing thread waits for the storage peer to take ciphertext
+/// out of a full memory spool before it writes to a segment file instead
+/// (after one such wait in vain, none until something is taken again).
+const MEMORY_WAIT: Duration = Duration::from_secs(1);
+
+/// Ciphertext waiting in memory.
+#[derive(Default)]
+struct MemorySpool {
+    chunks: HashMap<Hash, (Instant, Vec<u8>)>,
+    bytes: u64,
+    limit: u64,
+    hits: u64,
+    /// A wait for room ended in vain (the peer is not taking any).
+    stalled: bool,
+    /// When expired ciphertext was last looked for.
+    expired_at: Option<Instant>,
+}
+
+impl MemorySpool {
+    /// Drops ciphertext older than [`SPOOL_TTL`] (looked for at most once a
+    /// second: a scan of every chunk per insert cost more than the rest).
+    fn expire(&mut self, now: Instant) {
+        if self
+            .expired_at
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.expired_at = Some(now);
+        let bytes = &mut self.bytes;
+        self.chunks.retain(|_, (made, ct)| {
+            let keep = now.saturating_duration_since(*made) <= SPOOL_TTL;
+            if !keep {
+                *bytes -= ct.len() as u64;
+            }
+            keep
+        });
     }
 
-    /// Keeps `ciphertext` (named `hash`) for a later request, if it fits.
-    pub fn insert(&self, hash: Hash, ciphertext: &[u8], now: Instant) {
-        let reserved = self
-            .0
-            .lock()
-            .expect("poisoned")
-            .reserve(hash, ciphertext.len() as u64, now);
+    fn fits(&self, len: u64) -> bool {
+        self.bytes + len <= self.limit
+    }
+}
+
+/// A spool shared by the sealing threads and the chunk server: memory
+/// first, then segment files. The locks are held to find a place, never
+/// while bytes are written to or read from a segment.
+pub struct SharedSpool {
+    disk: Mutex<Spool>,
+    memory: Mutex<MemorySpool>,
+    /// Signalled when ciphertext is taken out of memory.
+    taken: Condvar,
+}
+
+impl SharedSpool {
+    /// See [`Spool::open`]; up to [`MEMORY_BYTES`] wait in memory.
+    pub fn open(root: &Path) -> Self {
+        Self::with_memory(root, MEMORY_BYTES)
+    }
+
+    /// A spool that keeps up to `memory` bytes in memory (none without a
+    /// usable directory: such a spool keeps nothing).
+    pub fn with_memory(root: &Path, memory: u64) -> Self {
+        let disk = Spool::open(root);
+        let limit = if disk.dir.is_some() { memory } else { 0 };
+        SharedSpool {
+            disk: Mutex::new(disk),
+            memory: Mutex::new(MemorySpool {
+                limit,
+                ..MemorySpool::default()
+            }),
+            taken: Condvar::new(),
+        }
+    }
+
+    /// Keeps `ciphertext` (named `hash`) for a later request, if it fits:
+    /// in memory, waiting up to [`MEMORY_WAIT`] for the storage peer to make
+    /// room (so a sealer runs at most that far ahead of the peer's fetching,
+    /// on a machine whose cores they share), else in a segment file.
+    pub fn insert(&self, hash: Hash, ciphertext: Vec<u8>, now: Instant) {
+        let len = ciphertext.len() as u64;
+        {
+            let mut m = self.memory.lock().expect("poisoned");
+            m.expire(now);
+            if m.chunks.contains_key(&hash) {
+                return;
+            }
+            if !m.fits(len) && !m.stalled && len <= m.limit {
+                let (guard, wait) = self
+                    .taken
+                    .wait_timeout_while(m, MEMORY_WAIT, |m| !m.fits(len))
+                    .expect("poisoned");
+                m = guard;
+                m.stalled = wait.timed_out();
+            }
+            if m.fits(len) {
+                m.bytes += len;
+                m.chunks.insert(hash, (now, ciphertext));
+                return;
+            }
+        }
+        let reserved = self.disk.lock().expect("poisoned").reserve(hash, len, now);
         if let Some((file, at)) = reserved {
-            let ok = file.write_all_at(ciphertext, at).is_ok();
-            self.0.lock().expect("poisoned").publish(&hash, ok);
+            let ok = file.write_all_at(&ciphertext, at).is_ok();
+            self.disk.lock().expect("poisoned").publish(&hash, ok);
         }
     }
 
     /// The ciphertext named `hash` of `len` bytes, if it waits here (it is
     /// then forgotten).
     pub fn take(&self, hash: &Hash, len: u32) -> Option<Vec<u8>> {
-        let (file, at) = self.0.lock().expect("poisoned").locate(hash, len)?;
+        {
+            let mut m = self.memory.lock().expect("poisoned");
+            if m.chunks
+                .get(hash)
+                .is_some_and(|(_, ct)| ct.len() == len as usize)
+            {
+                let (_, ct) = m.chunks.remove(hash).expect("present");
+                m.bytes -= ct.len() as u64;
+                m.hits += 1;
+                m.stalled = false;
+                self.taken.notify_all();
+                return Some(ct);
+            }
+        }
+        let (file, at) = self.disk.lock().expect("poisoned").locate(hash, len)?;
         let mut buf = vec![0u8; len as usize];
         let read = file.read_exact_at(&mut buf, at);
-        self.0.lock().expect("poisoned").forget(hash);
+        self.disk.lock().expect("poisoned").forget(hash);
         read.ok().map(|()| buf)
     }
 
-    /// Requests served from the spool, and requests that missed it.
+    /// Requests served from the spool (memory or disk), and requests that
+    /// missed it.
     pub fn stats(&self) -> (u64, u64) {
-        let s = self.0.lock().expect("poisoned");
-        (s.hits, s.misses)
+        let memory_hits = self.memory.lock().expect("poisoned").hits;
+        let s = self.disk.lock().expect("poisoned");
+        (memory_hits + s.hits, s.misses)
     }
 }
 
@@ -265,26 +376,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = SharedSpool::open(dir.path());
         let a = vec![5u8; 100];
-        spool.insert(Hash::of(&a), &a, Instant::now());
+        spool.insert(Hash::of(&a), a.clone(), Instant::now());
         assert_eq!(spool.take(&Hash::of(&a), 100), None);
         assert!(!dir.path().join(META_DIR).exists());
     }
 
     #[test]
+    fn ciphertext_waits_in_memory_first() {
+        let dir = folder_with_marker();
+        let spool = SharedSpool::with_memory(dir.path(), 1500);
+        let now = Instant::now();
+        let (a, b) = (vec![1u8; 1000], vec![2u8; 1000]);
+        spool.insert(Hash::of(&a), a.clone(), now);
+        // Over the memory budget: to a segment file.
+        spool.insert(Hash::of(&b), b.clone(), now);
+        assert_eq!(spool.disk.lock().unwrap().bytes, 1000);
+        assert_eq!(spool.take(&Hash::of(&a), 999), None);
+        assert_eq!(spool.take(&Hash::of(&a), 1000), Some(a.clone()));
+        assert_eq!(spool.take(&Hash::of(&b), 1000), Some(b));
+        assert_eq!(spool.take(&Hash::of(&a), 1000), None);
+        assert_eq!(spool.memory.lock().unwrap().bytes, 0);
+        // Memory expires like segments do.
+        spool.insert(Hash::of(&a), a.clone(), now);
+        let c = vec![3u8; 10];
+        spool.insert(Hash::of(&c), c, now + SPOOL_TTL + Duration::from_secs(1));
+        assert_eq!(spool.take(&Hash::of(&a), 1000), None);
+    }
+
+    #[test]
     fn ciphertext_waits_in_segments_that_go_when_served() {
         let dir = folder_with_marker();
-        let spool = SharedSpool::open(dir.path());
+        let spool = SharedSpool::with_memory(dir.path(), 0);
         let now = Instant::now();
         let a = vec![1u8; 1000];
         let b = vec![2u8; 500];
-        spool.insert(Hash::of(&a), &a, now);
-        spool.insert(Hash::of(&b), &b, now);
+        spool.insert(Hash::of(&a), a.clone(), now);
+        spool.insert(Hash::of(&b), b.clone(), now);
         assert_eq!(spool.take(&Hash::of(&b), 500), Some(b.clone()));
         assert_eq!(spool.take(&Hash::of(&b), 500), None);
         assert_eq!(spool.take(&Hash::of(&a), 999), None);
         assert_eq!(spool.take(&Hash::of(&a), 1000), Some(a));
         assert_eq!(spool.stats(), (2, 2));
-        assert_eq!(spool.0.lock().unwrap().bytes, 0);
+        assert_eq!(spool.disk.lock().unwrap().bytes, 0);
         drop(spool);
         let left = std::fs::read_dir(dir.path().join(".meshsync/spool"))
             .unwrap()
@@ -295,13 +428,13 @@ mod tests {
     #[test]
     fn old_segments_expire_and_leftovers_are_cleared_on_open() {
         let dir = folder_with_marker();
-        let spool = SharedSpool::open(dir.path());
+        let spool = SharedSpool::with_memory(dir.path(), 0);
         let t0 = Instant::now();
         let a = vec![3u8; 100];
-        spool.insert(Hash::of(&a), &a, t0);
+        spool.insert(Hash::of(&a), a.clone(), t0);
         let later = t0 + SPOOL_TTL + Duration::from_secs(1);
         let b = vec![4u8; 100];
-        spool.insert(Hash::of(&b), &b, later);
+        spool.insert(Hash::of(&b), b.clone(), later);
         assert_eq!(spool.take(&Hash::of(&a), 100), None);
         assert_eq!(spool.take(&Hash::of(&b), 100), Some(b));
         std::mem::forget(spool);

@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use meshsync_core::encrypted_index::{Admission, SealedEntry, admit};
@@ -23,6 +24,8 @@ use meshsync_core::entry::{ChunkRef, FileKind};
 use meshsync_core::ids::{DeviceId, Hash, ShareId};
 use meshsync_core::keys::VerifyKey;
 use meshsync_core::path::RelPath;
+use meshsync_core::version::VersionVector;
+use meshsync_proto::sealed::ChunkHint;
 use meshsync_store::blobs::{BlobError, BlobStore};
 use meshsync_store::db::IndexDb;
 use tokio::sync::watch;
@@ -41,6 +44,12 @@ const WINDOW_BYTES: u64 = 32 << 20;
 const GROUP_BYTES: u64 = 256 << 20;
 /// Entries recorded in one group.
 const GROUP_ENTRIES: usize = 4096;
+/// Ciphertext fetched for hints in one round (after the pending entries').
+const HINT_ROUND_BYTES: u64 = 64 << 20;
+/// Ciphertext held for hints no entry claimed yet, at most.
+const HINT_BYTES: u64 = 2 << 30;
+/// How long a pack filled for hints waits for its entry after the last hint.
+const HINT_TTL: Duration = Duration::from_secs(120);
 
 /// The pack of an entry: BLAKE3 of its signed encoding (unique per entry
 /// version, path included), or `None` for an entry without chunks.
@@ -70,6 +79,32 @@ struct Fill {
     /// Each chunk, where it goes, and whether it is in.
     slots: Vec<(ChunkRef, u64, bool)>,
     missing: usize,
+    /// For a pack filled ahead of its entry, from hints (not signed: see
+    /// [`SealedStore::hint`]): when the last hint came (an unclaimed pack
+    /// is dropped [`HINT_TTL`] after it).
+    hinted: Option<Instant>,
+}
+
+impl Fill {
+    /// The pack's length so far.
+    fn len(&self) -> u64 {
+        self.slots
+            .last()
+            .map_or(0, |(c, at, _)| at + u64::from(c.len))
+    }
+}
+
+/// The key of the partial pack filled for hints of the entry at `path` and
+/// `version` (the entry's own pack id is known only when it comes).
+fn hint_key(path: &RelPath, version: &VersionVector) -> Hash {
+    let mut bytes = b"meshsync hinted pack\0".to_vec();
+    bytes.extend_from_slice(path.as_str().as_bytes());
+    bytes.push(0);
+    for (device, counter) in version.counters() {
+        bytes.extend_from_slice(&device.0.to_be_bytes());
+        bytes.extend_from_slice(&counter.to_be_bytes());
+    }
+    Hash::of(&bytes)
 }
 
 /// One place fetched bytes of a chunk go: a slot of a pack being filled
@@ -111,6 +146,8 @@ struct StoreState {
     filling: HashMap<Hash, Fill>,
     /// Chunks of kept packs found damaged: fetched again, written in place.
     repair: HashMap<ChunkRef, Vec<Location>>,
+    /// Bytes of the packs filled for hints that no entry claimed yet.
+    hinted_bytes: u64,
 }
 
 impl StoreState {
@@ -323,6 +360,9 @@ impl SealedStore {
                 .collect()
         };
         for (id, e) in new {
+            if self.adopt_hinted(id, e) {
+                continue;
+            }
             let partial = match self.blobs.open_partial(&id, e.cipher_bytes()) {
                 Ok(p) => p,
                 Err(err) => {
@@ -342,12 +382,171 @@ impl SealedStore {
                 file: Arc::new(partial.file),
                 slots,
                 missing,
+                hinted: None,
             };
             self.state
                 .lock()
                 .expect("poisoned")
                 .filling
                 .insert(id, fill);
+        }
+    }
+
+    /// Takes the pack filled for hints of `e` (same path and version) as
+    /// its pack `id`: a chunk counts where the hint listed the same chunk at
+    /// the same place and it is in; the rest is fetched. Returns whether
+    /// there was one.
+    fn adopt_hinted(&self, id: Hash, e: &SealedEntry) -> bool {
+        let key = hint_key(&e.path, &e.version);
+        let hinted = {
+            let mut st = self.state.lock().expect("poisoned");
+            if st.filling.get(&key).is_none_or(|f| f.hinted.is_none()) {
+                return false;
+            }
+            let fill = st.filling.remove(&key).expect("present");
+            st.hinted_bytes -= fill.len();
+            fill
+        };
+        let adopted = self.blobs.rename_partial(&key, &id).and_then(|()| {
+            hinted
+                .file
+                .set_len(e.cipher_bytes())
+                .map_err(|source| BlobError::Io {
+                    path: self.blobs.dir().join("partial").join(id.to_hex()),
+                    source,
+                })
+        });
+        if let Err(err) = adopted {
+            tracing::warn!("folder {}: {err}", self.share);
+            self.blobs.discard_partial(&key);
+            return false;
+        }
+        let slots: Vec<(ChunkRef, u64, bool)> = offsets(e)
+            .enumerate()
+            .map(|(i, (c, at))| {
+                let had = hinted
+                    .slots
+                    .get(i)
+                    .is_some_and(|&(hc, hat, had)| had && hc == c && hat == at);
+                (c, at, had)
+            })
+            .collect();
+        let missing = slots.iter().filter(|s| !s.2).count();
+        tracing::info!(
+            "folder {}: an entry takes up the pack filled ahead from its hints ({} of {} chunks in)",
+            self.share,
+            slots.len() - missing,
+            slots.len()
+        );
+        let fill = Fill {
+            file: hinted.file,
+            slots,
+            missing,
+            hinted: None,
+        };
+        self.state
+            .lock()
+            .expect("poisoned")
+            .filling
+            .insert(id, fill);
+        true
+    }
+
+    /// Takes in a hint from `peer`: chunks of an entry it is still sealing.
+    /// They are fetched into a partial pack of their own, ahead of the
+    /// entry; nothing in it is served or recorded, and it counts for the
+    /// entry only where the signed entry lists the same chunks at the same
+    /// places ([`SealedStore::adopt_hinted`]). A hint for an entry this store
+    /// has or does not want, one that does not follow the previous hints of
+    /// its entry, or one over [`HINT_BYTES`] is ignored; a pack no entry
+    /// claims within [`HINT_TTL`] is dropped. Returns whether there is
+    /// something new to fetch. Blocking (creates or grows a file).
+    pub fn hint(&self, peer: DeviceId, hint: ChunkHint, now: Instant) -> bool {
+        let mut st = self.state.lock().expect("poisoned");
+        let kept: Vec<VersionVector> = st
+            .kept_versions(&hint.path)
+            .into_iter()
+            .map(|k| k.version.clone())
+            .chain(
+                st.pending
+                    .get(&hint.path)
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.version.clone()),
+            )
+            .collect();
+        if !matches!(admit(&kept, &hint.version), Admission::Admit { .. }) {
+            return false;
+        }
+        let key = hint_key(&hint.path, &hint.version);
+        let added: u64 = hint.chunks.iter().map(|c| u64::from(c.len)).sum();
+        if st.hinted_bytes + added > HINT_BYTES {
+            return false;
+        }
+        let start = match st.filling.get(&key) {
+            Some(fill) if fill.hinted.is_some() => {
+                if fill.slots.len() != hint.first as usize {
+                    return false;
+                }
+                fill.len()
+            }
+            Some(_) => return false,
+            None if hint.first == 0 => {
+                let partial = match self.blobs.open_partial(&key, added) {
+                    Ok(p) => p,
+                    Err(err) => {
+                        tracing::debug!("folder {}: {err}", self.share);
+                        return false;
+                    }
+                };
+                st.filling.insert(
+                    key,
+                    Fill {
+                        file: Arc::new(partial.file),
+                        slots: Vec::new(),
+                        missing: 0,
+                        hinted: Some(now),
+                    },
+                );
+                0
+            }
+            None => return false,
+        };
+        for c in &hint.chunks {
+            let holders = st.sources.entry(c.hash).or_default();
+            if !holders.contains(&peer) {
+                holders.push(peer);
+            }
+        }
+        let fill = st.filling.get_mut(&key).expect("inserted above");
+        if fill.file.set_len(start + added).is_err() {
+            return false;
+        }
+        let mut at = start;
+        for c in hint.chunks {
+            fill.slots.push((c, at, false));
+            at += u64::from(c.len);
+        }
+        fill.missing += fill.slots.len() - hint.first as usize;
+        fill.hinted = Some(now);
+        st.hinted_bytes += added;
+        true
+    }
+
+    /// Drops the packs filled for hints that no entry claimed in time.
+    fn expire_hints(&self, now: Instant) {
+        let mut st = self.state.lock().expect("poisoned");
+        let stale: Vec<Hash> = st
+            .filling
+            .iter()
+            .filter(|(_, f)| f.hinted.is_some_and(|at| now.duration_since(at) > HINT_TTL))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            if let Some(fill) = st.filling.remove(&key) {
+                st.hinted_bytes -= fill.len();
+                self.blobs.discard_partial(&key);
+            }
         }
     }
 
@@ -385,6 +584,7 @@ impl SealedStore {
             if let Some(fill) = st.filling.get_mut(&pack)
                 && let Some(slot) = fill.slots.get_mut(i)
                 && !slot.2
+                && slot.0 == *chunk
             {
                 slot.2 = true;
                 fill.missing -= 1;
@@ -400,7 +600,8 @@ impl SealedStore {
     /// count), their packs opened, chunks kept elsewhere copied in, and the
     /// chunks still missing with who announced them and where they go, plus
     /// damaged chunks to fetch again. Blocking.
-    fn next_work(&self) -> Work {
+    fn next_work(&self, now: Instant) -> Work {
+        self.expire_hints(now);
         let (mut candidates, sources) = {
             let st = self.state.lock().expect("poisoned");
             let c: Vec<SealedEntry> = st.pending.values().flatten().cloned().collect();
@@ -437,6 +638,31 @@ impl SealedStore {
                         file: Arc::clone(&fill.file),
                         offset: *at,
                         slot: Some((id, i)),
+                    });
+                }
+            }
+            // Then chunks of entries not received yet, as far as hinted.
+            let mut hinted: Vec<(&Hash, &Fill)> = st
+                .filling
+                .iter()
+                .filter(|(_, f)| f.hinted.is_some() && f.missing > 0)
+                .collect();
+            hinted.sort_by_key(|(_, f)| f.hinted);
+            let mut hint_bytes = 0u64;
+            for (key, fill) in hinted {
+                for (i, (c, at, _)) in fill.slots.iter().enumerate().filter(|(_, s)| !s.2) {
+                    if hint_bytes >= HINT_ROUND_BYTES {
+                        break;
+                    }
+                    hint_bytes += u64::from(c.len);
+                    let t = wanted.entry(*c).or_insert_with(|| {
+                        order.push(*c);
+                        Vec::new()
+                    });
+                    t.push(Target {
+                        file: Arc::clone(&fill.file),
+                        offset: *at,
+                        slot: Some((*key, i)),
                     });
                 }
             }
@@ -514,16 +740,26 @@ impl SealedStore {
         let mut removed: Vec<u64> = Vec::new();
         let mut dropped_packs: Vec<Hash> = Vec::new();
         let mut last = st.last_sequence;
+        // The pack of an entry that is not recorded now goes, unless it is
+        // the pack of a kept version (the same entry, recorded already).
+        let unwanted = |st: &StoreState, e: &SealedEntry| {
+            pack_id(e).filter(|id| {
+                !st.kept_versions(&e.path)
+                    .iter()
+                    .any(|k| pack_id(k).as_ref() == Some(id))
+            })
+        };
         for e in complete {
             // Out of pending (whatever happens to it now).
-            let Some(pending) = st.pending.get_mut(&e.path) else {
-                dropped_packs.extend(pack_id(e));
+            let Some(pos) = st
+                .pending
+                .get(&e.path)
+                .and_then(|pending| pending.iter().position(|p| p == e))
+            else {
+                dropped_packs.extend(unwanted(&st, e));
                 continue;
             };
-            let Some(pos) = pending.iter().position(|p| p == e) else {
-                dropped_packs.extend(pack_id(e));
-                continue;
-            };
+            let pending = st.pending.get_mut(&e.path).expect("found above");
             pending.remove(pos);
             let kept: Vec<(u64, SealedEntry)> = st
                 .by_path
@@ -536,7 +772,7 @@ impl SealedStore {
                 .unwrap_or_default();
             let supersedes = match admit(kept.iter().map(|(_, k)| &k.version), &e.version) {
                 Admission::Known | Admission::Dominated => {
-                    dropped_packs.extend(pack_id(e));
+                    dropped_packs.extend(unwanted(&st, e));
                     continue;
                 }
                 Admission::Admit { supersedes } => supersedes,
@@ -617,7 +853,8 @@ pub async fn run_round(daemon: &Arc<Daemon>, rt: &Arc<FolderRuntime>, store: &Ar
     let mut recording: Option<tokio::task::JoinHandle<Result<usize>>> = None;
     for _round in 0..64 {
         let s = Arc::clone(store);
-        let Ok(work) = tokio::task::spawn_blocking(move || s.next_work()).await else {
+        let Ok(work) = tokio::task::spawn_blocking(move || s.next_work(Instant::now())).await
+        else {
             return;
         };
         if work.entries.is_empty() && work.missing.is_empty() && recording.is_none() {
@@ -633,11 +870,13 @@ pub async fn run_round(daemon: &Arc<Daemon>, rt: &Arc<FolderRuntime>, store: &Ar
             store.share,
             started.elapsed()
         );
-        let recorded = match recording.take() {
-            Some(task) => finish_recording(daemon, &folder, task).await,
-            None => 0,
-        };
+        // At most one recording in flight; a round that completes no entry
+        // (chunks fetched ahead from hints) does not wait for it.
+        let mut recorded = 0;
         if !work.entries.is_empty() {
+            if let Some(task) = recording.take() {
+                recorded = finish_recording(daemon, &folder, task).await;
+            }
             let (s, db) = (Arc::clone(store), Arc::clone(&daemon.db));
             let entries = work.entries;
             recording = Some(tokio::task::spawn_blocking(move || s.record(&db, &entries)));
@@ -908,7 +1147,7 @@ mod tests {
         assert_eq!(s.receive(peer, vec![v1.clone()]), 1);
         // Known again: nothing.
         assert_eq!(s.receive(peer, vec![v1.clone()]), 0);
-        let work = s.next_work();
+        let work = s.next_work(Instant::now());
         assert_eq!(work.entries.len(), 1);
         assert_eq!(work.missing.len(), 1);
         assert_eq!(work.missing[0].1, vec![peer]);
@@ -928,7 +1167,7 @@ mod tests {
         // A newer version replaces it and its pack goes.
         let v2 = sealed("p", &[(1, 2)], Some(b"two"));
         assert_eq!(s.receive(peer, vec![v2.clone()]), 1);
-        let work = s.next_work();
+        let work = s.next_work(Instant::now());
         let entries = work.entries.clone();
         assert_eq!(serve(&s, work, &[b"two"]), 1);
         assert_eq!(s.record(&db, &entries).unwrap(), 1);
@@ -943,14 +1182,14 @@ mod tests {
         // A concurrent version is kept beside it.
         let other = sealed("p", &[(2, 9)], None);
         assert_eq!(s.receive(peer, vec![other]), 1);
-        let work = s.next_work();
+        let work = s.next_work(Instant::now());
         assert_eq!(s.record(&db, &work.entries).unwrap(), 1);
         assert_eq!(s.changes_since(0).0.len(), 2);
 
         // A chunk kept already is copied into a new pack, not fetched.
         let copy = sealed("q", &[(1, 3)], Some(b"two"));
         assert_eq!(s.receive(peer, vec![copy.clone()]), 1);
-        let work = s.next_work();
+        let work = s.next_work(Instant::now());
         assert!(work.missing.is_empty());
         assert_eq!(s.record(&db, &work.entries).unwrap(), 1);
         assert!(s.blobs.has_pack(&pack_id(&copy).unwrap(), pack_len(&copy)));
@@ -969,7 +1208,7 @@ mod tests {
         let peer = DeviceId::from_bytes([1; 32]);
         let v1 = sealed("p", &[(1, 1)], Some(b"one"));
         s.receive(peer, vec![v1.clone()]);
-        let work = s.next_work();
+        let work = s.next_work(Instant::now());
         assert_eq!(work.missing.len(), 1);
         let partial = s
             .blobs
@@ -1030,7 +1269,7 @@ mod tests {
         {
             let s = store(dir.path(), &db);
             s.receive(peer, vec![e.clone()]);
-            let work = s.next_work();
+            let work = s.next_work(Instant::now());
             assert_eq!(work.missing.len(), 2);
             // Only the first chunk arrives before the restart.
             let first = work.missing.into_iter().next().unwrap();
@@ -1040,12 +1279,140 @@ mod tests {
         }
         let s = store(dir.path(), &db);
         s.receive(peer, vec![e.clone()]);
-        let work = s.next_work();
+        let work = s.next_work(Instant::now());
         assert_eq!(work.missing.len(), 1, "the chunk written before is kept");
         assert_eq!(work.missing[0].0.hash, Hash::of(&ciphertext(two)));
         let entries = work.entries.clone();
         assert_eq!(serve(&s, work, &[two]), 1);
         assert_eq!(s.record(&db, &entries).unwrap(), 1);
+    }
+
+    /// A sealed file of `chunks` (plaintexts), and its chunks' hint.
+    fn hinted_file(path: &str, pairs: &[(u64, u64)], chunks: &[&[u8]]) -> (SealedEntry, ChunkHint) {
+        let k = ReadWriteKey::from_secret(&[4; 32]);
+        let mut version = VersionVector::new();
+        for &(d, c) in pairs {
+            let _ = version.bump_at(ShortId(d), c);
+        }
+        let refs: Vec<ChunkRef> = chunks
+            .iter()
+            .map(|c| ChunkRef {
+                hash: Hash::of(c),
+                len: c.len() as u32,
+            })
+            .collect();
+        let plain = FileEntry {
+            path: RelPath::new(path).unwrap(),
+            kind: FileKind::File,
+            size: refs.iter().map(|c| u64::from(c.len)).sum(),
+            mtime: Timestamp::default(),
+            permissions: 0o644,
+            symlink_target: None,
+            content: Some(meshsync_core::entry::Content {
+                hash: Hash::of(&chunks.concat()),
+                chunk_avg: 65536,
+                chunks: refs,
+            }),
+            version,
+            deleted: false,
+            sequence: 1,
+        };
+        let e = seal_entry(&k, &plain, |c| {
+            let bytes = chunks.iter().find(|b| Hash::of(b) == c.hash)?;
+            Some(k.data_key().encrypt_chunk(bytes).cipher_hash)
+        })
+        .unwrap();
+        let hint = ChunkHint {
+            path: e.path.clone(),
+            version: e.version.clone(),
+            first: 0,
+            chunks: e.chunks.clone(),
+        };
+        (e, hint)
+    }
+
+    #[test]
+    fn hinted_chunks_are_fetched_ahead_and_count_only_where_the_entry_agrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = IndexDb::open(dir.path()).unwrap();
+        let s = store(dir.path(), &db);
+        let peer = DeviceId::from_bytes([1; 32]);
+        let now = Instant::now();
+        let parts: [&[u8]; 3] = [b"one", b"two", b"three"];
+        let (e, hint) = hinted_file("big", &[(1, 1)], &parts);
+        // The hint comes in two pieces; a piece out of order is ignored.
+        let mut second = hint.clone();
+        second.first = 2;
+        second.chunks = hint.chunks[2..].to_vec();
+        assert!(!s.hint(peer, second.clone(), now));
+        let mut first = hint.clone();
+        first.chunks.truncate(2);
+        assert!(s.hint(peer, first, now));
+        assert!(s.hint(peer, second, now));
+        let work = s.next_work(now);
+        assert!(work.entries.is_empty());
+        assert_eq!(work.missing.len(), 3);
+        assert_eq!(work.missing[0].1, vec![peer]);
+        // Nothing of it is served or recorded before the entry.
+        assert_eq!(serve(&s, work, &parts[..2]), 2);
+        let ct = ciphertext(b"one");
+        assert_eq!(s.read_chunk(&Hash::of(&ct), ct.len() as u32), None);
+        assert_eq!(s.changes_since(0).1, 0);
+        // The signed entry takes up the pack: only the chunk not in yet is
+        // fetched.
+        assert_eq!(s.receive(peer, vec![e.clone()]), 1);
+        let work = s.next_work(now);
+        assert_eq!(work.entries.len(), 1);
+        assert_eq!(work.missing.len(), 1);
+        assert_eq!(work.missing[0].0, e.chunks[2]);
+        let entries = work.entries.clone();
+        assert_eq!(serve(&s, work, &parts), 1);
+        assert_eq!(s.record(&db, &entries).unwrap(), 1);
+        assert_eq!(s.read_chunk(&Hash::of(&ct), ct.len() as u32), Some(ct));
+        assert_eq!(s.state.lock().unwrap().hinted_bytes, 0);
+        // A hint for what is kept now is ignored.
+        assert!(!s.hint(peer, hint, now));
+
+        // A hint that lied about a chunk: that place is fetched again.
+        let others: [&[u8]; 3] = [b"four", b"five", b"six"];
+        let (e2, mut lie) = hinted_file("other", &[(1, 2)], &others);
+        lie.chunks[1] = ChunkRef {
+            hash: Hash::of(&ciphertext(b"fake")),
+            len: e2.chunks[1].len,
+        };
+        assert!(s.hint(peer, lie, now));
+        let work = s.next_work(now);
+        assert_eq!(serve(&s, work, &[b"four", b"fake", b"six"]), 3);
+        s.receive(peer, vec![e2.clone()]);
+        let work = s.next_work(now);
+        assert_eq!(work.missing.len(), 1);
+        assert_eq!(work.missing[0].0, e2.chunks[1]);
+        let entries = work.entries.clone();
+        serve(&s, work, &others);
+        assert_eq!(s.record(&db, &entries).unwrap(), 1);
+        let pack = std::fs::read(s.blobs.pack_path(&pack_id(&e2).unwrap())).unwrap();
+        let expected: Vec<u8> = others.iter().flat_map(|p| ciphertext(p)).collect();
+        assert_eq!(pack, expected);
+    }
+
+    #[test]
+    fn unclaimed_hints_expire_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = IndexDb::open(dir.path()).unwrap();
+        let s = store(dir.path(), &db);
+        let peer = DeviceId::from_bytes([1; 32]);
+        let now = Instant::now();
+        let (_, hint) = hinted_file("never", &[(1, 1)], &[b"x"]);
+        assert!(s.hint(peer, hint.clone(), now));
+        let partial = s.blobs.dir().join("partial");
+        assert_eq!(std::fs::read_dir(&partial).unwrap().count(), 1);
+        let work = s.next_work(now + HINT_TTL + Duration::from_secs(1));
+        assert!(work.missing.is_empty());
+        assert_eq!(std::fs::read_dir(&partial).unwrap().count(), 0);
+        assert_eq!(s.state.lock().unwrap().hinted_bytes, 0);
+        // Over the budget: ignored.
+        s.state.lock().unwrap().hinted_bytes = HINT_BYTES;
+        assert!(!s.hint(peer, hint, now));
     }
 
     #[test]
@@ -1056,7 +1423,7 @@ mod tests {
         let peer = DeviceId::from_bytes([1; 32]);
         let e = sealed("p", &[(1, 1)], Some(b"data"));
         s.receive(peer, vec![e.clone()]);
-        let work = s.next_work();
+        let work = s.next_work(Instant::now());
         let entries = work.entries.clone();
         serve(&s, work, &[b"data"]);
         assert_eq!(s.record(&db, &entries).unwrap(), 1);
@@ -1068,7 +1435,7 @@ mod tests {
         std::fs::write(&pack, &tampered).unwrap();
         assert_eq!(s.read_chunk(&h, ct.len() as u32), None);
         assert!(s.needs_repair());
-        let work = s.next_work();
+        let work = s.next_work(Instant::now());
         assert_eq!(work.missing.len(), 1);
         assert_eq!(work.missing[0].0.hash, h);
         assert_eq!(serve(&s, work, &[b"data"]), 1);

@@ -151,10 +151,11 @@ async fn serve_reader(
     daemon: &Arc<Daemon>,
     rt: &Arc<FolderRuntime>,
     sealer: &Arc<Sealer>,
-    link: &PeerLink,
+    link: &Arc<PeerLink>,
     send: &mut quinn::SendStream,
     writer: &mut SealedBatchWriter,
 ) -> Result<()> {
+    let hints = super::hints::sender(Arc::clone(link), rt.folder.share);
     let mut changed = rt.sequence.subscribe();
     let mut sent = 0;
     loop {
@@ -168,8 +169,13 @@ async fn serve_reader(
                 let chunks = Arc::clone(&rt.chunks.read().expect("poisoned"));
                 let started = std::time::Instant::now();
                 let count = group.len();
-                let sealed =
-                    tokio::task::spawn_blocking(move || s.seal(&group, &chunks, &db)).await?;
+                let tx = hints.clone();
+                let sealed = tokio::task::spawn_blocking(move || {
+                    s.seal(&group, &chunks, &db, &mut |h| {
+                        let _ = tx.send(h);
+                    })
+                })
+                .await?;
                 tracing::debug!(
                     "folder {}: sealed {} of {count} entries up to {last} in {:?}",
                     rt.folder.share,
