@@ -10,9 +10,10 @@
 # Times B from its start until it holds everything (read-write: every byte,
 # idle; storage-only: every file recorded, nothing needed, idle), with the
 # page cache dropped first (run as root). Prints B's time, then the RSS (KiB)
-# and CPU time of A and B. BIN defaults to target/release/meshsync; ports
-# 23101-23113 on 127.0.0.1; work directory $WORK (default
-# /tmp/meshsync-storage-bench), wiped first.
+# and CPU time of A and B. PERFA / PERFB prefix A's / B's command (e.g.
+# PERFB="perf record -F 999 -o /tmp/b.data") to profile one side. BIN
+# defaults to target/release/meshsync; ports 23101-23113 on 127.0.0.1; work
+# directory $WORK (default /tmp/meshsync-storage-bench), wiped first.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/meshsync}
@@ -40,7 +41,7 @@ if [ "${WARM:-}" = 1 ]; then
 fi
 sync; echo 3 > /proc/sys/vm/drop_caches
 T0=$(date +%s.%N)
-$BIN --home $W/b run > $W/b.log 2>&1 & PB=$!
+${PERFB:-} $BIN --home $W/b run > $W/b.log 2>&1 & PB=$!
 if [ "$KIND" = encrypted ]; then
   until $BIN --home $W/b status --json 2>/dev/null | python3 -c 'import json,sys;s=json.load(sys.stdin);f=s["folders"][0];sys.exit(0 if f["state"]=="idle" and f["local_files"]==int(sys.argv[1]) and f["need_files"]==0 else 1)' $FILES; do sleep 0.1; done
 else
