@@ -44,6 +44,8 @@ use crate::write::{WriteError, ensure_meta_dir, ensure_real_dirs};
 pub const BLOBS_DIR: &str = "blobs";
 /// Where packs are filled, inside [`BLOBS_DIR`].
 const PARTIAL_DIR: &str = "partial";
+/// The name prefix of packs filled ahead of their entries from hints.
+const HINTED_PREFIX: &str = "hint-";
 /// How long a partial pack left by an earlier run is kept for its entry to
 /// come back.
 pub const PARTIAL_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -113,7 +115,8 @@ pub struct BlobStore {
 impl BlobStore {
     /// The store of the folder at `root` (its `.meshsync/blobs`, created if
     /// missing; the folder marker `.meshsync` must exist); partial packs
-    /// older than [`PARTIAL_TTL`] are removed.
+    /// older than [`PARTIAL_TTL`] and every pack filled for hints are
+    /// removed.
     pub fn open(root: &Path) -> Result<Self, BlobError> {
         // Never makes the folder marker: without it the folder is not there
         // (an unmounted disk), and ciphertext must not fill the mount point.
@@ -226,11 +229,37 @@ impl BlobStore {
         fs::rename(self.partial_path(id), &target).map_err(io_err(&target))
     }
 
-    /// Renames partial pack `from` to `to` (a pack filled for a hint,
-    /// taken up by the entry that claims it).
-    pub fn rename_partial(&self, from: &Hash, to: &Hash) -> Result<(), BlobError> {
-        let target = self.partial_path(to);
-        fs::rename(self.partial_path(from), &target).map_err(io_err(&target))
+    fn hinted_path(&self, key: &Hash) -> PathBuf {
+        self.partial
+            .join(format!("{HINTED_PREFIX}{}", key.to_hex()))
+    }
+
+    /// Creates (or empties) the pack filled ahead of its entry for hints
+    /// under `key`, `len` bytes long so far (grow it with `set_len`). Such
+    /// a pack is deleted when the store opens: after a restart its entry's
+    /// pack is filled afresh.
+    pub fn open_hinted(&self, key: &Hash) -> Result<File, BlobError> {
+        let path = self.hinted_path(key);
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_err(&path))
+    }
+
+    /// Makes the pack filled for hints under `key` the partial pack `id`
+    /// (the entry that claims it came).
+    pub fn adopt_hinted(&self, key: &Hash, id: &Hash) -> Result<(), BlobError> {
+        let target = self.partial_path(id);
+        fs::rename(self.hinted_path(key), &target).map_err(io_err(&target))
+    }
+
+    /// Drops the pack filled for hints under `key`.
+    pub fn discard_hinted(&self, key: &Hash) {
+        let _ = fs::remove_file(self.hinted_path(key));
     }
 
     /// Drops a partial pack (its entry was superseded before it completed).
@@ -449,6 +478,21 @@ mod tests {
         assert!(!BlobStore::check_chunk(&p.file, 0, &Hash::of(&a), 5));
         store.discard_partial(&id);
         assert!(!store.partial_path(&id).exists());
+
+        // A pack filled for hints becomes the entry's partial pack; one left
+        // by an earlier run is gone when the store opens again.
+        let key = Hash::of(b"hinted");
+        let f = store.open_hinted(&key).unwrap();
+        f.set_len(5).unwrap();
+        BlobStore::write_chunk([(&f, 0)], &Hash::of(&a), &a).unwrap();
+        store.adopt_hinted(&key, &id).unwrap();
+        let p = store.open_partial(&id, 5).unwrap();
+        assert!(p.reused && BlobStore::check_chunk(&p.file, 0, &Hash::of(&a), 5));
+        store.open_hinted(&key).unwrap();
+        drop(store);
+        let store = BlobStore::open(dir.path()).unwrap();
+        assert!(!store.hinted_path(&key).exists());
+        assert!(store.partial_path(&id).exists());
     }
 
     #[test]

@@ -407,7 +407,7 @@ impl SealedStore {
             st.hinted_bytes -= fill.len();
             fill
         };
-        let adopted = self.blobs.rename_partial(&key, &id).and_then(|()| {
+        let adopted = self.blobs.adopt_hinted(&key, &id).and_then(|()| {
             hinted
                 .file
                 .set_len(e.cipher_bytes())
@@ -418,7 +418,7 @@ impl SealedStore {
         });
         if let Err(err) = adopted {
             tracing::warn!("folder {}: {err}", self.share);
-            self.blobs.discard_partial(&key);
+            self.blobs.discard_hinted(&key);
             return false;
         }
         let slots: Vec<(ChunkRef, u64, bool)> = offsets(e)
@@ -492,8 +492,8 @@ impl SealedStore {
             }
             Some(_) => return false,
             None if hint.first == 0 => {
-                let partial = match self.blobs.open_partial(&key, added) {
-                    Ok(p) => p,
+                let file = match self.blobs.open_hinted(&key) {
+                    Ok(f) => f,
                     Err(err) => {
                         tracing::debug!("folder {}: {err}", self.share);
                         return false;
@@ -502,7 +502,7 @@ impl SealedStore {
                 st.filling.insert(
                     key,
                     Fill {
-                        file: Arc::new(partial.file),
+                        file: Arc::new(file),
                         slots: Vec::new(),
                         missing: 0,
                         hinted: Some(now),
@@ -545,7 +545,7 @@ impl SealedStore {
         for key in stale {
             if let Some(fill) = st.filling.remove(&key) {
                 st.hinted_bytes -= fill.len();
-                self.blobs.discard_partial(&key);
+                self.blobs.discard_hinted(&key);
             }
         }
     }
