@@ -182,6 +182,13 @@ fn is_kept_copy(e: &FileEntry, loser: &FileEntry) -> bool {
 /// from (BitTorrent gets the same spread from rarest-first and random
 /// picks; a rotation keeps each device's reads and the source's reads
 /// sequential).
+///
+/// The place is the device's rank among the devices it knows share the
+/// folder, so devices that know the same set are evenly spread. Places
+/// taken from the ids alone (uniform, whatever a device knows) were tried
+/// and measured worse with four peers: random places cluster (three of four
+/// peers within an eighth of the data), and a peer close behind another
+/// fetches what that one has not announced yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stagger {
     slot: usize,

@@ -1810,8 +1810,8 @@ fn peers_fetch_from_each_other_not_only_from_the_source() {
     c.join(&keys.read_write, &dir.path("c"), &[&a, &b], None);
     let mut d = Device::new(&dir, "D");
     d.join(&keys.read_write, &dir.path("d"), &[&a, &b, &c], None);
-    // B and C know each other before the source appears, so they pull
-    // staggered from their first round.
+    // B and C know each other before the source appears, so each hears of
+    // the other's files from its first batch on.
     b.start();
     c.start();
     eventually("B and C connected", &[&b, &c], || {
@@ -1898,8 +1898,9 @@ fn peers_share_parts_of_a_big_file_they_are_still_downloading() {
     b.join(&keys.read_write, &dir.path("b"), &[&a], None);
     let mut c = Device::new(&dir, "C");
     c.join(&keys.read_write, &dir.path("c"), &[&a, &b], None);
-    // B and C know each other before the source appears, so they start at
-    // different places in the file.
+    // B and C know each other before the source appears, so each hears of
+    // the other's chunks from the start (they start at different places in
+    // the file, by device id).
     b.start();
     c.start();
     eventually("B and C connected", &[&b, &c], || {

@@ -373,8 +373,8 @@ impl Folder {
     /// ([`meshsync_core::pull::plan_pull`] decides); returns the actions on
     /// this side, who holds which chunk (kept up to date while the actions
     /// run), and where this device starts in the list of writes and in each
-    /// big file's chunks. `connected`: the peers with the folder open now
-    /// (the swarm it is staggered across, with those that sent an index).
+    /// big file's chunks. `connected`: the peers connected now (the swarm
+    /// it is staggered across, with those that sent an index).
     pub fn plan_pull(
         &self,
         now_unix_secs: i64,

@@ -358,7 +358,8 @@ impl Daemon {
         let mut failed = false;
         let folder = Arc::clone(&rt.folder);
         for _round in 0..8 {
-            let connected = self.peers.with_folder(&folder.share);
+            // Every connected device, whether it opened this folder yet.
+            let connected = pull::ChunkSource::connected(&*self.peers);
             let (actions, sources, stagger) = folder.plan_pull(now_secs(), &connected);
             release_free_memory();
             if actions.is_empty() {

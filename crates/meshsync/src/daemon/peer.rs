@@ -133,17 +133,6 @@ impl PeerRegistry {
                 .any(|l| l.conn.connection.remote_address() == *addr)
     }
 
-    /// The peers with `share` open.
-    pub fn with_folder(&self, share: &ShareId) -> Vec<DeviceId> {
-        self.links
-            .lock()
-            .expect("poisoned")
-            .values()
-            .filter(|l| l.folders.lock().expect("poisoned").contains(share))
-            .map(|l| l.device)
-            .collect()
-    }
-
     /// How many peers are connected.
     pub fn count(&self) -> usize {
         self.links.lock().expect("poisoned").len()
