@@ -183,6 +183,36 @@ fn check_chunk_lens(chunks: &[ChunkRef]) -> Result<(), SealedEntryProblem> {
     }
 }
 
+/// Bytes in a stream header that is a stream-kind byte and a folder's
+/// share id (the sealed-index request and the chunk-hint header).
+const SHARE_HEADER_LEN: usize = 1 + 32;
+
+/// A stream header: `kind`, then the share id.
+fn encode_share_header(kind: u8, share: &ShareId) -> [u8; SHARE_HEADER_LEN] {
+    let mut out = [0u8; SHARE_HEADER_LEN];
+    out[0] = kind;
+    out[1..].copy_from_slice(share.as_bytes());
+    out
+}
+
+/// Reads a header of stream kind `kind` from exactly
+/// [`SHARE_HEADER_LEN`] bytes.
+fn decode_share_header(kind: u8, bytes: &[u8]) -> Result<ShareId, SealedStreamError> {
+    let bytes: &[u8; SHARE_HEADER_LEN] =
+        bytes
+            .try_into()
+            .map_err(|_| SealedStreamError::HeaderLength {
+                expected: SHARE_HEADER_LEN,
+                got: bytes.len(),
+            })?;
+    if bytes[0] != kind {
+        return Err(SealedStreamError::WrongStreamKind(bytes[0]));
+    }
+    let mut share = [0u8; 32];
+    share.copy_from_slice(&bytes[1..]);
+    Ok(ShareId::from_bytes(share))
+}
+
 /// A request for the responder's sealed index of one folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SealedIndexRequest {
@@ -192,33 +222,17 @@ pub struct SealedIndexRequest {
 
 impl SealedIndexRequest {
     /// Bytes in an encoded request (the stream-kind byte included).
-    pub const ENCODED_LEN: usize = 1 + 32;
+    pub const ENCODED_LEN: usize = SHARE_HEADER_LEN;
 
     /// The request's bytes.
     pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
-        let mut out = [0u8; Self::ENCODED_LEN];
-        out[0] = STREAM_KIND_SEALED_INDEX;
-        out[1..].copy_from_slice(self.share.as_bytes());
-        out
+        encode_share_header(STREAM_KIND_SEALED_INDEX, &self.share)
     }
 
     /// Reads a request from exactly [`SealedIndexRequest::ENCODED_LEN`] bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, SealedStreamError> {
-        let bytes: &[u8; Self::ENCODED_LEN] =
-            bytes
-                .try_into()
-                .map_err(|_| SealedStreamError::HeaderLength {
-                    expected: Self::ENCODED_LEN,
-                    got: bytes.len(),
-                })?;
-        if bytes[0] != STREAM_KIND_SEALED_INDEX {
-            return Err(SealedStreamError::WrongStreamKind(bytes[0]));
-        }
-        let mut share = [0u8; 32];
-        share.copy_from_slice(&bytes[1..]);
-        Ok(SealedIndexRequest {
-            share: ShareId::from_bytes(share),
-        })
+        decode_share_header(STREAM_KIND_SEALED_INDEX, bytes)
+            .map(|share| SealedIndexRequest { share })
     }
 }
 
@@ -422,33 +436,16 @@ pub struct ChunkHintsHeader {
 
 impl ChunkHintsHeader {
     /// Bytes in an encoded header (the stream-kind byte included).
-    pub const ENCODED_LEN: usize = 1 + 32;
+    pub const ENCODED_LEN: usize = SHARE_HEADER_LEN;
 
     /// The header's bytes.
     pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
-        let mut out = [0u8; Self::ENCODED_LEN];
-        out[0] = STREAM_KIND_CHUNK_HINTS;
-        out[1..].copy_from_slice(self.share.as_bytes());
-        out
+        encode_share_header(STREAM_KIND_CHUNK_HINTS, &self.share)
     }
 
     /// Reads a header from exactly [`ChunkHintsHeader::ENCODED_LEN`] bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, SealedStreamError> {
-        let bytes: &[u8; Self::ENCODED_LEN] =
-            bytes
-                .try_into()
-                .map_err(|_| SealedStreamError::HeaderLength {
-                    expected: Self::ENCODED_LEN,
-                    got: bytes.len(),
-                })?;
-        if bytes[0] != STREAM_KIND_CHUNK_HINTS {
-            return Err(SealedStreamError::WrongStreamKind(bytes[0]));
-        }
-        let mut share = [0u8; 32];
-        share.copy_from_slice(&bytes[1..]);
-        Ok(ChunkHintsHeader {
-            share: ShareId::from_bytes(share),
-        })
+        decode_share_header(STREAM_KIND_CHUNK_HINTS, bytes).map(|share| ChunkHintsHeader { share })
     }
 }
 
