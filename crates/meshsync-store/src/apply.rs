@@ -14,6 +14,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshsync_core::entry::{ChunkRef, Content, FileEntry, FileKind};
 use meshsync_core::ids::Hash;
@@ -117,6 +118,8 @@ pub struct Assembly {
     /// Chunks still missing: offset and chunk.
     missing: Vec<(u64, ChunkRef)>,
     bytes_local: u64,
+    /// Bytes written since writeback was last started.
+    unflushed: AtomicU64,
 }
 
 impl Assembly {
@@ -181,6 +184,7 @@ impl Assembly {
             content: content.clone(),
             missing,
             bytes_local,
+            unflushed: AtomicU64::new(0),
         })
     }
 
@@ -215,7 +219,15 @@ impl Assembly {
         }
         self.file
             .write_all_at(bytes, offset)
-            .map_err(|e| WriteError::io(&self.partial, e))
+            .map_err(|e| WriteError::io(&self.partial, e))?;
+        // A big download is written back while it arrives, so the batch's
+        // final flush does not wait for all of it at the end.
+        let written = bytes.len() as u64;
+        if self.unflushed.fetch_add(written, Ordering::Relaxed) + written >= write::WRITEBACK_STEP {
+            self.unflushed.store(0, Ordering::Relaxed);
+            write::start_writeback(&self.file, 0, 0);
+        }
+        Ok(())
     }
 
     /// Sets mode and mtime; the file is complete (every chunk written by the

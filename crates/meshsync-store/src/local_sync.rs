@@ -1128,8 +1128,8 @@ fn copy_file(
     let mut flushed_to = 0u64;
     let content = read_chunks(&mut src, source.size, params, |bytes, hash| {
         let out = temp.file();
-        if at - flushed_to >= WRITEBACK_STEP {
-            start_writeback(out, flushed_to, at - flushed_to);
+        if at - flushed_to >= write::WRITEBACK_STEP {
+            write::start_writeback(out, flushed_to, at - flushed_to);
             flushed_to = at;
         }
         // A chunk the destination holds is taken (and verified) from there.
@@ -1155,26 +1155,6 @@ fn copy_file(
         from_source,
         reused,
     })
-}
-
-/// Bytes written to a temporary file between requests to start writing
-/// them back (so the batch's final `syncfs` finds little left to do).
-const WRITEBACK_STEP: u64 = 8 << 20;
-
-/// Asks the kernel to start writing a range back to disk now, without
-/// waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): large files are then
-/// written while the rest is still being read. Durability still comes from
-/// the batch's `syncfs`.
-fn start_writeback(f: &File, offset: u64, len: u64) {
-    // SAFETY: a valid descriptor; the call only schedules I/O.
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            offset as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
 }
 
 /// Tells the kernel a file will be read front to back (a larger readahead).

@@ -539,3 +539,24 @@ fn cstr(p: &Path) -> Result<CString, WriteError> {
 pub fn remove_stale_temps(paths: &[PathBuf]) -> usize {
     paths.iter().filter(|p| fs::remove_file(p).is_ok()).count()
 }
+
+/// Bytes written to a file being assembled between requests to start
+/// writing them back (so the batch's final `syncfs` finds little left to
+/// do).
+pub(crate) const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// Asks the kernel to start writing a range back to disk now, without
+/// waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`; `len` 0: to the end):
+/// large files are then written while the rest is still arriving.
+/// Durability still comes from the batch's `syncfs`.
+pub(crate) fn start_writeback(f: &File, offset: u64, len: u64) {
+    // SAFETY: a valid descriptor; the call only schedules I/O.
+    unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
