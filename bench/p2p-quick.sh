@@ -2,7 +2,9 @@
 # Quick check outside the shared harness: two release daemons on 127.0.0.1
 # (offline: no discovery), A shares a copy of SRC, the page cache is dropped,
 # B is started and timed until it is idle with every byte. Prints the time
-# and each daemon's peak RSS (VmHWM) and CPU time. Root (drop_caches).
+# and each daemon's peak RSS (VmHWM) and CPU time while B syncs. Root
+# (drop_caches; NODROP=1 keeps the page cache; HOOK=cmd runs at T0 with
+# $PA set, e.g. a perf record -p $PA; B starts after it: PERF=... for B).
 #   bench/p2p-quick.sh bench/_data/small      (BIN=... for another binary,
 #   PERF="perf record -g -o b.perf" / PERFA=... to profile B / A)
 set -euo pipefail
@@ -19,11 +21,29 @@ $BIN --home $W/b join "$KEY" $W/b/data --peer 127.0.0.1:23001 >/dev/null
 ${PERFA:-} $BIN --home $W/a run > $W/a.log 2>&1 & PA=$!
 # wait for A idle
 until $BIN --home $W/a status --json 2>/dev/null | python3 -c 'import json,sys;s=json.load(sys.stdin);f=s["folders"][0];sys.exit(0 if f["state"]=="idle" and f["local_files"]>0 else 1)'; do sleep 0.2; done
-sync; echo 3 > /proc/sys/vm/drop_caches
+sync; [ -n "${NODROP:-}" ] || echo 3 > /proc/sys/vm/drop_caches
+if [ -n "${HOOK:-}" ]; then eval "$HOOK"; fi
+cpu() { awk '{printf "%.2f", ($14+$15)/100}' /proc/$1/stat; }
+A0=$(cpu $PA)
 T0=$(date +%s.%N)
 ${PERF:-} $BIN --home $W/b run > $W/b.log 2>&1 & PB=$!
-until $BIN --home $W/b status --json 2>/dev/null | python3 -c 'import json,sys;s=json.load(sys.stdin);a=int(sys.argv[1]);f=s["folders"][0];sys.exit(0 if f["state"]=="idle" and f["local_bytes"]==a and f["need_files"]==0 else 1)' $(find $W/a/data -path '*/.meshsync' -prune -o -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}') ; do sleep 0.1; done
+# One poller process at 10 Hz (a CLI call per poll would cost a tenth of a core).
+python3 - "$W/b/config.toml" 23012 $(find $W/a/data -path '*/.meshsync' -prune -o -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}') <<'PY'
+import json, re, sys, time, urllib.request
+key = re.search(r'api_key = "([0-9a-f]+)"', open(sys.argv[1]).read()).group(1)
+want = int(sys.argv[3])
+while True:
+    try:
+        r = urllib.request.Request(f"http://127.0.0.1:{sys.argv[2]}/rest/status", headers={"X-API-Key": key})
+        f = json.load(urllib.request.urlopen(r, timeout=2))["folders"][0]
+        if f["state"] == "idle" and f["local_bytes"] == want and f["need_files"] == 0:
+            break
+    except OSError:
+        pass
+    time.sleep(0.1)
+PY
 T1=$(date +%s.%N)
 echo "converged in $(echo "$T1 - $T0" | bc) s"
-grep VmHWM /proc/$PA/status /proc/$PB/status; ps -o rss=,cputime= -p $PA -p $PB
+grep VmHWM /proc/$PA/status /proc/$PB/status
+echo "CPU while syncing: A $(echo "$(cpu $PA) - $A0" | bc) s, B $(cpu $PB) s"
 kill $PA $PB; wait 2>/dev/null || true

@@ -33,6 +33,8 @@ fn process_cpu_seconds() -> Option<f64> {
 }
 
 struct Args {
+    /// `Some((size, in_flight))`: request/response streams of `size` bytes.
+    requests: Option<(u64, usize)>,
     bytes: u64,
     runs: usize,
     options: TransportOptions,
@@ -53,6 +55,7 @@ fn parse_size(text: &str) -> u64 {
 
 fn parse_args() -> Args {
     let mut args = Args {
+        requests: None,
         bytes: 1 << 30,
         runs: 3,
         options: TransportOptions::default(),
@@ -69,6 +72,14 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--bytes" => args.bytes = parse_size(&value),
             "--runs" => args.runs = value.parse().expect("--runs N"),
+            "--requests" => {
+                let in_flight = args.requests.map_or(64, |(_, n)| n);
+                args.requests = Some((parse_size(&value), in_flight));
+            }
+            "--in-flight" => {
+                let size = args.requests.map_or(64 << 10, |(s, _)| s);
+                args.requests = Some((size, value.parse().expect("--in-flight N")));
+            }
             "--socket-buffer" => {
                 args.options.socket_buffer_bytes = parse_size(&value) as usize;
             }
@@ -79,6 +90,69 @@ fn parse_args() -> Args {
         }
     }
     args
+}
+
+/// `bytes` fetched as `size`-byte responses on one stream each, `in_flight`
+/// at once: the shape of chunk requests.
+async fn run_requests(
+    sender: &Transport,
+    receiver: &Transport,
+    bytes: u64,
+    size: u64,
+    in_flight: usize,
+) -> (f64, String) {
+    let addr = receiver.local_addr();
+    let (initiator, responder) = tokio::join!(sender.connect(addr, None), receiver.accept());
+    let server = std::sync::Arc::new(initiator.expect("connect"));
+    let client = responder.expect("accept").expect("handshake");
+    let start = Instant::now();
+    let cpu_start = process_cpu_seconds();
+    let serving = std::sync::Arc::clone(&server);
+    let serve = tokio::spawn(async move {
+        let buffer = std::sync::Arc::new(vec![0x5au8; size as usize]);
+        while let Ok((mut send, mut recv)) = serving.accept_chunk_stream().await {
+            let buffer = std::sync::Arc::clone(&buffer);
+            tokio::spawn(async move {
+                let mut request = [0u8; 4];
+                recv.read_exact(&mut request).await.expect("request");
+                send.write_all(&buffer).await.expect("write");
+                send.finish().expect("finish");
+            });
+        }
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut received = 0u64;
+    let count = bytes.div_ceil(size);
+    let client = std::sync::Arc::new(client);
+    for _ in 0..count {
+        while tasks.len() >= in_flight {
+            received += tasks.join_next().await.expect("task").expect("join");
+        }
+        let client = std::sync::Arc::clone(&client);
+        tasks.spawn(async move {
+            let (mut send, mut recv) = client.open_chunk_stream().await.expect("open");
+            send.write_all(&[1, 2, 3, 4]).await.expect("request");
+            send.finish().expect("finish");
+            let mut body = vec![0u8; size as usize];
+            recv.read_exact(&mut body).await.expect("read");
+            body.len() as u64
+        });
+    }
+    while let Some(n) = tasks.join_next().await {
+        received += n.expect("join");
+    }
+    let elapsed = start.elapsed();
+    let cpu = process_cpu_seconds()
+        .zip(cpu_start)
+        .map_or(0.0, |(end, start)| end - start);
+    server.connection.close(0u32.into(), b"done");
+    serve.abort();
+    let rate = received as f64 * 8.0 / elapsed.as_secs_f64() / 1e9;
+    let detail = format!(
+        "{:.2} s; CPU {cpu:.2} s; {count} requests of {size} bytes, {in_flight} in flight",
+        elapsed.as_secs_f64()
+    );
+    (rate, detail)
 }
 
 async fn run_once(sender: &Transport, receiver: &Transport, bytes: u64) -> (f64, String) {
@@ -150,7 +224,12 @@ async fn main() {
     );
     let mut rates = Vec::new();
     for run in 1..=args.runs {
-        let (rate, detail) = run_once(&sender, &receiver, args.bytes).await;
+        let (rate, detail) = match args.requests {
+            Some((size, in_flight)) => {
+                run_requests(&sender, &receiver, args.bytes, size, in_flight).await
+            }
+            None => run_once(&sender, &receiver, args.bytes).await,
+        };
         println!("run {run}: {rate:.2} Gbit/s ({detail})");
         rates.push(rate);
     }
