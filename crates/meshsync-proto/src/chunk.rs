@@ -8,6 +8,20 @@
 //!                        then, if status is Found, exactly `len` raw bytes; then FIN
 //! ```
 //!
+//! From version 4 a requester may ask for up to [`MAX_RUN_CHUNKS`] chunks of
+//! one folder on one stream (a *run*, [`ChunkRunRequest`]):
+//!
+//! ```text
+//! requester → responder: 0x04 ‖ share (32) ‖ count (u16 BE, 1..=64)
+//!                        ‖ count × (hash (32) ‖ len (u32 BE))   then FIN
+//! responder → requester: for each chunk, in the order asked:
+//!                        ChunkResponse (5 bytes), then its bytes if Found; then FIN
+//! ```
+//!
+//! A run costs one stream instead of `count`: on loopback, 1 GiB fetched as
+//! 64 KiB responses took 2.6 s of transport against 1.9–2.1 s as 1 MiB ones
+//! (`examples/throughput.rs --requests` in meshsync-net).
+//!
 //! The headers have fixed sizes and are not postcard, so the driver reads
 //! exactly [`ChunkRequest::ENCODED_LEN`] or [`ChunkResponse::ENCODED_LEN`]
 //! bytes, and the chunk's bytes go straight from the stream into a
@@ -23,12 +37,19 @@
 //!
 //! This module must never panic on any input.
 
+use meshsync_core::entry::ChunkRef;
 use meshsync_core::ids::{Hash, ShareId};
 
 use crate::limits::MAX_REQUEST_LEN;
 
 /// The first byte of a chunk stream.
 pub const STREAM_KIND_CHUNK: u8 = 0x01;
+
+/// The first byte of a chunk-run stream (version 4).
+pub const STREAM_KIND_CHUNK_RUN: u8 = 0x04;
+
+/// The most chunks one run asks for.
+pub const MAX_RUN_CHUNKS: usize = 64;
 
 /// Why a chunk header or chunk was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +74,12 @@ pub enum ChunkError {
     BadLength {
         /// The length given.
         len: u32,
+    },
+    /// A run asking for no chunks or more than [`MAX_RUN_CHUNKS`].
+    #[error("a chunk run of {count} chunks is outside 1..={MAX_RUN_CHUNKS}")]
+    BadRunCount {
+        /// The count given.
+        count: usize,
     },
     /// A response status byte this version does not know.
     #[error("unknown chunk response status {0}")]
@@ -142,6 +169,99 @@ impl ChunkRequest {
             hash: Hash(hash),
             len,
         })
+    }
+}
+
+/// A request for several chunks of one folder on one stream (version 4);
+/// each is answered like a [`ChunkRequest`], in order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChunkRunRequest {
+    /// The folder (must be open on this connection).
+    pub share: ShareId,
+    /// The chunks, 1..=[`MAX_RUN_CHUNKS`], each of length
+    /// 1..=[`MAX_REQUEST_LEN`].
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl ChunkRunRequest {
+    /// Bytes before the chunk list: stream kind, share, count.
+    pub const HEADER_LEN: usize = 1 + 32 + 2;
+    /// Bytes per chunk in the list: hash, length.
+    pub const ITEM_LEN: usize = 32 + 4;
+
+    /// The request's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::HEADER_LEN + Self::ITEM_LEN * self.chunks.len());
+        out.push(STREAM_KIND_CHUNK_RUN);
+        out.extend_from_slice(self.share.as_bytes());
+        out.extend_from_slice(&(self.chunks.len() as u16).to_be_bytes());
+        for chunk in &self.chunks {
+            out.extend_from_slice(&chunk.hash.0);
+            out.extend_from_slice(&chunk.len.to_be_bytes());
+        }
+        out
+    }
+
+    /// Reads the folder and the chunk count from exactly
+    /// [`ChunkRunRequest::HEADER_LEN`] bytes; the list that follows is
+    /// `count * ITEM_LEN` bytes ([`ChunkRunRequest::decode_items`]).
+    pub fn decode_header(bytes: &[u8]) -> Result<(ShareId, usize), ChunkError> {
+        let bytes: &[u8; Self::HEADER_LEN] =
+            bytes.try_into().map_err(|_| ChunkError::HeaderLength {
+                what: "run request",
+                expected: Self::HEADER_LEN,
+                got: bytes.len(),
+            })?;
+        if bytes[0] != STREAM_KIND_CHUNK_RUN {
+            return Err(ChunkError::UnknownStreamKind(bytes[0]));
+        }
+        let count = usize::from(u16::from_be_bytes([bytes[33], bytes[34]]));
+        if count == 0 || count > MAX_RUN_CHUNKS {
+            return Err(ChunkError::BadRunCount { count });
+        }
+        let mut share = [0u8; 32];
+        share.copy_from_slice(&bytes[1..33]);
+        Ok((ShareId::from_bytes(share), count))
+    }
+
+    /// The run for `share` from its chunk list (every length checked).
+    pub fn decode_items(share: ShareId, bytes: &[u8]) -> Result<Self, ChunkError> {
+        let count = bytes.len() / Self::ITEM_LEN;
+        if bytes.len() % Self::ITEM_LEN != 0 {
+            return Err(ChunkError::HeaderLength {
+                what: "run list",
+                expected: (count + 1) * Self::ITEM_LEN,
+                got: bytes.len(),
+            });
+        }
+        if count == 0 || count > MAX_RUN_CHUNKS {
+            return Err(ChunkError::BadRunCount { count });
+        }
+        let chunks = bytes
+            .chunks_exact(Self::ITEM_LEN)
+            .map(|item| {
+                let len = u32::from_be_bytes([item[32], item[33], item[34], item[35]]);
+                if len == 0 || len > MAX_REQUEST_LEN {
+                    return Err(ChunkError::BadLength { len });
+                }
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&item[..32]);
+                Ok(ChunkRef {
+                    hash: Hash(hash),
+                    len,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ChunkRunRequest { share, chunks })
+    }
+
+    /// The single request the `n`th chunk's answer is checked against.
+    pub fn request(&self, n: usize) -> ChunkRequest {
+        ChunkRequest {
+            share: self.share,
+            hash: self.chunks[n].hash,
+            len: self.chunks[n].len,
+        }
     }
 }
 
@@ -414,7 +534,87 @@ mod tests {
         ));
     }
 
+    fn run(count: usize) -> ChunkRunRequest {
+        ChunkRunRequest {
+            share: ShareId::from_bytes([5; 32]),
+            chunks: (0..count)
+                .map(|n| ChunkRef {
+                    hash: Hash::of(&[n as u8]),
+                    len: n as u32 + 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn run_request_layout_is_fixed() {
+        let req = run(2);
+        let bytes = req.encode();
+        assert_eq!(
+            bytes.len(),
+            ChunkRunRequest::HEADER_LEN + 2 * ChunkRunRequest::ITEM_LEN
+        );
+        assert_eq!(bytes[0], STREAM_KIND_CHUNK_RUN);
+        assert_eq!(&bytes[1..33], &[5; 32]);
+        assert_eq!(&bytes[33..35], &[0, 2]);
+        assert_eq!(&bytes[35..67], &Hash::of(&[0]).0);
+        assert_eq!(&bytes[67..71], &[0, 0, 0, 1]);
+        assert_eq!(&bytes[103..107], &[0, 0, 0, 2]);
+        let (share, count) = ChunkRunRequest::decode_header(&bytes[..35]).unwrap();
+        assert_eq!((share, count), (req.share, 2));
+        let decoded = ChunkRunRequest::decode_items(share, &bytes[35..]).unwrap();
+        assert_eq!(decoded, req);
+        assert_eq!(decoded.request(1).len, 2);
+    }
+
+    #[test]
+    fn bad_run_requests_are_refused() {
+        let longest = run(MAX_RUN_CHUNKS).encode();
+        assert!(ChunkRunRequest::decode_header(&longest[..35]).is_ok());
+        let mut too_many = run(MAX_RUN_CHUNKS + 1).encode();
+        assert_eq!(
+            ChunkRunRequest::decode_header(&too_many[..35]),
+            Err(ChunkError::BadRunCount { count: 65 })
+        );
+        too_many[33..35].copy_from_slice(&[0, 0]);
+        assert_eq!(
+            ChunkRunRequest::decode_header(&too_many[..35]),
+            Err(ChunkError::BadRunCount { count: 0 })
+        );
+        assert!(matches!(
+            ChunkRunRequest::decode_header(&too_many[..34]),
+            Err(ChunkError::HeaderLength { got: 34, .. })
+        ));
+        assert_eq!(
+            ChunkRunRequest::decode_header(&request(b"x").encode()[..35]),
+            Err(ChunkError::UnknownStreamKind(STREAM_KIND_CHUNK))
+        );
+        let share = ShareId::from_bytes([5; 32]);
+        let items = &run(3).encode()[35..];
+        assert!(matches!(
+            ChunkRunRequest::decode_items(share, &items[..items.len() - 1]),
+            Err(ChunkError::HeaderLength { .. })
+        ));
+        assert_eq!(
+            ChunkRunRequest::decode_items(share, &[]),
+            Err(ChunkError::BadRunCount { count: 0 })
+        );
+        let mut zero = items.to_vec();
+        zero[32..36].copy_from_slice(&[0; 4]);
+        assert_eq!(
+            ChunkRunRequest::decode_items(share, &zero),
+            Err(ChunkError::BadLength { len: 0 })
+        );
+    }
+
     proptest! {
+        #[test]
+        fn run_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let head = bytes.len().min(ChunkRunRequest::HEADER_LEN);
+            let _ = ChunkRunRequest::decode_header(&bytes[..head]);
+            let _ = ChunkRunRequest::decode_items(ShareId::from_bytes([1; 32]), &bytes);
+        }
+
         #[test]
         fn request_round_trips(share in any::<[u8; 32]>(), hash in any::<[u8; 32]>(), len in 1..=MAX_REQUEST_LEN) {
             let req = ChunkRequest { share: ShareId::from_bytes(share), hash: Hash(hash), len };

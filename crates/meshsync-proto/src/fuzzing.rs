@@ -9,11 +9,11 @@
 use meshsync_core::ids::DeviceId;
 use meshsync_core::keys::{FolderKey, ProofRole, ReadWriteKey};
 
-use crate::chunk::{ChunkRequest, ChunkResponse, ChunkVerifier};
+use crate::chunk::{ChunkRequest, ChunkResponse, ChunkRunRequest, ChunkVerifier};
 use crate::connection::{Connection, FolderOffer, LocalInfo};
 use crate::frame::FrameDecoder;
 use crate::limits::MAX_FRAME_LEN;
-use crate::message::Message;
+use crate::message::{Message, PROTOCOL_VERSION};
 
 /// The channel binding of every fuzzed connection.
 const BINDING: [u8; 32] = [0x5a; 32];
@@ -59,8 +59,20 @@ pub fn frames(data: &[u8]) {
     let _ = decoder.finish();
 }
 
-/// Decodes `data` as chunk-stream headers and chunk bytes.
+/// Decodes `data` as chunk-stream headers and chunk bytes: a single chunk
+/// request, or (first byte 0x04) a run request.
 pub fn chunk_stream(data: &[u8]) {
+    if data.first() == Some(&crate::chunk::STREAM_KIND_CHUNK_RUN) {
+        let (head, rest) = data.split_at(data.len().min(ChunkRunRequest::HEADER_LEN));
+        if let Ok((share, count)) = ChunkRunRequest::decode_header(head) {
+            let items = rest.len().min(count * ChunkRunRequest::ITEM_LEN);
+            if let Ok(run) = ChunkRunRequest::decode_items(share, &rest[..items]) {
+                let _ =
+                    ChunkResponse::decode(&rest[items..rest.len().min(items + 5)], &run.request(0));
+            }
+        }
+        return;
+    }
     let (head, rest) = data.split_at(data.len().min(ChunkRequest::ENCODED_LEN));
     let request = ChunkRequest::decode(head).unwrap_or(ChunkRequest {
         share: meshsync_core::ids::ShareId::from_bytes([0; 32]),
@@ -156,7 +168,12 @@ mod tests {
     fn scenarios_reach_their_states() {
         use crate::connection::Phase;
         assert_eq!(connection_at(0).0.phase(), Phase::AwaitingHello);
-        assert_eq!(connection_at(1).0.phase(), Phase::Negotiated { version: 3 });
+        assert_eq!(
+            connection_at(1).0.phase(),
+            Phase::Negotiated {
+                version: PROTOCOL_VERSION
+            }
+        );
         for scenario in [2, 3] {
             let (connection, keys) = connection_at(scenario);
             assert!(

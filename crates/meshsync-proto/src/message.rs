@@ -35,7 +35,7 @@ use crate::frame::{FrameError, HEADER_LEN, seal_frame};
 use crate::limits::{MAX_BATCH_ENTRIES, MAX_HELD_SPANS, MAX_PEX_ADDRESSES, MAX_PEX_PEERS};
 
 /// The newest protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The first version with peer exchange ([`Peers`]). Version 1 is version 2
 /// without it; a connection that negotiated version 1 never carries it.
@@ -46,7 +46,12 @@ pub const PEX_VERSION: u16 = 2;
 /// 3 without it.
 pub const HELD_VERSION: u16 = 3;
 
-/// The versions this crate supports: 1 to 3.
+/// The first version in which a chunk stream may ask for a run of chunks
+/// ([`ChunkRunRequest`](crate::chunk::ChunkRunRequest), stream kind 0x04).
+/// Version 3 is version 4 without it; no message changed.
+pub const RUN_VERSION: u16 = 4;
+
+/// The versions this crate supports: 1 to 4.
 pub const SUPPORTED_VERSIONS: VersionRange = VersionRange {
     min: 1,
     max: PROTOCOL_VERSION,

@@ -51,7 +51,7 @@ use meshsync_core::keys::{FolderKey, ProofRole};
 use meshsync_core::path::RelPath;
 use meshsync_core::version::VersionVector;
 use meshsync_net::{Transport, TransportOptions};
-use meshsync_proto::chunk::{ChunkRequest, ChunkResponse};
+use meshsync_proto::chunk::{ChunkRequest, ChunkResponse, ChunkRunRequest, STREAM_KIND_CHUNK_RUN};
 use meshsync_proto::{Connection, Event as ProtoEvent, FolderOffer, LocalInfo};
 use meshsync_store::identity::DeviceIdentity;
 use util::{Dir, MIB, TmpfsMount, is_root, random_bytes};
@@ -969,23 +969,51 @@ async fn lie(
             let served = Arc::clone(&served);
             let honest = Arc::clone(&honest);
             tokio::spawn(async move {
-                let mut header = [0u8; ChunkRequest::ENCODED_LEN];
-                if recv.read_exact(&mut header).await.is_err() {
+                // A single chunk request, or (version 4) a run of them.
+                let mut kind = [0u8; 1];
+                if recv.read_exact(&mut kind).await.is_err() {
                     return;
                 }
-                let Ok(request) = ChunkRequest::decode(&header) else {
-                    return;
+                let requests = if kind[0] == STREAM_KIND_CHUNK_RUN {
+                    let mut header = [0u8; ChunkRunRequest::HEADER_LEN];
+                    header[0] = kind[0];
+                    if recv.read_exact(&mut header[1..]).await.is_err() {
+                        return;
+                    }
+                    let Ok((share, count)) = ChunkRunRequest::decode_header(&header) else {
+                        return;
+                    };
+                    let mut items = vec![0u8; count * ChunkRunRequest::ITEM_LEN];
+                    if recv.read_exact(&mut items).await.is_err() {
+                        return;
+                    }
+                    let Ok(run) = ChunkRunRequest::decode_items(share, &items) else {
+                        return;
+                    };
+                    (0..count).map(|n| run.request(n)).collect()
+                } else {
+                    let mut header = [0u8; ChunkRequest::ENCODED_LEN];
+                    header[0] = kind[0];
+                    if recv.read_exact(&mut header[1..]).await.is_err() {
+                        return;
+                    }
+                    let Ok(request) = ChunkRequest::decode(&header) else {
+                        return;
+                    };
+                    vec![request]
                 };
-                let _ = send
-                    .write_all(&ChunkResponse::found(&request).encode())
-                    .await;
-                let bytes = honest
-                    .get(&request.hash)
-                    .cloned()
-                    .unwrap_or_else(|| vec![0xAA; request.len as usize]);
-                let _ = send.write_all(&bytes).await;
+                for request in requests {
+                    let _ = send
+                        .write_all(&ChunkResponse::found(&request).encode())
+                        .await;
+                    let bytes = honest
+                        .get(&request.hash)
+                        .cloned()
+                        .unwrap_or_else(|| vec![0xAA; request.len as usize]);
+                    let _ = send.write_all(&bytes).await;
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
                 let _ = send.finish();
-                served.fetch_add(1, Ordering::SeqCst);
             });
         }
     });

@@ -464,6 +464,13 @@ impl Connection {
             .is_some_and(|v| v >= message::HELD_VERSION)
     }
 
+    /// Whether the negotiated version lets chunk streams carry runs of
+    /// chunks ([`ChunkRunRequest`](crate::chunk::ChunkRunRequest)).
+    pub fn has_chunk_runs(&self) -> bool {
+        self.negotiated_version()
+            .is_some_and(|v| v >= message::RUN_VERSION)
+    }
+
     /// Tells the peer that this side holds (verified) the chunks `spans` of
     /// the version `file` of `path` it is downloading in the open folder
     /// `share`, and serves them. Needs a negotiated version with it

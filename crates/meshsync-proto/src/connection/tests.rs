@@ -9,7 +9,7 @@ use meshsync_core::version::VersionVector;
 use super::*;
 use crate::batch::BatchError;
 use crate::limits::MAX_BATCH_ENTRIES;
-use crate::message::{Hello, IndexBatch, SUPPORTED_VERSIONS, VersionRange};
+use crate::message::{Hello, IndexBatch, PROTOCOL_VERSION, SUPPORTED_VERSIONS, VersionRange};
 
 const BINDING: [u8; 32] = [0xaa; 32];
 const A: [u8; 32] = [1; 32];
@@ -256,6 +256,8 @@ fn negotiation_picks_the_highest_common_version() {
             events(side)[..],
             [Event::HelloReceived { negotiated: 3, .. }]
         ));
+        // Version 3: partial-file chunks yes, chunk runs no.
+        assert!(side.has_held_chunks() && !side.has_chunk_runs());
     }
 }
 
@@ -264,7 +266,7 @@ fn no_common_version_closes_with_incompatible_version() {
     let mut a = Connection::new(
         ProofRole::Initiator,
         LocalInfo::new(DeviceId::from_bytes(A), "a", "t")
-            .with_versions(VersionRange::new(4, 5).unwrap()),
+            .with_versions(VersionRange::new(5, 6).unwrap()),
         BINDING,
         DeviceId::from_bytes(B),
     );
@@ -276,7 +278,7 @@ fn no_common_version_closes_with_incompatible_version() {
         err,
         ProtocolError::IncompatibleVersion {
             local: SUPPORTED_VERSIONS,
-            peer: VersionRange::new(4, 5).unwrap(),
+            peer: VersionRange::new(5, 6).unwrap(),
         }
     );
 }
@@ -318,7 +320,7 @@ fn hello_ignores_trailing_fields_of_later_versions() {
     bytes.extend_from_slice(&[1, 2, 3]);
     let mut b = responder();
     b.handle_frame(&bytes, &[rw()][..]).unwrap();
-    assert_eq!(b.negotiated_version(), Some(3));
+    assert_eq!(b.negotiated_version(), Some(PROTOCOL_VERSION));
 }
 
 #[test]
@@ -1341,6 +1343,7 @@ fn held(spans: Vec<message::ChunkSpan>) -> Vec<u8> {
 fn chunks_held_of_an_open_folder_are_delivered() {
     let (mut a, mut b) = open_pair(&rw(), 0);
     assert!(a.has_held_chunks() && b.has_held_chunks());
+    assert!(a.has_chunk_runs() && b.has_chunk_runs());
     let spans = message::ChunkSpan::runs([7, 0, 1, 2, 9, 8, 2]);
     assert_eq!(spans, [span(0, 3), span(7, 3)]);
     let path = RelPath::new("big.bin").unwrap();
@@ -1363,6 +1366,7 @@ fn chunks_held_need_version_3_both_ways() {
     let (a, mut b) = open_pair_speaking(VersionRange::new(1, 2).unwrap());
     assert_eq!(a.negotiated_version(), Some(2));
     assert!(!a.has_held_chunks() && !b.has_held_chunks());
+    assert!(!a.has_chunk_runs() && !b.has_chunk_runs());
     assert!(matches!(
         b.send_chunks_held(
             share(),

@@ -22,6 +22,7 @@ pub mod folder;
 pub mod held;
 pub mod peer;
 pub mod pull;
+pub mod runs;
 pub mod storage;
 
 use std::collections::HashMap;

@@ -6,8 +6,9 @@
 //! then every folder both devices hold is opened with an access proof bound
 //! to this connection, then indexes flow (the full index once, then each new
 //! local change as the folder's sequence moves). Every other stream is a
-//! chunk request: a fixed header naming a chunk by hash, answered with the
-//! bytes, which the requester verifies before using them.
+//! chunk request: a fixed header naming a chunk by hash (or, from version 4,
+//! a run of them: runs.rs), answered with the bytes, which the requester
+//! verifies before using them.
 //!
 //! A peer is served only chunks of folders it opened with a valid proof on
 //! this connection, and only chunks this device verified on disk.
@@ -34,6 +35,7 @@ use super::discovery::pex::Exchange;
 use super::discovery::{Found, PathKind};
 use super::held::HeldCursor;
 use super::pull::ChunkSource;
+use super::runs::RunQueue;
 
 /// One connected peer.
 pub struct PeerLink {
@@ -57,6 +59,10 @@ pub struct PeerLink {
     pub bytes_out: AtomicU64,
     /// Folders it holds without their data key (ciphertext only).
     pub sealed: super::storage::SealedLinks,
+    /// Whether the negotiated protocol carries chunk runs (version 4).
+    pub chunk_runs: std::sync::atomic::AtomicBool,
+    /// Chunk requests to it, batched into runs.
+    pub runs: Arc<RunQueue>,
 }
 
 /// Every connected peer, by device id.
@@ -176,6 +182,9 @@ impl ChunkSource for PeerRegistry {
             .ok_or_else(|| anyhow!("peer {peer} is not connected"))?;
         let bytes = match link.sealed.reader_view(&share) {
             Some(view) => super::storage::fetch_from_store(&link, share, chunk, &view).await?,
+            None if link.chunk_runs.load(Ordering::Relaxed) && !link.sealed.is_sealed(&share) => {
+                link.runs.fetch(&link.conn, share, chunk).await?
+            }
             None => fetch_chunk(&link.conn, share, chunk).await?,
         };
         link.bytes_in
@@ -220,11 +229,7 @@ pub(super) async fn fetch_chunk(
     recv.read_exact(&mut header).await?;
     let response = ChunkResponse::decode(&header, &request)?;
     match response.status {
-        ChunkStatus::Found => {
-            let mut bytes = vec![0u8; chunk.len as usize];
-            recv.read_exact(&mut bytes).await?;
-            Ok(bytes)
-        }
+        ChunkStatus::Found => super::runs::read_body(&mut recv, chunk.len).await,
         other => bail!("peer answered {other:?}"),
     }
 }
@@ -243,6 +248,9 @@ async fn serve_chunk(
     }
     if header[0] == meshsync_proto::sealed::STREAM_KIND_CHUNK_HINTS {
         return super::storage::hints::receive(daemon, link, send, recv).await;
+    }
+    if header[0] == meshsync_proto::chunk::STREAM_KIND_CHUNK_RUN {
+        return super::runs::serve(daemon, link, send, recv).await;
     }
     recv.read_exact(&mut header[1..]).await?;
     let request = ChunkRequest::decode(&header)?;
@@ -287,13 +295,10 @@ async fn serve_chunk(
             }
             send.write_all(&ChunkResponse::found(&request).encode())
                 .await?;
-            send.write_all(&bytes).await?;
-            link.bytes_out
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            daemon
-                .counters
-                .bytes_sent
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let len = bytes.len() as u64;
+            send.write_chunk(bytes.into()).await?;
+            link.bytes_out.fetch_add(len, Ordering::Relaxed);
+            daemon.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
         }
         None => send.write_all(&ChunkResponse::not_found().encode()).await?,
     }
@@ -328,6 +333,8 @@ pub async fn run_connection(
         bytes_in: AtomicU64::new(0),
         bytes_out: AtomicU64::new(0),
         sealed: Default::default(),
+        chunk_runs: Default::default(),
+        runs: Default::default(),
     });
     if let Some(loser) = daemon.peers.register(Arc::clone(&link), daemon.device_id) {
         loser
@@ -550,6 +557,8 @@ fn handle_event(
     match event {
         ProtoEvent::HelloReceived { device_name, .. } => {
             *link.name.lock().expect("poisoned") = device_name;
+            link.chunk_runs
+                .store(proto.has_chunk_runs(), Ordering::Relaxed);
             offer_new_folders(daemon, proto)?;
         }
         ProtoEvent::FolderRequested { share, .. } => {

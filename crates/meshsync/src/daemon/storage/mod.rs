@@ -237,9 +237,10 @@ pub async fn serve_chunk(
         Some(bytes) => {
             send.write_all(&ChunkResponse::found(&request).encode())
                 .await?;
-            send.write_all(&bytes).await?;
+            let len = bytes.len() as u64;
+            send.write_chunk(bytes.into()).await?;
             send.finish()?;
-            Ok(bytes.len() as u64)
+            Ok(len)
         }
         None => {
             send.write_all(&ChunkResponse::not_found().encode()).await?;
