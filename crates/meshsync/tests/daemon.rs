@@ -1532,6 +1532,33 @@ fn regression_metrics_count_received_bytes() {
     );
 }
 
+// Files with the same content (copies in several directories) cost one
+// transfer: the first copy is fetched, the others are put together from it.
+#[test]
+fn copies_of_one_content_are_fetched_once() {
+    let dir = Dir::new("daemon-copies-fetched-once");
+    let body = random_bytes(11, 700_000);
+    let other = random_bytes(12, 300_000);
+    let (mut a, mut b) = pair(&dir, |d| {
+        for path in ["a/one.bin", "a/x/two.bin", "a/y/z/three.bin"] {
+            d.write_with(path, &body, 0o644, T1);
+        }
+        d.write_with("a/other.bin", &other, 0o600, T2);
+    });
+    a.start();
+    b.start();
+    converge(&[&a, &b], &dir.path("a"), &dir.path("b"));
+    for path in ["b/one.bin", "b/x/two.bin", "b/y/z/three.bin"] {
+        has_content(&dir.path(path), &body).unwrap();
+    }
+    let fetched = b.bytes_in();
+    assert_eq!(
+        fetched,
+        (body.len() + other.len()) as u64,
+        "each content fetched exactly once"
+    );
+}
+
 // Bug: an idle daemon rescans its folders about twice a second forever: the
 // watcher (notify's inotify backend watches IN_OPEN) reports the scan's own
 // directory opens, which ask for the next scan.

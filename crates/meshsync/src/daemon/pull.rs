@@ -195,6 +195,12 @@ pub async fn apply<S: ChunkSource>(
         keep_replaced: backup,
     };
     let mut copies = JoinSet::new();
+    // The first copy of each content this round fetches, by content hash;
+    // later copies of the same content wait and take it from that file.
+    let mut fetching: HashMap<meshsync_core::ids::Hash, meshsync_core::path::RelPath> =
+        HashMap::new();
+    let mut duplicates: Vec<(FileEntry, bool)> = Vec::new();
+    let no_map = Arc::new(ChunkMap::default());
 
     for action in actions {
         // Writes run concurrently; anything after them waits for them.
@@ -307,17 +313,25 @@ pub async fn apply<S: ChunkSource>(
             from: Side::B,
         } = action
         {
+            let mut entry = *source;
+            entry.version = version;
+            if let Some(c) = entry.content.as_ref().filter(|_| entry.size > 0) {
+                if fetching.contains_key(&c.hash) {
+                    duplicates.push((entry, replaces.is_some()));
+                    continue;
+                }
+                fetching.insert(c.hash, entry.path.clone());
+            }
             while copies.len() >= PARALLEL_FILES {
                 batch.wait_one(&mut copies).await;
             }
-            let mut entry = *source;
-            entry.version = version;
             let job = CopyJob {
                 folder: Arc::clone(&folder),
                 replacing: replaces.is_some(),
                 entry,
                 stagger,
                 local_map: Arc::clone(&local_map),
+                fetched_map: Arc::clone(&no_map),
                 sources: Arc::clone(&sources),
                 peers: Arc::clone(&peers),
                 inflight: Arc::clone(&inflight),
@@ -329,6 +343,32 @@ pub async fn apply<S: ChunkSource>(
         }
     }
     batch.drain(&mut copies).await;
+    if !duplicates.is_empty() {
+        // The first copies are in place and recorded: the others are put
+        // together from them, with nothing fetched (unless one failed).
+        batch.commit();
+        let fetched_map = Arc::new(fetched_chunk_map(&folder, &fetching, &duplicates));
+        for (entry, replacing) in duplicates {
+            while copies.len() >= PARALLEL_FILES {
+                batch.wait_one(&mut copies).await;
+            }
+            let job = CopyJob {
+                folder: Arc::clone(&folder),
+                replacing,
+                entry,
+                stagger,
+                local_map: Arc::clone(&local_map),
+                fetched_map: Arc::clone(&fetched_map),
+                sources: Arc::clone(&sources),
+                peers: Arc::clone(&peers),
+                inflight: Arc::clone(&inflight),
+                bad: Arc::clone(&bad),
+                report: Arc::clone(&report),
+            };
+            copies.spawn(job.run());
+        }
+        batch.drain(&mut copies).await;
+    }
     batch.rename_finished();
     for (abs, entry) in made_dirs.iter().rev() {
         let _ = std::fs::set_permissions(
@@ -342,6 +382,38 @@ pub async fn apply<S: ChunkSource>(
         peers.mark_bad(*peer, folder.share);
     }
     report.lock().expect("poisoned").clone()
+}
+
+/// The chunks of the files this round fetched first whose content other
+/// copies of the round wait for, as recorded (a file changed since is
+/// skipped by the map's checks).
+fn fetched_chunk_map(
+    folder: &Folder,
+    fetching: &HashMap<meshsync_core::ids::Hash, meshsync_core::path::RelPath>,
+    duplicates: &[(FileEntry, bool)],
+) -> ChunkMap {
+    let mut map = ChunkMap::default();
+    let wanted: HashSet<_> = duplicates
+        .iter()
+        .filter_map(|(e, _)| e.content.as_ref().map(|c| c.hash))
+        .collect();
+    for hash in wanted {
+        let Some(stored) = fetching.get(&hash).and_then(|p| folder.stored(p)) else {
+            continue;
+        };
+        if let (Some(content), Some(local)) = (&stored.entry.content, &stored.local)
+            && content.hash == hash
+        {
+            map.add(
+                folder.abs(&stored.entry.path),
+                local,
+                stored.entry.size,
+                stored.entry.mtime,
+                content,
+            );
+        }
+    }
+    map
 }
 
 /// What a round has done but not yet recorded: files fetched and waiting
@@ -587,6 +659,8 @@ struct CopyJob<S> {
     /// Where this device starts in the file's chunks.
     stagger: Stagger,
     local_map: Arc<ChunkMap>,
+    /// Files this round fetched already (for copies of the same content).
+    fetched_map: Arc<ChunkMap>,
     sources: LiveSources,
     peers: Arc<S>,
     inflight: Arc<Mutex<HashMap<DeviceId, usize>>>,
@@ -624,11 +698,11 @@ impl<S: ChunkSource> CopyJob<S> {
             None
         };
         let (root, map) = (self.folder.root.clone(), Arc::clone(&self.local_map));
+        let fetched = Arc::clone(&self.fetched_map);
         let content_for_start = content.clone();
         let path = entry.path.clone();
         let start = move || {
-            let empty = ChunkMap::default();
-            let mut reader = ChunkReader::new([&*map, &empty]);
+            let mut reader = ChunkReader::new([&*map, &*fetched]);
             Assembly::start(&root, &path, &content_for_start, &mut reader)
         };
         // A small file is started on this task: handing it to the blocking
