@@ -12,7 +12,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -106,6 +106,53 @@ pub fn observe(abs: &Path) -> Result<Observed, WriteError> {
         .ok_or(WriteError::TargetChanged { path: abs.into() })
 }
 
+/// `ROOT/.meshsync/partial`, opened once (never through a symlink, never
+/// making the marker), where partial files are made by name relative to
+/// the open directory: no path walk per file.
+pub struct PartialDir {
+    path: PathBuf,
+    dir: File,
+}
+
+impl PartialDir {
+    /// Makes sure the directory exists below the folder marker, and opens
+    /// it.
+    pub fn open(root: &Path) -> Result<Self, WriteError> {
+        let sub = Path::new("partial");
+        let path = write::ensure_meta_dir(root, sub, 0o700)?;
+        let dir =
+            write::open_dir_nofollow(root, &Path::new(meshsync_core::path::META_DIR).join(sub))?;
+        Ok(PartialDir { path, dir })
+    }
+
+    /// Opens the partial file `name`, made (mode 0600) if missing; also
+    /// whether it was there before (a download to resume).
+    fn create(&self, name: &str) -> io::Result<(File, bool)> {
+        let open = |extra: libc::c_int| -> io::Result<File> {
+            let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
+            // SAFETY: a valid directory descriptor and C string.
+            let fd = unsafe {
+                libc::openat(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.dir),
+                    c.as_ptr(),
+                    libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC | extra,
+                    0o600 as libc::c_uint,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a descriptor openat just returned, owned from here on.
+            Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+        };
+        match open(libc::O_CREAT | libc::O_EXCL) {
+            Ok(f) => Ok((f, false)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok((open(0)?, true)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Files at least this large get their space reserved before assembly.
 const PREALLOCATE_MIN: u64 = 1 << 20;
 
@@ -136,21 +183,21 @@ impl Assembly {
         content: &Content,
         local: &mut ChunkReader<'_, 2>,
     ) -> Result<Self, WriteError> {
-        // Never through a symlink (`.meshsync` and `partial` must be real
-        // directories inside the folder), never making the marker.
-        let dir = write::ensure_meta_dir(root, Path::new("partial"), 0o700)?;
+        Self::start_in(&PartialDir::open(root)?, path, content, local)
+    }
+
+    /// [`Assembly::start`] in a partial directory opened once for many
+    /// files.
+    pub fn start_in(
+        dir: &PartialDir,
+        path: &meshsync_core::path::RelPath,
+        content: &Content,
+        local: &mut ChunkReader<'_, 2>,
+    ) -> Result<Self, WriteError> {
         let path_tag = &blake3::hash(path.as_str().as_bytes()).to_hex()[..16];
-        let partial = dir.join(format!("{}-{path_tag}", content.hash.to_hex()));
-        let existed = partial.exists();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&partial)
-            .map_err(|e| WriteError::io(&partial, e))?;
+        let name = format!("{}-{path_tag}", content.hash.to_hex());
+        let partial = dir.path.join(&name);
+        let (file, existed) = dir.create(&name).map_err(|e| WriteError::io(&partial, e))?;
         let total: u64 = content.chunks.iter().map(|c| u64::from(c.len)).sum();
         // Reserving space up front pays for large files (a full disk fails
         // at once, less fragmentation); for small ones it is one more
@@ -160,6 +207,7 @@ impl Assembly {
         }
         let mut missing = Vec::new();
         let mut bytes_local = 0;
+        let mut unflushed = 0;
         let mut buf = Vec::new();
         let mut file = file;
         for (offset, chunk) in content.offsets() {
@@ -171,6 +219,13 @@ impl Assembly {
                 .map_err(|e| WriteError::io(&partial, e))?
             {
                 bytes_local += u64::from(chunk.len);
+                // A big file rebuilt from local data (an update) is written
+                // back as it goes, like fetched chunks.
+                unflushed += u64::from(chunk.len);
+                if unflushed >= write::WRITEBACK_STEP {
+                    unflushed = 0;
+                    write::start_writeback(&file, 0, 0);
+                }
                 continue;
             }
             missing.push((offset, *chunk));
@@ -258,18 +313,35 @@ pub fn commit_partial(
     target: &Path,
     expected: Option<&StoredEntry>,
 ) -> Result<Observed, WriteError> {
+    let dir = open_parent(root, target)?;
+    commit_partial_in(partial, &dir, target, expected)
+}
+
+/// The directory `target` (below `root`) goes into, opened without following
+/// symlinks (for [`commit_partial_in`]).
+pub fn open_parent(root: &Path, target: &Path) -> Result<File, WriteError> {
     let parent = target.parent().expect("a target has a parent");
     let rel = parent
         .strip_prefix(root)
         .map_err(|_| WriteError::UnsafeParent {
             path: target.into(),
         })?;
+    write::open_dir_nofollow(root, rel)
+}
+
+/// [`commit_partial`] into `dir`, the target's directory opened with
+/// [`open_parent`] (one opening for many files of one directory).
+pub fn commit_partial_in(
+    partial: &Path,
+    dir: &File,
+    target: &Path,
+    expected: Option<&StoredEntry>,
+) -> Result<Observed, WriteError> {
     let name = target.file_name().expect("a target has a name");
-    let dir = write::open_dir_nofollow(root, rel)?;
     if expected.is_some() {
         write::check_unchanged(target, expected)?;
     }
-    match write::rename_into(partial, &dir, name, expected.is_none(), target) {
+    match write::rename_into(partial, dir, name, expected.is_none(), target) {
         Err(WriteError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
             return Err(WriteError::TargetChanged {
                 path: target.into(),

@@ -63,7 +63,7 @@ use meshsync_core::entry::{ChunkRef, FileEntry, FileKind};
 use meshsync_core::ids::{DeviceId, ShareId};
 use meshsync_core::plan::{Action, Side};
 use meshsync_core::pull::Stagger;
-use meshsync_store::apply::{self, Assembly};
+use meshsync_store::apply::{self, Assembly, PartialDir};
 use meshsync_store::chunkmap::{ChunkMap, ChunkReader};
 use meshsync_store::db::{IndexDb, StoredEntry};
 use meshsync_store::write::{self, WriteError};
@@ -201,6 +201,13 @@ pub async fn apply<S: ChunkSource>(
         HashMap::new();
     let mut duplicates: Vec<(FileEntry, bool)> = Vec::new();
     let no_map = Arc::new(ChunkMap::default());
+    let known_dirs: Arc<KnownDirs> = Arc::default();
+    // Opened once for the round; if it cannot be, each copy reports why.
+    let partial_dir = actions
+        .iter()
+        .any(|a| matches!(a, Action::Copy { from: Side::B, .. }))
+        .then(|| PartialDir::open(&folder.root).ok().map(Arc::new))
+        .flatten();
 
     for action in actions {
         // Writes run concurrently; anything after them waits for them.
@@ -221,6 +228,7 @@ pub async fn apply<S: ChunkSource>(
                     let abs = folder.abs(&entry.path);
                     ensure_parent(&folder, &abs)?;
                     let obs = apply::make_dir(&abs, entry.permissions | 0o700)?;
+                    known_dirs.insert(&abs);
                     batch.record(StoredEntry {
                         entry: (**entry).clone(),
                         local: Some(obs.local),
@@ -332,6 +340,8 @@ pub async fn apply<S: ChunkSource>(
                 stagger,
                 local_map: Arc::clone(&local_map),
                 fetched_map: Arc::clone(&no_map),
+                known_dirs: Arc::clone(&known_dirs),
+                partial_dir: partial_dir.clone(),
                 sources: Arc::clone(&sources),
                 peers: Arc::clone(&peers),
                 inflight: Arc::clone(&inflight),
@@ -359,6 +369,8 @@ pub async fn apply<S: ChunkSource>(
                 stagger,
                 local_map: Arc::clone(&local_map),
                 fetched_map: Arc::clone(&fetched_map),
+                known_dirs: Arc::clone(&known_dirs),
+                partial_dir: partial_dir.clone(),
                 sources: Arc::clone(&sources),
                 peers: Arc::clone(&peers),
                 inflight: Arc::clone(&inflight),
@@ -576,6 +588,7 @@ fn commit_batch(
         report.lock().expect("poisoned").errors.push(e.to_string());
         return;
     }
+    let mut parent_dir: Option<(PathBuf, std::fs::File)> = None;
     for f in batch {
         if let Some(loser) = losers.remove(&f.entry.path) {
             match keep_loser(folder, &loser.entry, &loser.to, report) {
@@ -597,7 +610,17 @@ fn commit_batch(
                 archive(&folder.root, &f.entry.path, &f.target)?;
                 expected = None;
             }
-            apply::commit_partial(&f.partial, &folder.root, &f.target, expected)
+            // Files of one directory come one after another: its opened
+            // descriptor serves them all.
+            let parent = f.target.parent().expect("below the root");
+            if parent_dir.as_ref().is_none_or(|(p, _)| p != parent) {
+                parent_dir = Some((
+                    parent.to_path_buf(),
+                    apply::open_parent(&folder.root, &f.target)?,
+                ));
+            }
+            let (_, dir) = parent_dir.as_ref().expect("just opened");
+            apply::commit_partial_in(&f.partial, dir, &f.target, expected)
         })();
         if let Some(c) = &f.entry.content {
             // The partial file is gone (or waits for the next round): the
@@ -646,6 +669,37 @@ fn archive(root: &Path, rel: &meshsync_core::path::RelPath, abs: &Path) -> Resul
     std::fs::rename(abs, &target).map_err(|e| WriteError::io(abs, e))
 }
 
+/// The directories a round made sure of (real directories inside the
+/// folder), so that a thousand files of one directory check it once. A
+/// directory swapped for a symlink later is still caught: files go in
+/// through directories opened without following symlinks
+/// ([`apply::commit_partial`]).
+#[derive(Default)]
+struct KnownDirs(Mutex<HashSet<PathBuf>>);
+
+impl KnownDirs {
+    /// Makes sure `abs`'s parent directories exist, unless this round did.
+    fn ensure_parent(&self, folder: &Folder, abs: &Path) -> Result<(), WriteError> {
+        let parent = abs.parent().expect("below the root");
+        if self.0.lock().expect("poisoned").contains(parent) {
+            return Ok(());
+        }
+        ensure_parent(folder, abs)?;
+        self.insert(parent);
+        Ok(())
+    }
+
+    /// Notes that `dir` and the directories above it exist.
+    fn insert(&self, dir: &Path) {
+        let mut known = self.0.lock().expect("poisoned");
+        for d in dir.ancestors() {
+            if !known.insert(d.to_path_buf()) {
+                break;
+            }
+        }
+    }
+}
+
 fn ensure_parent(folder: &Folder, abs: &Path) -> Result<(), WriteError> {
     let parent = abs.parent().expect("below the root");
     let rel = parent.strip_prefix(&folder.root).expect("below the root");
@@ -661,6 +715,10 @@ struct CopyJob<S> {
     local_map: Arc<ChunkMap>,
     /// Files this round fetched already (for copies of the same content).
     fetched_map: Arc<ChunkMap>,
+    /// Directories this round made sure of.
+    known_dirs: Arc<KnownDirs>,
+    /// The folder's partial directory, open for the round.
+    partial_dir: Option<Arc<PartialDir>>,
     sources: LiveSources,
     peers: Arc<S>,
     inflight: Arc<Mutex<HashMap<DeviceId, usize>>>,
@@ -691,7 +749,7 @@ impl<S: ChunkSource> CopyJob<S> {
             .clone()
             .ok_or_else(|| anyhow!("the announcing peer sent no chunk list"))?;
         let target = self.folder.abs(&entry.path);
-        ensure_parent(&self.folder, &target)?;
+        self.known_dirs.ensure_parent(&self.folder, &target)?;
         let expected = if self.replacing {
             self.folder.stored(&entry.path)
         } else {
@@ -699,11 +757,15 @@ impl<S: ChunkSource> CopyJob<S> {
         };
         let (root, map) = (self.folder.root.clone(), Arc::clone(&self.local_map));
         let fetched = Arc::clone(&self.fetched_map);
+        let partial_dir = self.partial_dir.clone();
         let content_for_start = content.clone();
         let path = entry.path.clone();
         let start = move || {
             let mut reader = ChunkReader::new([&*map, &*fetched]);
-            Assembly::start(&root, &path, &content_for_start, &mut reader)
+            match &partial_dir {
+                Some(dir) => Assembly::start_in(dir, &path, &content_for_start, &mut reader),
+                None => Assembly::start(&root, &path, &content_for_start, &mut reader),
+            }
         };
         // A small file is started on this task: handing it to the blocking
         // pool costs two thread wake-ups, more than the work itself.
