@@ -46,4 +46,4 @@ T1=$(date +%s.%N)
 echo "converged in $(echo "$T1 - $T0" | bc) s"
 grep VmHWM /proc/$PA/status /proc/$PB/status
 echo "CPU while syncing: A $(echo "$(cpu $PA) - $A0" | bc) s, B $(cpu $PB) s"
-kill $PA $PB; wait 2>/dev/null || true
+kill $PA $PB; pkill -f "home $W/" || true; wait 2>/dev/null || true
