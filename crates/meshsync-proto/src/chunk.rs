@@ -227,7 +227,7 @@ impl ChunkRunRequest {
     /// The run for `share` from its chunk list (every length checked).
     pub fn decode_items(share: ShareId, bytes: &[u8]) -> Result<Self, ChunkError> {
         let count = bytes.len() / Self::ITEM_LEN;
-        if bytes.len() % Self::ITEM_LEN != 0 {
+        if !bytes.len().is_multiple_of(Self::ITEM_LEN) {
             return Err(ChunkError::HeaderLength {
                 what: "run list",
                 expected: (count + 1) * Self::ITEM_LEN,
