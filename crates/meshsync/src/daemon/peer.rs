@@ -259,49 +259,28 @@ async fn serve_chunk(
         .lock()
         .expect("poisoned")
         .contains(&request.share);
-    let folder = daemon.folder(&request.share).filter(|_| open);
-    let map = folder
-        .as_ref()
-        .map(|rt| Arc::clone(&rt.chunks.read().expect("poisoned")));
-    let Some(map) = map else {
+    let Some(rt) = daemon.folder(&request.share).filter(|_| open) else {
         send.write_all(&ChunkResponse::refused().encode()).await?;
         send.finish()?;
         return Ok(());
     };
-    if link.sealed.is_sealed(&request.share)
-        && let Some(rt) = daemon.folder(&request.share)
-    {
+    if link.sealed.is_sealed(&request.share) {
         let n = super::storage::serve_chunk(rt, request, &mut send).await?;
         link.bytes_out.fetch_add(n, Ordering::Relaxed);
         daemon.counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
         return Ok(());
     }
-    let (hash, len) = (request.hash, request.len);
-    let rt = folder.expect("checked with the map");
     // Whole files first, then big files still downloading (both read back
     // and hashed before they are served).
-    let bytes = tokio::task::spawn_blocking(move || match map.read_chunk(&hash, len) {
-        Some(bytes) => Some((bytes, false)),
-        None => rt.folder.held.read(&hash, len).map(|b| (b, true)),
-    })
+    let mut served = super::runs::read_group(
+        &rt,
+        &[ChunkRef {
+            hash: request.hash,
+            len: request.len,
+        }],
+    )
     .await?;
-    match bytes {
-        Some((bytes, partial)) => {
-            if partial {
-                daemon
-                    .counters
-                    .partial_bytes_sent
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            }
-            send.write_all(&ChunkResponse::found(&request).encode())
-                .await?;
-            let len = bytes.len() as u64;
-            send.write_chunk(bytes.into()).await?;
-            link.bytes_out.fetch_add(len, Ordering::Relaxed);
-            daemon.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
-        }
-        None => send.write_all(&ChunkResponse::not_found().encode()).await?,
-    }
+    super::runs::send_served(&daemon, &link, &mut send, &request, served.pop().flatten()).await?;
     send.finish()?;
     Ok(())
 }

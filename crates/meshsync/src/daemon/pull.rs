@@ -208,6 +208,21 @@ pub async fn apply<S: ChunkSource>(
         .any(|a| matches!(a, Action::Copy { from: Side::B, .. }))
         .then(|| PartialDir::open(&folder.root).ok().map(Arc::new))
         .flatten();
+    let new_job = |entry: FileEntry, replacing: bool, fetched_map: &Arc<ChunkMap>| CopyJob {
+        folder: Arc::clone(&folder),
+        replacing,
+        entry,
+        stagger,
+        local_map: Arc::clone(&local_map),
+        fetched_map: Arc::clone(fetched_map),
+        known_dirs: Arc::clone(&known_dirs),
+        partial_dir: partial_dir.clone(),
+        sources: Arc::clone(&sources),
+        peers: Arc::clone(&peers),
+        inflight: Arc::clone(&inflight),
+        bad: Arc::clone(&bad),
+        report: Arc::clone(&report),
+    };
 
     for action in actions {
         // Writes run concurrently; anything after them waits for them.
@@ -333,22 +348,7 @@ pub async fn apply<S: ChunkSource>(
             while copies.len() >= PARALLEL_FILES {
                 batch.wait_one(&mut copies).await;
             }
-            let job = CopyJob {
-                folder: Arc::clone(&folder),
-                replacing: replaces.is_some(),
-                entry,
-                stagger,
-                local_map: Arc::clone(&local_map),
-                fetched_map: Arc::clone(&no_map),
-                known_dirs: Arc::clone(&known_dirs),
-                partial_dir: partial_dir.clone(),
-                sources: Arc::clone(&sources),
-                peers: Arc::clone(&peers),
-                inflight: Arc::clone(&inflight),
-                bad: Arc::clone(&bad),
-                report: Arc::clone(&report),
-            };
-            copies.spawn(job.run());
+            copies.spawn(new_job(entry, replaces.is_some(), &no_map).run());
             batch.commit_if_due();
         }
     }
@@ -362,22 +362,7 @@ pub async fn apply<S: ChunkSource>(
             while copies.len() >= PARALLEL_FILES {
                 batch.wait_one(&mut copies).await;
             }
-            let job = CopyJob {
-                folder: Arc::clone(&folder),
-                replacing,
-                entry,
-                stagger,
-                local_map: Arc::clone(&local_map),
-                fetched_map: Arc::clone(&fetched_map),
-                known_dirs: Arc::clone(&known_dirs),
-                partial_dir: partial_dir.clone(),
-                sources: Arc::clone(&sources),
-                peers: Arc::clone(&peers),
-                inflight: Arc::clone(&inflight),
-                bad: Arc::clone(&bad),
-                report: Arc::clone(&report),
-            };
-            copies.spawn(job.run());
+            copies.spawn(new_job(entry, replacing, &fetched_map).run());
         }
         batch.drain(&mut copies).await;
     }

@@ -28,7 +28,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use meshsync_core::entry::ChunkRef;
 use meshsync_core::ids::ShareId;
 use meshsync_net::PeerConnection;
-use meshsync_proto::chunk::{ChunkResponse, ChunkRunRequest, ChunkStatus, MAX_RUN_CHUNKS};
+use meshsync_proto::chunk::{
+    ChunkRequest, ChunkResponse, ChunkRunRequest, ChunkStatus, MAX_RUN_CHUNKS,
+};
 use tokio::sync::oneshot;
 
 use super::Daemon;
@@ -188,12 +190,12 @@ fn read_groups(chunks: &[ChunkRef]) -> Vec<std::ops::Range<usize>> {
 }
 
 /// A chunk read for serving, and whether it came from a partial download.
-type Served = Option<(Vec<u8>, bool)>;
+pub(super) type Served = Option<(Vec<u8>, bool)>;
 
 /// Reads `chunks` on the blocking pool: from whole files first, then from
 /// big files still downloading (both read back and hashed before they are
 /// served).
-fn read_group(
+pub(super) fn read_group(
     rt: &super::FolderRuntime,
     chunks: &[ChunkRef],
 ) -> tokio::task::JoinHandle<Vec<Served>> {
@@ -223,6 +225,35 @@ pub(super) async fn read_body(recv: &mut quinn::RecvStream, len: u32) -> Result<
         }
     }
     Ok(bytes)
+}
+
+/// Answers `request` with what [`read_group`] read for it (Found and the
+/// bytes, or NotFound), and counts the bytes sent.
+pub(super) async fn send_served(
+    daemon: &Daemon,
+    link: &PeerLink,
+    send: &mut quinn::SendStream,
+    request: &ChunkRequest,
+    served: Served,
+) -> Result<()> {
+    let Some((bytes, partial)) = served else {
+        send.write_all(&ChunkResponse::not_found().encode()).await?;
+        return Ok(());
+    };
+    send.write_all(&ChunkResponse::found(request).encode())
+        .await?;
+    let len = bytes.len() as u64;
+    // Handed over, not copied into quinn's send buffer.
+    send.write_chunk(bytes.into()).await?;
+    if partial {
+        daemon
+            .counters
+            .partial_bytes_sent
+            .fetch_add(len, Ordering::Relaxed);
+    }
+    link.bytes_out.fetch_add(len, Ordering::Relaxed);
+    daemon.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Serves one run request (its kind byte already read from `recv`).
@@ -265,25 +296,8 @@ pub(super) async fn serve(
         if let Some(next) = groups.get(k + 1) {
             reading = Some(read_group(&rt, &request.chunks[next.clone()]));
         }
-        for (n, bytes) in group.clone().zip(read) {
-            match bytes {
-                Some((bytes, partial)) => {
-                    send.write_all(&ChunkResponse::found(&request.request(n)).encode())
-                        .await?;
-                    let len = bytes.len() as u64;
-                    // Handed over, not copied into quinn's send buffer.
-                    send.write_chunk(bytes.into()).await?;
-                    if partial {
-                        daemon
-                            .counters
-                            .partial_bytes_sent
-                            .fetch_add(len, Ordering::Relaxed);
-                    }
-                    link.bytes_out.fetch_add(len, Ordering::Relaxed);
-                    daemon.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
-                }
-                None => send.write_all(&ChunkResponse::not_found().encode()).await?,
-            }
+        for (n, served) in group.clone().zip(read) {
+            send_served(&daemon, &link, &mut send, &request.request(n), served).await?;
         }
     }
     send.finish()?;
