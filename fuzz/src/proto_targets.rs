@@ -28,7 +28,10 @@ use meshsync_core::ids::{DeviceId, Hash, ShareId};
 use meshsync_core::keys::discovery::LanTagKey;
 use meshsync_core::keys::{FolderKey, ProofRole, ReadWriteKey};
 use meshsync_core::path::RelPath;
-use meshsync_proto::chunk::{ChunkRequest, ChunkResponse, ChunkStatus, ChunkVerifier};
+use meshsync_proto::chunk::{
+    ChunkRequest, ChunkResponse, ChunkRunRequest, ChunkStatus, ChunkVerifier, MAX_RUN_CHUNKS,
+    STREAM_KIND_CHUNK_RUN,
+};
 use meshsync_proto::frame::FrameDecoder;
 use meshsync_proto::lan;
 use meshsync_proto::limits::{MAX_FRAME_LEN, MAX_REQUEST_LEN, MAX_UNPROVEN_FRAME_LEN};
@@ -389,9 +392,41 @@ pub fn frames(data: &[u8]) {
     }
 }
 
+/// A run request (version 4): what decodes is 1 to 64 chunks, each of a
+/// requestable length, and re-encodes to exactly its bytes.
+fn chunk_run_request(data: &[u8]) {
+    let head = &data[..data.len().min(ChunkRunRequest::HEADER_LEN)];
+    let Ok((share, count)) = ChunkRunRequest::decode_header(head) else {
+        return;
+    };
+    assert!((1..=MAX_RUN_CHUNKS).contains(&count));
+    let list = &data[head.len()..];
+    let list = &list[..list.len().min(count * ChunkRunRequest::ITEM_LEN)];
+    let Ok(run) = ChunkRunRequest::decode_items(share, list) else {
+        return;
+    };
+    assert!(
+        run.chunks
+            .iter()
+            .all(|c| (1..=MAX_REQUEST_LEN).contains(&c.len))
+    );
+    if run.chunks.len() == count {
+        assert_eq!(
+            run.encode(),
+            &data[..head.len() + list.len()],
+            "a run re-encodes"
+        );
+    }
+}
+
 /// Decodes `data` as a chunk request header, a response header and chunk
-/// bytes; a chunk the verifier accepts is exactly what was requested.
+/// bytes; a chunk the verifier accepts is exactly what was requested. Data
+/// starting with 0x04 is a run request instead.
 pub fn chunk_stream(data: &[u8]) {
+    if data.first() == Some(&STREAM_KIND_CHUNK_RUN) {
+        chunk_run_request(data);
+        return;
+    }
     let (request_head, rest) = data.split_at(data.len().min(ChunkRequest::ENCODED_LEN));
     let (response_head, body) = rest.split_at(rest.len().min(ChunkResponse::ENCODED_LEN));
     let request = match ChunkRequest::decode(request_head) {

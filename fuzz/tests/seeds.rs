@@ -19,7 +19,7 @@ use meshsync_core::path::RelPath;
 use meshsync_core::version::VersionVector;
 use meshsync_fuzz::core_targets::key_check_character;
 use meshsync_fuzz::proto_targets::{FOLDER_SECRET, Scenario, connection_at};
-use meshsync_proto::chunk::{ChunkRequest, ChunkResponse};
+use meshsync_proto::chunk::{ChunkRequest, ChunkResponse, ChunkRunRequest};
 use meshsync_proto::{CloseCode, Connection, FolderOffer};
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -436,6 +436,28 @@ fn write_seed_corpus() {
                 r.encode().to_vec()
             }),
             ("bad-kind", bad_kind),
+            // A run (version 4): two chunks asked, the first answered.
+            ("run-two-chunks", {
+                let run = ChunkRunRequest {
+                    share,
+                    chunks: vec![
+                        ChunkRef {
+                            hash: request.hash,
+                            len: request.len,
+                        },
+                        ChunkRef {
+                            hash: Hash::of(b"second"),
+                            len: 6,
+                        },
+                    ],
+                };
+                [
+                    &run.encode()[..],
+                    &ChunkResponse::found(&request).encode()[..],
+                    &chunk,
+                ]
+                .concat()
+            }),
             ("zero-len", {
                 let mut r = request.encode().to_vec();
                 r[65..69].copy_from_slice(&[0; 4]);

@@ -13,7 +13,7 @@ use crate::chunk::{ChunkRequest, ChunkResponse, ChunkRunRequest, ChunkVerifier};
 use crate::connection::{Connection, FolderOffer, LocalInfo};
 use crate::frame::FrameDecoder;
 use crate::limits::MAX_FRAME_LEN;
-use crate::message::{Message, PROTOCOL_VERSION};
+use crate::message::Message;
 
 /// The channel binding of every fuzzed connection.
 const BINDING: [u8; 32] = [0x5a; 32];
@@ -162,6 +162,7 @@ fn drain(connection: &mut Connection) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::PROTOCOL_VERSION;
     use proptest::prelude::*;
 
     #[test]
