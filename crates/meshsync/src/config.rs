@@ -110,10 +110,20 @@ pub struct DeviceConfig {
     /// Seconds between full rescans (the safety net under file-system events).
     #[serde(default = "default_rescan_secs")]
     pub rescan_interval_secs: u64,
+    /// Seconds a chunk request may wait for the peer's next bytes; then the
+    /// chunks it carried are asked of another holder, and the peer is not
+    /// asked again this round (a peer that keeps its connection alive but
+    /// stops answering).
+    #[serde(default = "default_chunk_stall_secs")]
+    pub chunk_stall_secs: u64,
 }
 
 fn default_rescan_secs() -> u64 {
     3600
+}
+
+fn default_chunk_stall_secs() -> u64 {
+    20
 }
 
 /// How a folder treats changes.
@@ -203,6 +213,7 @@ impl Config {
                 api,
                 api_key,
                 rescan_interval_secs: default_rescan_secs(),
+                chunk_stall_secs: default_chunk_stall_secs(),
             },
             discovery: DiscoveryConfig::default(),
             folders: Vec::new(),

@@ -908,6 +908,21 @@ fn hostile_peer(
     entries: Vec<FileEntry>,
     honest: &[&[u8]],
 ) -> Hostile {
+    hostile_peer_answering(home, target, target_id, key, entries, honest, true)
+}
+
+/// [`hostile_peer`], or (`answers` false) one that takes chunk requests and
+/// never answers them, keeping its connection alive: `served` then counts
+/// the requests it sat on.
+fn hostile_peer_answering(
+    home: &Path,
+    target: std::net::SocketAddr,
+    target_id: DeviceId,
+    key: FolderKey,
+    entries: Vec<FileEntry>,
+    honest: &[&[u8]],
+    answers: bool,
+) -> Hostile {
     let mut chunks: HashMap<Hash, Vec<u8>> = HashMap::new();
     for bytes in honest {
         let content = content_of(bytes, ChunkParams::for_file(bytes.len() as u64, None));
@@ -934,6 +949,7 @@ fn hostile_peer(
             entries,
             chunks,
             counters,
+            answers,
         )
         .await
         {
@@ -956,6 +972,7 @@ async fn lie(
     entries: Vec<FileEntry>,
     honest: Arc<HashMap<Hash, Vec<u8>>>,
     (served, opened): (Arc<AtomicUsize>, Arc<AtomicUsize>),
+    answers: bool,
 ) -> anyhow::Result<()> {
     let transport = Transport::bind(
         "127.0.0.1:0".parse()?,
@@ -1002,6 +1019,13 @@ async fn lie(
                     };
                     vec![request]
                 };
+                if !answers {
+                    served.fetch_add(requests.len(), Ordering::SeqCst);
+                    // Holds the stream open, silent, for the test's life.
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    drop(send);
+                    return;
+                }
                 for request in requests {
                     let _ = send
                         .write_all(&ChunkResponse::found(&request).encode())
@@ -1201,6 +1225,63 @@ fn a_peer_that_lies_in_its_index_and_serves_garbage_gets_nothing_written() {
     });
     has_content(&pb.join("own.bin"), &own).unwrap();
     absent(&pb.join("lie.bin")).unwrap();
+}
+
+// A peer that takes chunk requests and never answers them, while its
+// connection stays alive (keep-alives), must not hold B's pull: after
+// `chunk_stall_secs` its chunks are asked of the honest peer, and it is not
+// asked again that round.
+#[test]
+fn a_peer_that_stops_answering_does_not_hold_the_pull() {
+    let dir = Dir::new("faults-silent-peer");
+    let body = random_bytes(31, 3 * MIB);
+    let (mut a, mut b) = pair(&dir, |d| {
+        d.write_with("a/first.txt", "first\n", 0o644, T1);
+    });
+    let config = b.home.join("config.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    let text = text.replacen("chunk_stall_secs = 20\n", "chunk_stall_secs = 2\n", 1);
+    assert!(text.contains("chunk_stall_secs = 2"), "{text}");
+    fs::write(&config, text).unwrap();
+    a.start();
+    b.start();
+    let (pa, pb) = (dir.path("a"), dir.path("b"));
+    eventually("A and B to converge", &[&a, &b], || same_trees(&pa, &pb));
+    let b_id = device_id(&b);
+    a.stop();
+    // While A is away, only the silent peer holds the new content.
+    dir.write_with("a/new.bin", &body, 0o644, T1);
+    let h_home = dir.mkdir("home-H");
+    let h_id = DeviceIdentity::load_or_create(&h_home)
+        .expect("the silent identity")
+        .device_id();
+    let mut version = VersionVector::new();
+    version.bump_at(h_id.short(), 1);
+    let silent = hostile_peer_answering(
+        &h_home,
+        b.listen,
+        b_id,
+        b.folder_key(0).parse().expect("a folder key"),
+        vec![file_entry("copy.bin", &body, version, 1)],
+        &[],
+        false,
+    );
+    eventually("B to ask the silent peer", &[&b], || {
+        (silent.served.load(Ordering::SeqCst) > 0)
+            .then_some(())
+            .ok_or("no request yet".to_owned())
+    });
+    a.start();
+    eventually("B to take both copies from A", &[&a, &b], || {
+        has_content(&pb.join("new.bin"), &body)?;
+        has_content(&pb.join("copy.bin"), &body)
+    });
+    assert!(
+        b.log_text().contains("stopped answering"),
+        "{}",
+        b.log_text()
+    );
+    assert!(b.health(), "B died\n{}", b.log_text());
 }
 
 // The liar announces a version of `own.bin` concurrent with B's (it claims

@@ -125,6 +125,8 @@ impl Daemon {
         let device_id = identity.device_id();
         let db = Arc::new(IndexDb::open(home)?);
         let (events, _) = broadcast::channel(1024);
+        let peers = PeerRegistry::default();
+        peers.set_stall_after(Duration::from_secs(config.device.chunk_stall_secs.max(1)));
         let daemon = Arc::new(Daemon {
             home: home.to_path_buf(),
             config: Mutex::new(config),
@@ -132,7 +134,7 @@ impl Daemon {
             device_id,
             db,
             folders: RwLock::new(HashMap::new()),
-            peers: Arc::new(PeerRegistry::default()),
+            peers: Arc::new(peers),
             book: Arc::new(discovery::AddressBook::default()),
             index_moved: Notify::new(),
             lan_stats: discovery::lan::LanStats::default(),

@@ -35,7 +35,7 @@ use super::discovery::pex::Exchange;
 use super::discovery::{Found, PathKind};
 use super::held::HeldCursor;
 use super::pull::ChunkSource;
-use super::runs::RunQueue;
+use super::runs::{self, RunQueue};
 
 /// One connected peer.
 pub struct PeerLink {
@@ -73,6 +73,9 @@ pub struct PeerRegistry {
     dialled: Mutex<HashMap<SocketAddr, DeviceId>>,
     /// Chunk bytes received from all peers, ever.
     pub bytes_received: AtomicU64,
+    /// How long a chunk request waits for the peer's next bytes, in
+    /// milliseconds (0: the default, [`runs::DEFAULT_STALL`]).
+    stall_after_ms: AtomicU64,
 }
 
 impl PeerRegistry {
@@ -105,6 +108,20 @@ impl PeerRegistry {
                     Some(link)
                 }
             }
+        }
+    }
+
+    /// Sets how long a chunk request waits for the peer's next bytes.
+    pub fn set_stall_after(&self, after: Duration) {
+        self.stall_after_ms
+            .store(after.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long a chunk request waits for the peer's next bytes.
+    pub fn stall_after(&self) -> Duration {
+        match self.stall_after_ms.load(Ordering::Relaxed) {
+            0 => runs::DEFAULT_STALL,
+            ms => Duration::from_millis(ms),
         }
     }
 
@@ -181,11 +198,16 @@ impl ChunkSource for PeerRegistry {
             .get(&peer)
             .ok_or_else(|| anyhow!("peer {peer} is not connected"))?;
         let bytes = match link.sealed.reader_view(&share) {
-            Some(view) => super::storage::fetch_from_store(&link, share, chunk, &view).await?,
-            None if link.chunk_runs.load(Ordering::Relaxed) && !link.sealed.is_sealed(&share) => {
-                link.runs.fetch(&link.conn, share, chunk).await?
+            Some(view) => {
+                super::storage::fetch_from_store(&link, share, chunk, &view, self.stall_after())
+                    .await?
             }
-            None => fetch_chunk(&link.conn, share, chunk).await?,
+            None if link.chunk_runs.load(Ordering::Relaxed) && !link.sealed.is_sealed(&share) => {
+                link.runs
+                    .fetch(&link.conn, share, chunk, self.stall_after())
+                    .await?
+            }
+            None => fetch_chunk(&link.conn, share, chunk, self.stall_after()).await?,
         };
         link.bytes_in
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -211,25 +233,27 @@ impl ChunkSource for PeerRegistry {
     }
 }
 
-/// Fetches one chunk over a new chunk stream.
+/// Fetches one chunk over a new chunk stream; every step waits at most
+/// `stall` for the peer ([`runs::Stalled`]).
 pub(super) async fn fetch_chunk(
     conn: &PeerConnection,
     share: ShareId,
     chunk: ChunkRef,
+    stall: Duration,
 ) -> Result<Vec<u8>> {
     let request = ChunkRequest {
         share,
         hash: chunk.hash,
         len: chunk.len,
     };
-    let (mut send, mut recv) = conn.open_chunk_stream().await?;
-    send.write_all(&request.encode()).await?;
+    let (mut send, mut recv) = runs::within(stall, conn.open_chunk_stream()).await??;
+    runs::within(stall, send.write_all(&request.encode())).await??;
     send.finish()?;
     let mut header = [0u8; ChunkResponse::ENCODED_LEN];
-    recv.read_exact(&mut header).await?;
+    runs::within(stall, recv.read_exact(&mut header)).await??;
     let response = ChunkResponse::decode(&header, &request)?;
     match response.status {
-        ChunkStatus::Found => super::runs::read_body(&mut recv, chunk.len).await,
+        ChunkStatus::Found => runs::read_body(&mut recv, chunk.len, stall).await,
         other => bail!("peer answered {other:?}"),
     }
 }

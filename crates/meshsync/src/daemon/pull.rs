@@ -150,6 +150,7 @@ pub async fn apply<S: ChunkSource>(
     let local_map = Arc::new(folder.local_chunk_map());
     let inflight: Arc<Mutex<HashMap<DeviceId, usize>>> = Arc::default();
     let bad: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
+    let stalled: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
     let mut made_dirs: Vec<(PathBuf, FileEntry)> = Vec::new();
     // The paths this plan writes: a delete that makes room for one of them
     // records nothing (see the module docs).
@@ -221,6 +222,7 @@ pub async fn apply<S: ChunkSource>(
         peers: Arc::clone(&peers),
         inflight: Arc::clone(&inflight),
         bad: Arc::clone(&bad),
+        stalled: Arc::clone(&stalled),
         report: Arc::clone(&report),
     };
 
@@ -708,6 +710,8 @@ struct CopyJob<S> {
     peers: Arc<S>,
     inflight: Arc<Mutex<HashMap<DeviceId, usize>>>,
     bad: Arc<Mutex<HashSet<DeviceId>>>,
+    /// Peers that stopped answering: not asked again this round.
+    stalled: Arc<Mutex<HashSet<DeviceId>>>,
     report: Arc<Mutex<ApplyReport>>,
 }
 
@@ -836,6 +840,7 @@ impl<S: ChunkSource> CopyJob<S> {
         let sources = Arc::clone(&self.sources);
         let inflight = Arc::clone(&self.inflight);
         let bad = Arc::clone(&self.bad);
+        let stalled = Arc::clone(&self.stalled);
         let share = self.folder.share;
         async move {
             let mut tried: HashSet<DeviceId> = HashSet::new();
@@ -845,11 +850,17 @@ impl<S: ChunkSource> CopyJob<S> {
                     // Read at every attempt: holders come and go.
                     let sources = sources.read().expect("poisoned");
                     let bad = bad.lock().expect("poisoned");
+                    let stalled = stalled.lock().expect("poisoned");
                     let inflight = inflight.lock().expect("poisoned");
                     sources
                         .holders(&chunk.hash)
                         .iter()
-                        .filter(|p| connected.contains(p) && !bad.contains(p) && !tried.contains(p))
+                        .filter(|p| {
+                            connected.contains(p)
+                                && !bad.contains(p)
+                                && !stalled.contains(p)
+                                && !tried.contains(p)
+                        })
                         .min_by_key(|p| inflight.get(p).copied().unwrap_or(0))
                         .copied()
                 };
@@ -868,6 +879,12 @@ impl<S: ChunkSource> CopyJob<S> {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::debug!("chunk {} from {peer:?}: {e:#}", chunk.hash.to_hex());
+                        if e.downcast_ref::<super::runs::Stalled>().is_some() {
+                            tracing::warn!(
+                                "peer {peer} stopped answering; not asking it again this round"
+                            );
+                            stalled.lock().expect("poisoned").insert(peer);
+                        }
                         continue;
                     }
                 };

@@ -15,7 +15,10 @@
 //! its bytes are in, unverified: the requester hashes them (pull.rs), so a
 //! lying peer is caught there exactly as with single chunk streams. A
 //! chunk the peer does not have, or a stream that breaks, fails only the
-//! chunks it carried; their requesters try other holders.
+//! chunks it carried; their requesters try other holders. So does a peer
+//! that sends nothing for the stall time ([`Stalled`], `chunk_stall_secs`):
+//! its keep-alives would hold the connection, and the pull with it, open
+//! for good.
 //!
 //! This module must never hold more than one run's answers per stream, and
 //! never serve a folder the peer has not opened on this connection.
@@ -23,6 +26,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use meshsync_core::entry::ChunkRef;
@@ -43,6 +47,36 @@ const RUN_STREAMS: usize = 8;
 /// Bytes one run asks for, at most (a first chunk longer than this goes
 /// alone).
 const RUN_BYTES: u64 = 1 << 20;
+
+/// How long a chunk request waits for the peer's next bytes by default
+/// (`chunk_stall_secs` in the config). Long enough for a blackout a
+/// connection survives (tests/impaired_link.rs: 6 s), short enough that a
+/// peer that stops answering does not hold a round for the 30 s idle timeout
+/// its keep-alives never let expire.
+pub const DEFAULT_STALL: Duration = Duration::from_secs(20);
+
+/// A peer sent nothing for the stall time: its chunks are asked of another
+/// holder, and the pull asks it nothing more this round.
+#[derive(Debug)]
+pub struct Stalled(pub Duration);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the peer sent nothing for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+/// `step`, or [`Stalled`] if it takes longer than `stall`.
+pub(super) async fn within<T>(
+    stall: Duration,
+    step: impl Future<Output = T>,
+) -> Result<T, Stalled> {
+    tokio::time::timeout(stall, step)
+        .await
+        .map_err(|_| Stalled(stall))
+}
 
 /// A chunk someone waits for.
 struct Wanted {
@@ -71,6 +105,7 @@ impl RunQueue {
         conn: &PeerConnection,
         share: ShareId,
         chunk: ChunkRef,
+        stall: Duration,
     ) -> Result<Vec<u8>> {
         let (reply, answer) = oneshot::channel();
         let first_run = {
@@ -88,7 +123,7 @@ impl RunQueue {
             }
         };
         if let Some(run) = first_run {
-            tokio::spawn(drive(Arc::clone(self), conn.clone(), run));
+            tokio::spawn(drive(Arc::clone(self), conn.clone(), run, stall));
         }
         answer
             .await
@@ -121,17 +156,28 @@ fn take_run(waiting: &mut VecDeque<Wanted>) -> VecDeque<Wanted> {
 
 /// One run stream's life: sends `run`, then the next queued one, until the
 /// queue is empty.
-async fn drive(queue: Arc<RunQueue>, conn: PeerConnection, mut run: VecDeque<Wanted>) {
+async fn drive(
+    queue: Arc<RunQueue>,
+    conn: PeerConnection,
+    mut run: VecDeque<Wanted>,
+    stall: Duration,
+) {
     loop {
         tracing::trace!(chunks = run.len(), "chunk run");
-        if let Err(e) = send_run(&conn, &mut run).await {
-            tracing::debug!("chunk run to {}: {e:#}", conn.peer);
-        }
+        let stalled = match send_run(&conn, &mut run, stall).await {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::debug!("chunk run to {}: {e:#}", conn.peer);
+                e.downcast_ref::<Stalled>().is_some()
+            }
+        };
         // Whatever the run did not answer fails, so its requesters move on.
         for wanted in run.drain(..) {
-            let _ = wanted
-                .reply
-                .send(Err(anyhow!("the peer's chunk run broke off")));
+            let _ = wanted.reply.send(Err(if stalled {
+                Stalled(stall).into()
+            } else {
+                anyhow!("the peer's chunk run broke off")
+            }));
         }
         let mut state = queue.state.lock().expect("poisoned");
         if state.waiting.is_empty() {
@@ -144,22 +190,26 @@ async fn drive(queue: Arc<RunQueue>, conn: PeerConnection, mut run: VecDeque<Wan
 
 /// Asks for `run` on a new stream and hands each answer over as it
 /// arrives, taking its requester out of `run`.
-async fn send_run(conn: &PeerConnection, run: &mut VecDeque<Wanted>) -> Result<()> {
+async fn send_run(
+    conn: &PeerConnection,
+    run: &mut VecDeque<Wanted>,
+    stall: Duration,
+) -> Result<()> {
     let request = ChunkRunRequest {
         share: run[0].share,
         chunks: run.iter().map(|w| w.chunk).collect(),
     };
-    let (mut send, mut recv) = conn.open_chunk_stream().await?;
-    send.write_all(&request.encode()).await?;
+    let (mut send, mut recv) = within(stall, conn.open_chunk_stream()).await??;
+    within(stall, send.write_all(&request.encode())).await??;
     send.finish()?;
     for n in 0..request.chunks.len() {
         let mut header = [0u8; ChunkResponse::ENCODED_LEN];
-        recv.read_exact(&mut header)
-            .await
+        within(stall, recv.read_exact(&mut header))
+            .await?
             .with_context(|| format!("reading answer {n}"))?;
         let response = ChunkResponse::decode(&header, &request.request(n))?;
         let answer = match response.status {
-            ChunkStatus::Found => Ok(read_body(&mut recv, response.len)
+            ChunkStatus::Found => Ok(read_body(&mut recv, response.len, stall)
                 .await
                 .with_context(|| format!("reading chunk {n}"))?),
             other => Err(anyhow!("peer answered {other:?}")),
@@ -214,12 +264,16 @@ pub(super) fn read_group(
 }
 
 /// Reads the `len` bytes of a found chunk (appended as quinn hands them
-/// over: no zeroed buffer first).
-pub(super) async fn read_body(recv: &mut quinn::RecvStream, len: u32) -> Result<Vec<u8>> {
+/// over: no zeroed buffer first), waiting at most `stall` for each piece.
+pub(super) async fn read_body(
+    recv: &mut quinn::RecvStream,
+    len: u32,
+    stall: Duration,
+) -> Result<Vec<u8>> {
     let len = len as usize;
     let mut bytes = Vec::with_capacity(len);
     while bytes.len() < len {
-        match recv.read_chunk(len - bytes.len(), true).await? {
+        match within(stall, recv.read_chunk(len - bytes.len(), true)).await?? {
             Some(piece) => bytes.extend_from_slice(&piece.bytes),
             None => bail!("the stream ended after {} of {len} bytes", bytes.len()),
         }

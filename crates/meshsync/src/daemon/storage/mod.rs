@@ -185,6 +185,7 @@ pub async fn fetch_from_store(
     share: ShareId,
     chunk: ChunkRef,
     view: &ReaderView,
+    stall: std::time::Duration,
 ) -> Result<Vec<u8>> {
     let cipher = view.cipher_of(&chunk.hash).ok_or_else(|| {
         anyhow!(
@@ -192,7 +193,7 @@ pub async fn fetch_from_store(
             chunk.hash.to_hex()
         )
     })?;
-    let ciphertext = super::peer::fetch_chunk(&link.conn, share, cipher).await?;
+    let ciphertext = super::peer::fetch_chunk(&link.conn, share, cipher, stall).await?;
     let plain_hash = chunk.hash;
     let data = view.data_key().clone();
     tokio::task::spawn_blocking(move || {

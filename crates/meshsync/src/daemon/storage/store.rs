@@ -1003,7 +1003,13 @@ async fn fetch_one(
             continue;
         }
         *inflight.lock().expect("poisoned").entry(peer).or_default() += 1;
-        let result = super::super::peer::fetch_chunk(&link.conn, store.share, chunk).await;
+        let result = super::super::peer::fetch_chunk(
+            &link.conn,
+            store.share,
+            chunk,
+            daemon.peers.stall_after(),
+        )
+        .await;
         *inflight.lock().expect("poisoned").entry(peer).or_default() -= 1;
         let bytes = match result {
             Ok(b) => b,
