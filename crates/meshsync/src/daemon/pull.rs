@@ -16,8 +16,12 @@
 //! chunks, and announces the chunks it verified while the file is still
 //! downloading (`held`, protocol version 3), so peers can take parts of the
 //! file from each other before any has it whole. A chunk that fails its hash gets its peer
-//! dropped for this folder and is fetched elsewhere. Partial files live in
-//! `.meshsync/partial/` and survive a disconnect or a restart.
+//! dropped for this folder and is fetched elsewhere; a peer that stops
+//! answering (runs.rs, `Stalled`) is left out for the rest of the round.
+//! Files with one content are fetched once per round: later copies wait
+//! for the first and are put together from it. Partial files live in
+//! `.meshsync/partial/` (opened once per round) and survive a disconnect
+//! or a restart.
 //!
 //! Finished files are flushed in batches (one `syncfs`) and then renamed
 //! into place only if the target is still what the scan saw; a change made
