@@ -128,26 +128,12 @@ impl PartialDir {
     /// Opens the partial file `name`, made (mode 0600) if missing; also
     /// whether it was there before (a download to resume).
     fn create(&self, name: &str) -> io::Result<(File, bool)> {
-        let open = |extra: libc::c_int| -> io::Result<File> {
-            let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
-            // SAFETY: a valid directory descriptor and C string.
-            let fd = unsafe {
-                libc::openat(
-                    std::os::fd::AsRawFd::as_raw_fd(&self.dir),
-                    c.as_ptr(),
-                    libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC | extra,
-                    0o600 as libc::c_uint,
-                )
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: a descriptor openat just returned, owned from here on.
-            Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-        };
-        match open(libc::O_CREAT | libc::O_EXCL) {
+        let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+        match write::open_in_dir(&self.dir, &name, libc::O_CREAT | libc::O_EXCL) {
             Ok(f) => Ok((f, false)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok((open(0)?, true)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Ok((write::open_in_dir(&self.dir, &name, 0)?, true))
+            }
             Err(e) => Err(e),
         }
     }

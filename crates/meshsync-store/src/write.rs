@@ -148,20 +148,8 @@ impl TempFile {
             .map_err(|_| WriteError::UnsafeParent {
                 path: target.into(),
             })?;
-        // SAFETY: a valid directory descriptor and C string.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                temp_name.as_ptr(),
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            return Err(WriteError::io(target, io::Error::last_os_error()));
-        }
-        // SAFETY: a descriptor openat just returned, owned from here on.
-        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let file = open_in_dir(&dir, &temp_name, libc::O_CREAT | libc::O_EXCL)
+            .map_err(|e| WriteError::io(target, e))?;
         Ok(TempFile {
             file: Some(file),
             dir,
@@ -538,6 +526,30 @@ fn cstr(p: &Path) -> Result<CString, WriteError> {
 /// returns how many were removed.
 pub fn remove_stale_temps(paths: &[PathBuf]) -> usize {
     paths.iter().filter(|p| fs::remove_file(p).is_ok()).count()
+}
+
+/// Opens `name` in the open directory `dir` for reading and writing, never
+/// through a symlink; `extra` adds flags (`O_CREAT | O_EXCL` makes it, mode
+/// 0600).
+pub(crate) fn open_in_dir(
+    dir: &File,
+    name: &std::ffi::CStr,
+    extra: libc::c_int,
+) -> io::Result<File> {
+    // SAFETY: a valid directory descriptor and C string.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC | extra,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor openat just returned, owned from here on.
+    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// Bytes written to a file being assembled between requests to start

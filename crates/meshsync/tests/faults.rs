@@ -899,22 +899,10 @@ struct Hostile {
 /// protocol machine): it dials `target`, proves the key, announces
 /// `entries` (correctly signed), and answers chunk requests with the true
 /// bytes of `honest` files, and any other request with `len` bytes of
-/// `0xAA` under a `Found` header.
+/// `0xAA` under a `Found` header. With `answers` false, the peer takes chunk requests and never answers
+/// them, keeping its connection alive: `served` then counts the requests it
+/// sat on.
 fn hostile_peer(
-    home: &Path,
-    target: std::net::SocketAddr,
-    target_id: DeviceId,
-    key: FolderKey,
-    entries: Vec<FileEntry>,
-    honest: &[&[u8]],
-) -> Hostile {
-    hostile_peer_answering(home, target, target_id, key, entries, honest, true)
-}
-
-/// [`hostile_peer`], or (`answers` false) one that takes chunk requests and
-/// never answers them, keeping its connection alive: `served` then counts
-/// the requests it sat on.
-fn hostile_peer_answering(
     home: &Path,
     target: std::net::SocketAddr,
     target_id: DeviceId,
@@ -1200,6 +1188,7 @@ fn a_peer_that_lies_in_its_index_and_serves_garbage_gets_nothing_written() {
             file_entry("own.bin", &random_bytes(11, 2 * MIB), claimed, 2),
         ],
         &[],
+        true,
     );
     wait_for_refusal(&b, &hostile);
     holds_for(QUIET, "nothing written from the liar", &[&b], || {
@@ -1257,7 +1246,7 @@ fn a_peer_that_stops_answering_does_not_hold_the_pull() {
         .device_id();
     let mut version = VersionVector::new();
     version.bump_at(h_id.short(), 1);
-    let silent = hostile_peer_answering(
+    let silent = hostile_peer(
         &h_home,
         b.listen,
         b_id,
@@ -1320,6 +1309,7 @@ fn regression_a_lost_conflict_keeps_the_name_until_the_winner_arrives() {
         b.folder_key(0).parse().expect("a folder key"),
         vec![newer],
         &[],
+        true,
     );
     wait_for_refusal(&b, &hostile);
     holds_for(QUIET, "B's copy kept at its name", &[&b], || {
@@ -1363,6 +1353,7 @@ fn regression_a_version_counter_at_u64_max_from_a_liar_never_blocks_a_later_edit
         b.folder_key(0).parse().expect("a folder key"),
         vec![file_entry("victim.txt", planted, claimed, 1)],
         &[planted],
+        true,
     );
     // Fixed: counters above MAX_COUNTER are refused on the way in, so the
     // liar's batch is refused as a whole and B never takes its version.

@@ -40,8 +40,9 @@ use tokio::sync::oneshot;
 use super::Daemon;
 use super::peer::PeerLink;
 
-/// Run streams open at once per link. Measured with `bench/p2p-quick.sh`
-/// on `large` (docs/benchmarks.md).
+/// Run streams open at once per link: with at most 1 MiB each, 8 MiB in
+/// flight to one peer. Not tuned: 8 and 32 were alike on `small` within
+/// the noise (docs/benchmarks.md, "Fourth session's build").
 const RUN_STREAMS: usize = 8;
 
 /// Bytes one run asks for, at most (a first chunk longer than this goes
