@@ -348,6 +348,14 @@ pub fn message(data: &[u8]) {
                 assert_eq!(RelPath::new(entry.path.as_str()).as_ref(), Ok(&entry.path));
             }
         }
+        Message::IndexPatch(batch) => {
+            assert!(batch.entries.len() <= meshsync_proto::limits::MAX_BATCH_ENTRIES);
+            for entry in &batch.entries {
+                let (meshsync_proto::message::PatchEntry::Whole(entry)
+                | meshsync_proto::message::PatchEntry::Patched { entry, .. }) = entry;
+                assert_eq!(RelPath::new(entry.path.as_str()).as_ref(), Ok(&entry.path));
+            }
+        }
         Message::DownloadProgress(p) => {
             assert_eq!(RelPath::new(p.path.as_str()).as_ref(), Ok(&p.path));
         }

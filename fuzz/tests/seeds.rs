@@ -279,6 +279,32 @@ fn write_seed_corpus() {
         .unwrap();
     let unsigned_batch = frames(&mut ro_peer);
 
+    // A big file's entry, then its edit as a chunk-list patch (version 5).
+    let big = |sequence: u64, chunks: Vec<u32>| {
+        let mut file = entry("big.bin", sequence, 1);
+        let content = file.content.as_mut().unwrap();
+        content.chunks = chunks
+            .iter()
+            .map(|n| ChunkRef {
+                hash: Hash::of(&n.to_le_bytes()),
+                len: 1000,
+            })
+            .collect();
+        file.size = 1000 * chunks.len() as u64;
+        file
+    };
+    let (_, _, mut patcher) = connection_at(Scenario::OpenReadOnlyPeer);
+    patcher
+        .send_index_batch(share, 1, 1, &[big(1, (0..64).collect())])
+        .unwrap();
+    let first_big = frames(&mut patcher);
+    let mut edited: Vec<u32> = (0..64).collect();
+    edited[10] = 1000;
+    patcher
+        .send_index_batch(share, 2, 2, &[big(2, edited)])
+        .unwrap();
+    let patch = frames(&mut patcher);
+
     let (_, _, mut rw_peer) = connection_at(Scenario::OpenReadWritePeer);
     rw_peer
         .send_index_batch(
@@ -338,6 +364,10 @@ fn write_seed_corpus() {
             "read-write-peer-unsigned".into(),
             with_scenario(3, &unsigned_batch),
         ),
+        (
+            "read-only-peer-patch".into(),
+            with_scenario(2, &[first_big.clone(), patch.clone()].concat()),
+        ),
         ("close".into(), with_scenario(3, &close)),
         ("second-hello".into(), with_scenario(1, &hello)),
     ];
@@ -364,6 +394,7 @@ fn write_seed_corpus() {
             ("open-folder", payload(&offer)),
             ("index-batch-unsigned", payload(&unsigned_batch)),
             ("index-batch-signed", payload(&first_frame(&signed_batches))),
+            ("index-patch", payload(&patch)),
             ("close", payload(&close)),
             ("folder-refused", payload(&refused)),
             ("batch-parent-path", payload(&raw_batch(sb, b"../x"))),

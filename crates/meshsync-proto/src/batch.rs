@@ -109,6 +109,14 @@ pub enum BatchError {
         /// What is wrong with it.
         problem: EntryProblem,
     },
+    /// A patched entry's chunk list cannot be rebuilt (version 5).
+    #[error("entry {path}: bad chunk-list patch: {problem}")]
+    BadPatch {
+        /// The entry's path.
+        path: RelPath,
+        /// Why.
+        problem: crate::patch::PatchProblem,
+    },
     /// `complete` is set on a batch that does not reach the announced
     /// `max_sequence`.
     #[error(

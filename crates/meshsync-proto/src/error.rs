@@ -318,9 +318,9 @@ impl ProtocolError {
             ProtocolError::FolderNotOpen { .. } => CloseCode::FolderNotOpen,
             ProtocolError::Batch { error, .. } => match error {
                 BatchError::TooManyEntries { .. } => CloseCode::LimitExceeded,
-                BatchError::DuplicatePath { .. } | BatchError::InvalidEntry { .. } => {
-                    CloseCode::InvalidEntry
-                }
+                BatchError::DuplicatePath { .. }
+                | BatchError::InvalidEntry { .. }
+                | BatchError::BadPatch { .. } => CloseCode::InvalidEntry,
                 _ => CloseCode::InvalidSequence,
             },
             ProtocolError::MissingSignature { .. } | ProtocolError::BadSignature { .. } => {

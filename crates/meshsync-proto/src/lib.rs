@@ -7,6 +7,8 @@
 //! - [`frame`]: `u32` big-endian length + payload, and a streaming
 //!   [`frame::FrameDecoder`] that refuses oversized frames before buffering them.
 //! - [`message`]: the control-stream [`message::Message`]s (postcard-encoded).
+//! - [`patch`]: chunk-list patches, which send a changed big file's entry as
+//!   a difference from the list last sent for its path (version 5).
 //! - [`chunk`]: the fixed-size headers of chunk streams
 //!   ([`chunk::ChunkRequest`], [`chunk::ChunkResponse`]) and a streaming
 //!   [`chunk::ChunkVerifier`].
@@ -41,6 +43,7 @@ pub mod frame;
 pub mod lan;
 pub mod limits;
 pub mod message;
+pub mod patch;
 pub mod sealed;
 pub mod tracker;
 

@@ -33,9 +33,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::CloseCode;
 use crate::frame::{FrameError, HEADER_LEN, seal_frame};
 use crate::limits::{MAX_BATCH_ENTRIES, MAX_HELD_SPANS, MAX_PEX_ADDRESSES, MAX_PEX_PEERS};
+use crate::patch::ListOp;
 
 /// The newest protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The first version with peer exchange ([`Peers`]). Version 1 is version 2
 /// without it; a connection that negotiated version 1 never carries it.
@@ -51,7 +52,12 @@ pub const HELD_VERSION: u16 = 3;
 /// Version 3 is version 4 without it; no message changed.
 pub const RUN_VERSION: u16 = 4;
 
-/// The versions this crate supports: 1 to 4.
+/// The first version in which a big file's entry may travel as a patch of
+/// the chunk list sent for its path before ([`IndexPatch`]). Version 4 is
+/// version 5 without it.
+pub const PATCH_VERSION: u16 = 5;
+
+/// The versions this crate supports: 1 to 5.
 pub const SUPPORTED_VERSIONS: VersionRange = VersionRange {
     min: 1,
     max: PROTOCOL_VERSION,
@@ -139,10 +145,12 @@ pub enum MessageType {
     Peers = 8,
     /// [`ChunksHeld`]: 9 (version 3 and later).
     ChunksHeld = 9,
+    /// [`IndexPatch`]: 10 (version 5 and later).
+    IndexPatch = 10,
 }
 
 impl MessageType {
-    const ALL: [MessageType; 10] = [
+    const ALL: [MessageType; 11] = [
         MessageType::Hello,
         MessageType::Close,
         MessageType::Ping,
@@ -153,6 +161,7 @@ impl MessageType {
         MessageType::DownloadProgress,
         MessageType::Peers,
         MessageType::ChunksHeld,
+        MessageType::IndexPatch,
     ];
 
     /// The type with wire number `number`, if this version has one.
@@ -172,6 +181,7 @@ impl MessageType {
         match self {
             MessageType::Peers => PEX_VERSION,
             MessageType::ChunksHeld => HELD_VERSION,
+            MessageType::IndexPatch => PATCH_VERSION,
             _ => 1,
         }
     }
@@ -210,6 +220,9 @@ pub enum Message {
     /// Chunks of a file the sender is downloading that it holds already
     /// (version 3 and later).
     ChunksHeld(ChunksHeld),
+    /// An index batch in which entries of big files may carry their chunk
+    /// list as a patch (version 5 and later).
+    IndexPatch(IndexPatch),
 }
 
 /// The first message on the control stream, from both sides, sent without
@@ -368,6 +381,48 @@ pub struct IndexBatch {
     pub signature: Option<BatchSignature>,
 }
 
+/// An [`IndexBatch`] in which an entry of a big file may carry its chunk list
+/// as a patch of the list last sent for its path on this connection (see
+/// [`crate::patch`]). Same fields and rules as an `IndexBatch`; the receiver
+/// rebuilds every entry first, and the signature covers the rebuilt entries
+/// exactly as it covers an `IndexBatch`'s. Sent only on a connection that
+/// negotiated [`PATCH_VERSION`] or later, and only when at least one entry is
+/// a patch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPatch {
+    /// The folder.
+    pub share: ShareId,
+    /// The first sequence number this batch covers (at least 1).
+    pub first_sequence: u64,
+    /// The last sequence number this batch covers (`>= first_sequence`).
+    pub last_sequence: u64,
+    /// As in [`IndexBatch::complete`].
+    pub complete: bool,
+    /// The entries (at most [`MAX_BATCH_ENTRIES`], checked before decoding).
+    #[serde(deserialize_with = "bounded_patch_entries")]
+    pub entries: Vec<PatchEntry>,
+    /// As in [`IndexBatch::signature`], over the rebuilt entries.
+    #[serde(with = "signature_wire")]
+    pub signature: Option<BatchSignature>,
+}
+
+/// One entry of an [`IndexPatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PatchEntry {
+    /// The entry as it is.
+    Whole(FileEntry),
+    /// A file entry whose content lists no chunks: they are the base list of
+    /// its path, with sequence `base_sequence`, changed by `ops`.
+    Patched {
+        /// The entry, its chunk list left empty.
+        entry: FileEntry,
+        /// The sequence of the base the receiver must hold for the path.
+        base_sequence: u64,
+        /// How the base becomes the entry's chunk list.
+        ops: Vec<ListOp>,
+    },
+}
+
 /// How far the sender is with downloading one file of an open folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownloadProgress {
@@ -517,6 +572,7 @@ impl Message {
             Message::DownloadProgress(_) => MessageType::DownloadProgress,
             Message::Peers(_) => MessageType::Peers,
             Message::ChunksHeld(_) => MessageType::ChunksHeld,
+            Message::IndexPatch(_) => MessageType::IndexPatch,
         }
     }
 
@@ -624,7 +680,9 @@ where
                     self.what, self.max
                 )));
             }
-            let mut out = Vec::with_capacity(count);
+            // Reserve by the announced count only a little: a count larger
+            // than the frame can hold fails on the first missing element.
+            let mut out = Vec::with_capacity(count.min(64));
             while let Some(item) = seq.next_element()? {
                 if out.len() == self.max {
                     return Err(de::Error::custom(format_args!("too many {}", self.what)));
@@ -640,6 +698,10 @@ where
         what,
         _marker: std::marker::PhantomData,
     })
+}
+
+fn bounded_patch_entries<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PatchEntry>, D::Error> {
+    bounded_seq(d, MAX_BATCH_ENTRIES, "index entries in one batch")
 }
 
 fn bounded_peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerAddresses>, D::Error> {

@@ -3,14 +3,19 @@
 
 mod util;
 
+use meshsync_core::entry::{ChunkRef, Content, FileEntry, FileKind, Timestamp};
+use meshsync_core::ids::ShortId;
 use meshsync_core::keys::{BatchSignature, KeyKind};
+use meshsync_core::version::VersionVector;
 use meshsync_proto::CloseCode;
 use meshsync_proto::frame::{FrameDecoder, HEADER_LEN};
 use meshsync_proto::limits::MAX_FRAME_LEN;
 use meshsync_proto::message::{
     ChunkSpan, ChunksHeld, Close, DecodeError, DownloadProgress, FolderRefused, Hello, IndexBatch,
-    Message, MessageType, OpenFolder, PeerAddresses, Peers, Ping, Pong, RefuseReason, VersionRange,
+    IndexPatch, Message, MessageType, OpenFolder, PatchEntry, PeerAddresses, Peers, Ping, Pong,
+    RefuseReason, VersionRange,
 };
+use meshsync_proto::patch::ListOp;
 use proptest::prelude::*;
 use util::{arb_entry, arb_path, arb_share};
 
@@ -24,6 +29,27 @@ fn arb_kind() -> impl Strategy<Value = KeyKind> {
         Just(KeyKind::ReadOnly),
         Just(KeyKind::Encrypted)
     ]
+}
+
+fn arb_ops() -> impl Strategy<Value = Vec<ListOp>> {
+    prop::collection::vec(
+        prop_oneof![
+            any::<u32>().prop_map(ListOp::Keep),
+            any::<u32>().prop_map(ListOp::Skip),
+            prop::collection::vec((any::<[u8; 32]>(), any::<u32>()), 0..3).prop_map(|chunks| {
+                ListOp::Insert(
+                    chunks
+                        .into_iter()
+                        .map(|(hash, len)| ChunkRef {
+                            hash: meshsync_core::ids::Hash(hash),
+                            len,
+                        })
+                        .collect(),
+                )
+            }),
+        ],
+        0..6,
+    )
 }
 
 fn arb_message() -> impl Strategy<Value = Message> {
@@ -87,6 +113,34 @@ fn arb_message() -> impl Strategy<Value = Message> {
                         bytes[32..].copy_from_slice(&half);
                         BatchSignature::from_bytes(bytes)
                     }),
+                })
+            }),
+        (
+            arb_share(),
+            any::<[u64; 2]>(),
+            prop::collection::vec(
+                (arb_entry(), prop::option::of((any::<u64>(), arb_ops()))),
+                0..5
+            ),
+        )
+            .prop_map(|(share, [first, last], entries)| {
+                Message::IndexPatch(IndexPatch {
+                    share,
+                    first_sequence: first,
+                    last_sequence: last,
+                    complete: false,
+                    entries: entries
+                        .into_iter()
+                        .map(|(entry, patch)| match patch {
+                            None => PatchEntry::Whole(entry),
+                            Some((base_sequence, ops)) => PatchEntry::Patched {
+                                entry,
+                                base_sequence,
+                                ops,
+                            },
+                        })
+                        .collect(),
+                    signature: None,
                 })
             }),
         (arb_share(), arb_path(), any::<u64>(), any::<u64>()).prop_map(
@@ -198,12 +252,14 @@ fn message_type_numbers_are_pinned() {
         (MessageType::DownloadProgress, 7),
         (MessageType::Peers, 8),
         (MessageType::ChunksHeld, 9),
+        (MessageType::IndexPatch, 10),
     ];
     for (ty, number) in pinned {
         assert_eq!(ty.number(), number);
         assert_eq!(MessageType::from_number(number), Some(ty));
     }
-    assert_eq!(MessageType::from_number(10), None);
+    assert_eq!(MessageType::from_number(11), None);
+    assert_eq!(MessageType::IndexPatch.since_version(), 5);
     assert_eq!(MessageType::Peers.since_version(), 2);
     assert_eq!(MessageType::ChunksHeld.since_version(), 3);
     assert_eq!(MessageType::IndexBatch.since_version(), 1);
@@ -277,6 +333,72 @@ fn golden_bytes() {
     expected.extend_from_slice(&[0xcc; 32]);
     expected.extend_from_slice(&[2, 0, 3, 0xac, 0x02, 1]); // two runs: 0+3, 300+1
     assert_eq!(held.to_frame().unwrap(), expected);
+
+    // An IndexPatch: one file entry, its chunk list patched from base
+    // sequence 1: keep 10, insert one chunk, skip 1, keep 53.
+    let file = FileEntry {
+        path: meshsync_core::path::RelPath::new("big").unwrap(),
+        kind: FileKind::File,
+        size: 4_194_304,
+        mtime: Timestamp {
+            secs: 1_700_000_000,
+            nanos: 0,
+        },
+        permissions: 0o644,
+        symlink_target: None,
+        content: Some(Content {
+            hash: meshsync_core::ids::Hash([0xcc; 32]),
+            chunk_avg: 65_536,
+            chunks: Vec::new(),
+        }),
+        version: {
+            let mut version = VersionVector::new();
+            version.bump(ShortId(0x0102_0304_0506_0708));
+            version.bump(ShortId(0x0102_0304_0506_0708));
+            version
+        },
+        deleted: false,
+        sequence: 2,
+    };
+    let patch = Message::IndexPatch(IndexPatch {
+        share: meshsync_core::ids::ShareId::from_bytes([0xee; 32]),
+        first_sequence: 2,
+        last_sequence: 2,
+        complete: false,
+        entries: vec![PatchEntry::Patched {
+            entry: file,
+            base_sequence: 1,
+            ops: vec![
+                ListOp::Keep(10),
+                ListOp::Insert(vec![ChunkRef {
+                    hash: meshsync_core::ids::Hash([0x11; 32]),
+                    len: 65_536,
+                }]),
+                ListOp::Skip(1),
+                ListOp::Keep(53),
+            ],
+        }],
+        signature: None,
+    });
+    let mut expected = vec![0, 0, 0, 152, 10];
+    expected.extend_from_slice(&[0xee; 32]);
+    expected.extend_from_slice(&[2, 2, 0]); // first, last, complete
+    expected.extend_from_slice(&[1, 1]); // one entry, patched
+    expected.extend_from_slice(&[3, b'b', b'i', b'g', 0, 0x80, 0x80, 0x80, 0x02]); // path, file, size
+    expected.extend_from_slice(&[0x80, 0xc4, 0x9f, 0xd5, 0x0c, 0, 0xa4, 0x03, 0]); // mtime, mode, no target
+    expected.push(1); // content:
+    expected.extend_from_slice(&[0xcc; 32]); // hash
+    expected.extend_from_slice(&[0x80, 0x80, 0x04, 0]); // chunk_avg, no chunks
+    expected.extend_from_slice(&[1, 0x88, 0x8e, 0x98, 0xa8, 0xc0, 0xe0, 0x80, 0x81, 0x01, 2]); // version
+    expected.extend_from_slice(&[0, 2]); // not deleted, sequence 2
+    expected.extend_from_slice(&[1, 4]); // base sequence 1, four steps:
+    expected.extend_from_slice(&[0, 10]); // keep 10
+    expected.extend_from_slice(&[2, 1]); // insert one chunk
+    expected.extend_from_slice(&[0x11; 32]);
+    expected.extend_from_slice(&[0x80, 0x80, 0x04]);
+    expected.extend_from_slice(&[1, 1, 0, 53]); // skip 1, keep 53
+    expected.push(0); // no signature
+    assert_eq!(patch.to_frame().unwrap(), expected);
 }
 
 #[test]

@@ -25,11 +25,11 @@ fn full_life_of_a_connection() {
     for (events, name) in [(&client, "server"), (&server, "laptop")] {
         assert!(matches!(
             &events[..],
-            [Event::HelloReceived { negotiated: 4, device_name, client, .. }]
+            [Event::HelloReceived { negotiated: 5, device_name, client, .. }]
                 if device_name == name && client == "meshsync-test/1"
         ));
     }
-    assert_eq!(pair.client.phase(), Phase::Negotiated { version: 4 });
+    assert_eq!(pair.client.phase(), Phase::Negotiated { version: 5 });
 
     // The client offers; the server is asked, accepts.
     pair.client

@@ -1559,6 +1559,47 @@ fn copies_of_one_content_are_fetched_once() {
     );
 }
 
+// An edit in place of a big file costs its changed chunks and a few bytes of
+// index: the entry's chunk list travels as a patch of the one sent before
+// (protocol version 5), both ways (A's edit, then B's announcement of it).
+#[test]
+fn an_edited_big_file_travels_as_its_changed_chunks_and_a_patch() {
+    let dir = Dir::new("daemon-big-file-patch");
+    let mut body = random_bytes(13, 12 * MIB);
+    let (mut a, mut b) = pair(&dir, |d| {
+        d.write_with("a/big.bin", &body, 0o644, T1);
+    });
+    a.start();
+    b.start();
+    converge(&[&a, &b], &dir.path("a"), &dir.path("b"));
+    let before = b.bytes_in();
+    assert_eq!(b.metric("meshsync_index_entries_patched_total"), 0.0);
+
+    body[6 * MIB..6 * MIB + 100_000].copy_from_slice(&random_bytes(14, 100_000));
+    dir.write_with("a/big.bin", &body, 0o644, T2);
+    a.rescan(&dir.path("a"));
+    converge(&[&a, &b], &dir.path("a"), &dir.path("b"));
+    has_content(&dir.path("b/big.bin"), &body).unwrap();
+    let fetched = b.bytes_in() - before;
+    assert!(
+        fetched < 1024 * 1024,
+        "{fetched} bytes fetched for a 100 kB edit"
+    );
+    eventually(
+        "both sides to receive the entry as a patch",
+        &[&a, &b],
+        || {
+            let (at_a, at_b) = (
+                a.metric("meshsync_index_entries_patched_total"),
+                b.metric("meshsync_index_entries_patched_total"),
+            );
+            (at_a >= 1.0 && at_b >= 1.0)
+                .then_some(())
+                .ok_or(format!("patched entries received: A {at_a}, B {at_b}"))
+        },
+    );
+}
+
 // Bug: an idle daemon rescans its folders about twice a second forever: the
 // watcher (notify's inotify backend watches IN_OPEN) reports the scan's own
 // directory opens, which ask for the next scan.

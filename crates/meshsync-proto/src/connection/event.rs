@@ -204,6 +204,9 @@ pub struct ReceivedBatch {
     /// batches (from read-only and storage-only peers) say what the peer has,
     /// for availability only.
     pub signed: bool,
+    /// How many of the entries travelled as chunk-list patches and were
+    /// rebuilt here (version 5; see [`crate::patch`]).
+    pub patched: usize,
 }
 
 /// What happened, for the driver to act on (from [`Connection::poll_event`]).

@@ -8,6 +8,7 @@ use meshsync_core::keys::FolderKey;
 
 use super::event::{FolderOffer, FolderStatus, PeerFolder, Side};
 use crate::batch::BatchCursor;
+use crate::patch::ChunkLists;
 
 /// This side's half of a folder: the key it offered with and what it said.
 #[derive(Debug, Clone)]
@@ -27,6 +28,10 @@ pub(crate) struct OpenFolder {
     pub(crate) send: BatchCursor,
     /// Batches the peer sends.
     pub(crate) receive: BatchCursor,
+    /// Base chunk lists of what this side sent (version 5 and later).
+    pub(crate) sent_lists: ChunkLists,
+    /// Base chunk lists of what the peer sent and this side accepted.
+    pub(crate) received_lists: ChunkLists,
 }
 
 impl OpenFolder {
@@ -46,6 +51,8 @@ impl OpenFolder {
         OpenFolder {
             send: BatchCursor::new(send_from, local.offer.max_sequence),
             receive: BatchCursor::new(receive_from, peer.max_sequence),
+            sent_lists: ChunkLists::default(),
+            received_lists: ChunkLists::default(),
             local,
             peer,
         }

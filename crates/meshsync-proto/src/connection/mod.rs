@@ -50,7 +50,7 @@ mod folder;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use meshsync_core::entry::FileEntry;
+use meshsync_core::entry::{Content, FileEntry};
 use meshsync_core::ids::{DeviceId, ShareId};
 use meshsync_core::keys::{
     AccessProof, FolderKey, KeyError, KeyKind, ProofRole, ReadProof, sign_batch, verify_batch,
@@ -65,14 +65,15 @@ pub use event::{
 
 use self::event::clean_text;
 use self::folder::{FolderState, LocalFolder, OpenFolder};
-use crate::batch::signed_payload;
+use crate::batch::{BatchError, signed_payload};
 use crate::error::{CloseCode, PeersProblem, ProtocolError, UsageError};
 use crate::frame::{FrameDecoder, HEADER_LEN, seal_frame};
 use crate::limits::{
     MAX_CLIENT_LEN, MAX_DEVICE_NAME_LEN, MAX_FOLDERS_PER_CONNECTION, MAX_FRAME_LEN,
     MAX_OUTSTANDING_PINGS, MAX_REASON_LEN, MAX_UNPROVEN_FRAME_LEN,
 };
-use crate::message::{self, Message, MessageType, RefuseReason};
+use crate::message::{self, Message, MessageType, PatchEntry, RefuseReason};
+use crate::patch::{ChunkLists, ListOp};
 
 /// The protocol state of one connection.
 #[derive(Debug)]
@@ -363,6 +364,7 @@ impl Connection {
         entries: &[FileEntry],
     ) -> Result<(), UsageError> {
         self.check_negotiated()?;
+        let patches = self.has_patches();
         let author = self.local.device();
         let open = self.open_folder_mut(share, "send an index batch")?;
         let complete = open.send.completes(last);
@@ -384,18 +386,73 @@ impl Connection {
             }
             _ => None,
         };
-        let frame = index_batch_frame(&IndexBatchRef {
-            share: &share,
-            first_sequence: first,
-            last_sequence: last,
-            complete,
-            entries,
-            signature: signature.map(|sig| SignatureRef(sig.to_bytes())),
-        })
+        let signature = signature.map(|sig| SignatureRef(sig.to_bytes()));
+        let patched: Vec<Option<(u64, Vec<ListOp>)>> = if patches {
+            entries
+                .iter()
+                .map(|entry| open.sent_lists.patch_for(entry))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let frame = if patched.iter().any(Option::is_some) {
+            let stripped: Vec<Option<FileEntry>> = entries
+                .iter()
+                .zip(&patched)
+                .map(|(entry, patch)| patch.as_ref().map(|_| without_chunks(entry)))
+                .collect();
+            let entries: Vec<PatchEntryRef<'_>> = entries
+                .iter()
+                .zip(&patched)
+                .zip(&stripped)
+                .map(|((entry, patch), stripped)| match (patch, stripped) {
+                    (Some((base_sequence, ops)), Some(stripped)) => PatchEntryRef::Patched {
+                        entry: stripped,
+                        base_sequence: *base_sequence,
+                        ops,
+                    },
+                    _ => PatchEntryRef::Whole(entry),
+                })
+                .collect();
+            batch_frame(
+                MessageType::IndexPatch,
+                &IndexBatchRef {
+                    share: &share,
+                    first_sequence: first,
+                    last_sequence: last,
+                    complete,
+                    entries: &entries,
+                    signature,
+                },
+            )
+        } else {
+            batch_frame(
+                MessageType::IndexBatch,
+                &IndexBatchRef {
+                    share: &share,
+                    first_sequence: first,
+                    last_sequence: last,
+                    complete,
+                    entries,
+                    signature,
+                },
+            )
+        }
         .map_err(UsageError::TooLarge)?;
         open.send.advance(last, complete);
+        if patches {
+            open.sent_lists.record(entries);
+        }
         self.transmits.push_back(frame);
         Ok(())
+    }
+
+    /// Whether index entries of big files may travel as chunk-list patches
+    /// (both sides speak [`message::PATCH_VERSION`]). The machine decides
+    /// per entry in [`Connection::send_index_batch`]; the driver need not.
+    pub fn has_patches(&self) -> bool {
+        self.negotiated_version()
+            .is_some_and(|v| v >= message::PATCH_VERSION)
     }
 
     /// Tells the peer how far this side is with downloading `path` of an open
@@ -627,6 +684,9 @@ impl Connection {
                 self.handle_refusal(refusal)
             }
             (Phase::Negotiated { .. }, Message::IndexBatch(batch)) => self.handle_batch(batch),
+            (Phase::Negotiated { version }, Message::IndexPatch(batch)) => {
+                self.handle_patch(version, batch)
+            }
             (Phase::Negotiated { .. }, Message::DownloadProgress(progress)) => {
                 self.handle_progress(progress)
             }
@@ -769,19 +829,78 @@ impl Connection {
     }
 
     fn handle_batch(&mut self, batch: message::IndexBatch) -> Result<(), ProtocolError> {
-        let share = batch.share;
+        let message::IndexBatch {
+            share,
+            first_sequence,
+            last_sequence,
+            complete,
+            entries,
+            signature,
+        } = batch;
+        self.accept_batch(
+            MessageType::IndexBatch,
+            share,
+            (first_sequence, last_sequence),
+            complete,
+            |_| Ok((entries, 0)),
+            signature,
+        )
+    }
+
+    fn handle_patch(
+        &mut self,
+        version: u16,
+        batch: message::IndexPatch,
+    ) -> Result<(), ProtocolError> {
+        if version < message::PATCH_VERSION {
+            // Not a type of the negotiated version: as unknown as type 99.
+            return Err(ProtocolError::Decode(message::DecodeError::UnknownType {
+                number: MessageType::IndexPatch.number(),
+            }));
+        }
+        let message::IndexPatch {
+            share,
+            first_sequence,
+            last_sequence,
+            complete,
+            entries,
+            signature,
+        } = batch;
+        self.accept_batch(
+            MessageType::IndexPatch,
+            share,
+            (first_sequence, last_sequence),
+            complete,
+            |lists| rebuild_entries(lists, entries),
+            signature,
+        )
+    }
+
+    /// Checks a batch from the peer (its entries rebuilt by `entries` from
+    /// the bases recorded so far), verifies its signature, and delivers it.
+    fn accept_batch(
+        &mut self,
+        message_type: MessageType,
+        share: ShareId,
+        (first, last): (u64, u64),
+        complete: bool,
+        entries: impl FnOnce(&ChunkLists) -> Result<(Vec<FileEntry>, usize), BatchError>,
+        signature: Option<meshsync_core::keys::BatchSignature>,
+    ) -> Result<(), ProtocolError> {
         let author = self.peer;
+        let patches = self.has_patches();
         let Some(FolderState::Open(open)) = self.folders.get_mut(&share) else {
             return Err(ProtocolError::FolderNotOpen {
                 share,
-                message_type: MessageType::IndexBatch,
+                message_type,
             });
         };
-        let (first, last) = (batch.first_sequence, batch.last_sequence);
+        let (entries, patched) =
+            entries(&open.received_lists).map_err(|error| ProtocolError::Batch { share, error })?;
         open.receive
-            .check(first, last, batch.complete, &batch.entries)
+            .check(first, last, complete, &entries)
             .map_err(|error| ProtocolError::Batch { share, error })?;
-        let signed = batch.signature.is_some();
+        let signed = signature.is_some();
         if signed || open.peer.kind == KeyKind::ReadWrite {
             let payload = signed_payload(
                 &author,
@@ -789,14 +908,14 @@ impl Connection {
                 open.peer.index_id,
                 first,
                 last,
-                batch.complete,
-                &batch.entries,
+                complete,
+                &entries,
             );
             verify_batch(
                 open.local.key.verify_key(),
                 last,
                 &payload,
-                batch.signature.as_ref(),
+                signature.as_ref(),
             )
             .map_err(|err| match err {
                 KeyError::MissingSignature => {
@@ -805,15 +924,19 @@ impl Connection {
                 _ => ProtocolError::BadSignature { share, first, last },
             })?;
         }
-        open.receive.advance(last, batch.complete);
+        open.receive.advance(last, complete);
+        if patches {
+            open.received_lists.record(&entries);
+        }
         self.events.push_back(Event::IndexReceived {
             share,
             batch: ReceivedBatch {
                 first_sequence: first,
                 last_sequence: last,
-                complete: batch.complete,
-                entries: batch.entries,
+                complete,
+                entries,
                 signed,
+                patched,
             },
         });
         Ok(())
@@ -961,17 +1084,28 @@ fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), Protoco
     Ok(())
 }
 
-/// An [`message::IndexBatch`] that borrows its entries, so sending a batch
-/// does not copy them. Same fields, same order, same encoding (a test pins
-/// that).
+/// An [`message::IndexBatch`] (or, with `E` = [`PatchEntryRef`], an
+/// [`message::IndexPatch`]) that borrows its entries, so sending a batch does
+/// not copy them. Same fields, same order, same encoding (a test pins that).
 #[derive(Serialize)]
-struct IndexBatchRef<'a> {
+struct IndexBatchRef<'a, E> {
     share: &'a ShareId,
     first_sequence: u64,
     last_sequence: u64,
     complete: bool,
-    entries: &'a [FileEntry],
+    entries: &'a [E],
     signature: Option<SignatureRef>,
+}
+
+/// A [`message::PatchEntry`] that borrows its parts; encodes the same.
+#[derive(Serialize)]
+enum PatchEntryRef<'a> {
+    Whole(&'a FileEntry),
+    Patched {
+        entry: &'a FileEntry,
+        base_sequence: u64,
+        ops: &'a [ListOp],
+    },
 }
 
 /// 64 signature bytes encoded as `message::IndexBatch` encodes them.
@@ -988,13 +1122,66 @@ impl Serialize for SignatureRef {
     }
 }
 
-/// The frame of `Message::IndexBatch(batch)`: the message type, then the
+/// The frame of a batch message of type `message_type`: the type, then the
 /// batch's fields.
-fn index_batch_frame(batch: &IndexBatchRef<'_>) -> Result<Vec<u8>, crate::frame::FrameError> {
-    let frame = postcard::to_extend(&MessageType::IndexBatch.number(), vec![0u8; HEADER_LEN])
+fn batch_frame<E: Serialize>(
+    message_type: MessageType,
+    batch: &IndexBatchRef<'_, E>,
+) -> Result<Vec<u8>, crate::frame::FrameError> {
+    let frame = postcard::to_extend(&message_type.number(), vec![0u8; HEADER_LEN])
         .and_then(|frame| postcard::to_extend(batch, frame))
         .expect("postcard cannot fail to encode index entries");
     seal_frame(frame)
+}
+
+/// `entry` with its chunk list left out, as a patched entry travels.
+fn without_chunks(entry: &FileEntry) -> FileEntry {
+    FileEntry {
+        path: entry.path.clone(),
+        kind: entry.kind,
+        size: entry.size,
+        mtime: entry.mtime,
+        permissions: entry.permissions,
+        symlink_target: entry.symlink_target.clone(),
+        content: entry.content.as_ref().map(|content| Content {
+            hash: content.hash,
+            chunk_avg: content.chunk_avg,
+            chunks: Vec::new(),
+        }),
+        version: entry.version.clone(),
+        deleted: entry.deleted,
+        sequence: entry.sequence,
+    }
+}
+
+/// The whole entries of an [`message::IndexPatch`], patched ones rebuilt from
+/// the bases in `lists`, and how many were patched.
+fn rebuild_entries(
+    lists: &ChunkLists,
+    entries: Vec<PatchEntry>,
+) -> Result<(Vec<FileEntry>, usize), BatchError> {
+    let patched = entries
+        .iter()
+        .filter(|entry| matches!(entry, PatchEntry::Patched { .. }))
+        .count();
+    let entries = entries
+        .into_iter()
+        .map(|entry| match entry {
+            PatchEntry::Whole(entry) => Ok(entry),
+            PatchEntry::Patched {
+                mut entry,
+                base_sequence,
+                ops,
+            } => match lists.rebuild(&mut entry, base_sequence, &ops) {
+                Ok(()) => Ok(entry),
+                Err(problem) => Err(BatchError::BadPatch {
+                    path: entry.path,
+                    problem,
+                }),
+            },
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((entries, patched))
 }
 
 #[cfg(test)]

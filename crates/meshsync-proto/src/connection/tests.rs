@@ -10,6 +10,7 @@ use super::*;
 use crate::batch::BatchError;
 use crate::limits::MAX_BATCH_ENTRIES;
 use crate::message::{Hello, IndexBatch, PROTOCOL_VERSION, SUPPORTED_VERSIONS, VersionRange};
+use crate::patch::PatchProblem;
 
 const BINDING: [u8; 32] = [0xaa; 32];
 const A: [u8; 32] = [1; 32];
@@ -266,7 +267,7 @@ fn no_common_version_closes_with_incompatible_version() {
     let mut a = Connection::new(
         ProofRole::Initiator,
         LocalInfo::new(DeviceId::from_bytes(A), "a", "t")
-            .with_versions(VersionRange::new(5, 6).unwrap()),
+            .with_versions(VersionRange::new(6, 7).unwrap()),
         BINDING,
         DeviceId::from_bytes(B),
     );
@@ -278,7 +279,7 @@ fn no_common_version_closes_with_incompatible_version() {
         err,
         ProtocolError::IncompatibleVersion {
             local: SUPPORTED_VERSIONS,
-            peer: VersionRange::new(5, 6).unwrap(),
+            peer: VersionRange::new(6, 7).unwrap(),
         }
     );
 }
@@ -1034,16 +1035,62 @@ fn borrowed_batch_encoding_matches_the_message() {
     let entries = vec![entry("a", 1), entry("b", 2)];
     let mut message = batch(1, 2, true, entries.clone());
     message.signature = Some(meshsync_core::keys::BatchSignature::from_bytes([4; 64]));
-    let by_ref = index_batch_frame(&IndexBatchRef {
-        share: &message.share,
+    let by_ref = batch_frame(
+        MessageType::IndexBatch,
+        &IndexBatchRef {
+            share: &message.share,
+            first_sequence: 1,
+            last_sequence: 2,
+            complete: true,
+            entries: &entries,
+            signature: Some(SignatureRef([4; 64])),
+        },
+    )
+    .unwrap();
+    assert_eq!(by_ref, Message::IndexBatch(message).to_frame().unwrap());
+
+    let ops = vec![
+        crate::patch::ListOp::Keep(3),
+        crate::patch::ListOp::Insert(vec![ChunkRef {
+            hash: Hash::of(b"new"),
+            len: 9,
+        }]),
+    ];
+    let by_ref = batch_frame(
+        MessageType::IndexPatch,
+        &IndexBatchRef {
+            share: &share(),
+            first_sequence: 1,
+            last_sequence: 2,
+            complete: true,
+            entries: &[
+                PatchEntryRef::Whole(&entries[0]),
+                PatchEntryRef::Patched {
+                    entry: &entries[1],
+                    base_sequence: 1,
+                    ops: &ops,
+                },
+            ],
+            signature: None,
+        },
+    )
+    .unwrap();
+    let owned = Message::IndexPatch(message::IndexPatch {
+        share: share(),
         first_sequence: 1,
         last_sequence: 2,
         complete: true,
-        entries: &entries,
-        signature: Some(SignatureRef([4; 64])),
-    })
-    .unwrap();
-    assert_eq!(by_ref, Message::IndexBatch(message).to_frame().unwrap());
+        entries: vec![
+            message::PatchEntry::Whole(entries[0].clone()),
+            message::PatchEntry::Patched {
+                entry: entries[1].clone(),
+                base_sequence: 1,
+                ops,
+            },
+        ],
+        signature: None,
+    });
+    assert_eq!(by_ref, owned.to_frame().unwrap());
 }
 
 // --- Close -------------------------------------------------------------------------
@@ -1432,4 +1479,192 @@ fn bad_runs_of_chunks_held_are_refused_by_both_sides() {
         vec![span(0, 2), span(2, 1), span(u32::MAX, 1)],
     )
     .unwrap();
+}
+
+// --- Chunk-list patches (version 5) --------------------------------------------
+
+/// A file entry of `n` chunks numbered from `from`.
+fn big(sequence: u64, chunks: impl Iterator<Item = u32>) -> FileEntry {
+    let chunks: Vec<ChunkRef> = chunks
+        .map(|n| ChunkRef {
+            hash: Hash::of(&n.to_le_bytes()),
+            len: 65_536,
+        })
+        .collect();
+    let mut file = entry("big.bin", sequence);
+    file.size = chunks.iter().map(|c| u64::from(c.len)).sum();
+    file.content = Some(Content {
+        hash: Hash::of(&sequence.to_le_bytes()),
+        chunk_avg: 65_536,
+        chunks,
+    });
+    file
+}
+
+/// Sends `entries` as batch `sequence..=sequence` from `a` to `b`; returns
+/// the frame's message type and length, and what `b` delivered.
+fn send_one(
+    a: &mut Connection,
+    b: &mut Connection,
+    entries: &[FileEntry],
+) -> (MessageType, usize, Vec<FileEntry>) {
+    let sequence = entries[0].sequence;
+    a.send_index_batch(share(), sequence, sequence, entries)
+        .unwrap();
+    let frame = a.poll_transmit().unwrap();
+    assert!(a.poll_transmit().is_none());
+    let message_type = Message::decode(&frame[HEADER_LEN..])
+        .unwrap()
+        .message_type();
+    b.handle_bytes(&frame, &[rw()][..]).unwrap();
+    let delivered = events(b)
+        .into_iter()
+        .flat_map(|event| match event {
+            Event::IndexReceived { batch, .. } => {
+                assert!(batch.signed);
+                batch.entries
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    (message_type, frame.len(), delivered)
+}
+
+#[test]
+fn a_changed_big_file_travels_as_a_patch_and_arrives_whole() {
+    let (mut a, mut b) = open_pair(&rw(), 0);
+    assert!(a.has_patches() && b.has_patches());
+    let first = big(1, 0..1000);
+    let (kind, whole_len, delivered) = send_one(&mut a, &mut b, &[first.clone()]);
+    assert_eq!((kind, delivered), (MessageType::IndexBatch, vec![first]));
+
+    // Two chunks rewritten, one inserted: the patch carries three.
+    let edited = big(2, (0..10).chain([5000, 5001, 5002]).chain(12..1000));
+    let (kind, patch_len, delivered) = send_one(&mut a, &mut b, &[edited.clone()]);
+    assert_eq!((kind, delivered), (MessageType::IndexPatch, vec![edited]));
+    assert!(
+        patch_len < whole_len / 50,
+        "{patch_len} against {whole_len}"
+    );
+
+    // The patched version is the next base; a rewrite travels whole.
+    let again = big(3, (0..10).chain([5000, 5001, 5002, 6000]).chain(12..1000));
+    let (kind, _, delivered) = send_one(&mut a, &mut b, &[again.clone()]);
+    assert_eq!((kind, delivered), (MessageType::IndexPatch, vec![again]));
+    let rewritten = big(4, 7000..8000);
+    let (kind, _, delivered) = send_one(&mut a, &mut b, &[rewritten.clone()]);
+    assert_eq!(
+        (kind, delivered),
+        (MessageType::IndexBatch, vec![rewritten])
+    );
+}
+
+#[test]
+fn a_version_4_peer_gets_whole_entries() {
+    let (mut a, mut b) = open_pair_speaking(VersionRange::new(1, 4).unwrap());
+    assert!(!a.has_patches() && !b.has_patches());
+    for (sequence, chunks) in [(1, 0..1000), (2, 1..1000)] {
+        let file = big(sequence, chunks);
+        let (kind, _, delivered) = send_one(&mut a, &mut b, &[file.clone()]);
+        assert_eq!((kind, delivered), (MessageType::IndexBatch, vec![file]));
+    }
+    let patch = frame(Message::IndexPatch(message::IndexPatch {
+        share: share(),
+        first_sequence: 3,
+        last_sequence: 3,
+        complete: false,
+        entries: vec![message::PatchEntry::Whole(big(3, 0..1000))],
+        signature: None,
+    }));
+    let err = expect_close(&mut b, &patch, CloseCode::UnknownMessage);
+    assert!(matches!(
+        err,
+        ProtocolError::Decode(message::DecodeError::UnknownType { number: 10 })
+    ));
+}
+
+#[test]
+fn a_patch_the_receiver_cannot_rebuild_is_refused() {
+    let mut stripped = big(2, std::iter::empty());
+    stripped.size = 65_536;
+    let patch = |base_sequence, ops| {
+        frame(Message::IndexPatch(message::IndexPatch {
+            share: share(),
+            first_sequence: 2,
+            last_sequence: 2,
+            complete: false,
+            entries: vec![message::PatchEntry::Patched {
+                entry: stripped.clone(),
+                base_sequence,
+                ops,
+            }],
+            signature: None,
+        }))
+    };
+    let keep = |n| vec![crate::patch::ListOp::Keep(n)];
+    let cases = [
+        (patch(1, keep(1)), PatchProblem::NoBase, false),
+        (
+            patch(7, keep(1)),
+            PatchProblem::WrongBase {
+                named: 7,
+                recorded: 1,
+            },
+            true,
+        ),
+        (
+            patch(1, keep(1001)),
+            PatchProblem::PastEnd { len: 1000 },
+            true,
+        ),
+    ];
+    for (bytes, problem, with_base) in cases {
+        let (mut a, mut b) = open_pair(&rw(), 0);
+        if with_base {
+            send_one(&mut a, &mut b, &[big(1, 0..1000)]);
+        } else {
+            send_one(&mut a, &mut b, &[entry("other", 1)]);
+        }
+        let err = expect_close(&mut b, &bytes, CloseCode::InvalidEntry);
+        assert_eq!(
+            err,
+            ProtocolError::Batch {
+                share: share(),
+                error: BatchError::BadPatch {
+                    path: RelPath::new("big.bin").unwrap(),
+                    problem,
+                },
+            }
+        );
+    }
+}
+
+#[test]
+fn a_rebuilt_entry_must_still_match_its_signature() {
+    // A relay that changes a patch changes the rebuilt entry, and the
+    // signature (over whole entries) no longer verifies.
+    let (mut a, mut b) = open_pair(&rw(), 0);
+    send_one(&mut a, &mut b, &[big(1, 0..1000)]);
+    let edited = big(2, (0..10).chain([5000]).chain(11..1000));
+    a.send_index_batch(share(), 2, 2, &[edited]).unwrap();
+    let frame_bytes = a.poll_transmit().unwrap();
+    let Message::IndexPatch(mut patch) = Message::decode(&frame_bytes[HEADER_LEN..]).unwrap()
+    else {
+        panic!("a patch")
+    };
+    let message::PatchEntry::Patched { ops, .. } = &mut patch.entries[0] else {
+        panic!("a patched entry")
+    };
+    // Another chunk of the same length in place of the new one.
+    assert!(matches!(ops[1], crate::patch::ListOp::Insert(_)));
+    ops[1] = crate::patch::ListOp::Insert(vec![ChunkRef {
+        hash: Hash::of(b"forged"),
+        len: 65_536,
+    }]);
+    let err = expect_close(
+        &mut b,
+        &frame(Message::IndexPatch(patch)),
+        CloseCode::BadSignature,
+    );
+    assert!(matches!(err, ProtocolError::BadSignature { .. }), "{err}");
 }

@@ -560,6 +560,12 @@ fn render_metrics(metrics: &Metrics, status: &Status) -> String {
             metrics.scans,
         ),
         (
+            "meshsync_index_entries_patched_total",
+            "counter",
+            "Index entries received as chunk-list patches.",
+            metrics.entries_patched,
+        ),
+        (
             "meshsync_peers_connected",
             "gauge",
             "Connected peers.",
@@ -796,6 +802,7 @@ mod tests {
                     peers_connected: 2,
                     folders: 2,
                     scans: 3,
+                    entries_patched: 6,
                 },
                 events: broadcast::channel(16).0,
                 calls: Mutex::new(Vec::new()),
@@ -1340,6 +1347,7 @@ mod tests {
             "meshsync_bytes_sent_total 2048",
             "meshsync_partial_bytes_sent_total 512",
             "meshsync_chunks_rejected_total 1",
+            "meshsync_index_entries_patched_total 6",
             "meshsync_peers_connected 2",
             "meshsync_folder_need_bytes{share_id=\"SHAREA\"} 100",
             "meshsync_folder_need_files{share_id=\"SHAREA\"} 2",

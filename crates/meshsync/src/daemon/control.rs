@@ -185,6 +185,9 @@ pub struct Metrics {
     pub folders: u64,
     /// Scans done.
     pub scans: u64,
+    /// Index entries received as chunk-list patches (protocol version 5).
+    #[serde(default)]
+    pub entries_patched: u64,
 }
 
 /// A command refused, with the HTTP status to answer.

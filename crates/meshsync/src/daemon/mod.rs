@@ -74,6 +74,8 @@ pub struct Counters {
     pub chunks_rejected: AtomicU64,
     /// Scans done.
     pub scans: AtomicU64,
+    /// Index entries that arrived as chunk-list patches.
+    pub entries_patched: AtomicU64,
 }
 
 /// The running daemon.
@@ -686,6 +688,7 @@ impl Control for Daemon {
             peers_connected: self.peers.count() as u64,
             folders: self.folders.read().expect("poisoned").len() as u64,
             scans: c.scans.load(Ordering::Relaxed),
+            entries_patched: c.entries_patched.load(Ordering::Relaxed),
         }
     }
 

@@ -601,6 +601,10 @@ fn handle_event(
             {
                 return Ok(());
             }
+            daemon
+                .counters
+                .entries_patched
+                .fetch_add(batch.patched as u64, Ordering::Relaxed);
             if let Some(rt) = daemon.folder(&share) {
                 let news = rt.folder.receive_index(
                     link.device,
