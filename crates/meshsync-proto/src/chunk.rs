@@ -287,7 +287,7 @@ impl ChunkStatus {
         }
     }
 
-    fn from_byte(byte: u8) -> Result<Self, ChunkError> {
+    pub(crate) fn from_byte(byte: u8) -> Result<Self, ChunkError> {
         match byte {
             0 => Ok(ChunkStatus::Found),
             1 => Ok(ChunkStatus::NotFound),

@@ -7,6 +7,8 @@
 //! - [`frame`]: `u32` big-endian length + payload, and a streaming
 //!   [`frame::FrameDecoder`] that refuses oversized frames before buffering them.
 //! - [`message`]: the control-stream [`message::Message`]s (postcard-encoded).
+//! - [`delta`]: chunk deltas, a chunk fetched as an rsync delta against
+//!   similar bytes the requester holds (stream kind `0x05`, version 5).
 //! - [`patch`]: chunk-list patches, which send a changed big file's entry as
 //!   a difference from the list last sent for its path (version 5).
 //! - [`chunk`]: the fixed-size headers of chunk streams
@@ -38,6 +40,7 @@
 
 pub mod chunk;
 pub mod connection;
+pub mod delta;
 pub mod error;
 pub mod frame;
 pub mod lan;

@@ -57,6 +57,12 @@ pub const RUN_VERSION: u16 = 4;
 /// version 5 without it.
 pub const PATCH_VERSION: u16 = 5;
 
+/// The first version in which a chunk stream may ask for a chunk as a delta
+/// against bytes the requester has
+/// ([`DeltaRequest`](crate::delta::DeltaRequest), stream kind 0x05). Comes
+/// with [`PATCH_VERSION`].
+pub const DELTA_VERSION: u16 = 5;
+
 /// The versions this crate supports: 1 to 5.
 pub const SUPPORTED_VERSIONS: VersionRange = VersionRange {
     min: 1,

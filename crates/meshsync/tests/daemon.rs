@@ -1600,6 +1600,37 @@ fn an_edited_big_file_travels_as_its_changed_chunks_and_a_patch() {
     );
 }
 
+// A small file edited in place costs about the bytes that changed: its one
+// chunk comes as a delta against the old version (protocol version 5).
+#[test]
+fn an_edited_small_file_travels_as_a_delta() {
+    let dir = Dir::new("daemon-small-file-delta");
+    let mut bodies: Vec<Vec<u8>> = (0..10).map(|n| random_bytes(20 + n, 12_000)).collect();
+    let (mut a, mut b) = pair(&dir, |d| {
+        for (n, body) in bodies.iter().enumerate() {
+            d.write_with(&format!("a/f{n}.txt"), body, 0o644, T1);
+        }
+    });
+    a.start();
+    b.start();
+    converge(&[&a, &b], &dir.path("a"), &dir.path("b"));
+    let before = b.bytes_in();
+    for (n, body) in bodies.iter_mut().enumerate() {
+        body[5_000..5_100].copy_from_slice(&random_bytes(40 + n as u64, 100));
+        dir.write_with(&format!("a/f{n}.txt"), &body[..], 0o644, T2);
+    }
+    a.rescan(&dir.path("a"));
+    converge(&[&a, &b], &dir.path("a"), &dir.path("b"));
+    for (n, body) in bodies.iter().enumerate() {
+        has_content(&dir.path(&format!("b/f{n}.txt")), body).unwrap();
+    }
+    let fetched = b.bytes_in() - before;
+    assert!(
+        fetched < 10 * 2_000,
+        "{fetched} bytes fetched for ten 100-byte edits of 12 kB files"
+    );
+}
+
 // Bug: an idle daemon rescans its folders about twice a second forever: the
 // watcher (notify's inotify backend watches IN_OPEN) reports the scan's own
 // directory opens, which ask for the next scan.

@@ -447,6 +447,13 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether chunks may be asked for as deltas against bytes the requester
+    /// has (stream kind 0x05, [`message::DELTA_VERSION`]).
+    pub fn has_chunk_deltas(&self) -> bool {
+        self.negotiated_version()
+            .is_some_and(|v| v >= message::DELTA_VERSION)
+    }
+
     /// Whether index entries of big files may travel as chunk-list patches
     /// (both sides speak [`message::PATCH_VERSION`]). The machine decides
     /// per entry in [`Connection::send_index_batch`]; the driver need not.

@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod control;
+pub mod deltas;
 pub mod discovery;
 pub mod folder;
 pub mod held;

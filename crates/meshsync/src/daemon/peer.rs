@@ -61,6 +61,8 @@ pub struct PeerLink {
     pub sealed: super::storage::SealedLinks,
     /// Whether the negotiated protocol carries chunk runs (version 4).
     pub chunk_runs: std::sync::atomic::AtomicBool,
+    /// Whether it carries chunk deltas (version 5).
+    pub chunk_deltas: std::sync::atomic::AtomicBool,
     /// Chunk requests to it, batched into runs.
     pub runs: Arc<RunQueue>,
 }
@@ -216,6 +218,27 @@ impl ChunkSource for PeerRegistry {
         Ok(bytes)
     }
 
+    async fn fetch_near(
+        &self,
+        peer: DeviceId,
+        share: ShareId,
+        chunk: ChunkRef,
+        base: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let link = self
+            .get(&peer)
+            .ok_or_else(|| anyhow!("peer {peer} is not connected"))?;
+        if !link.chunk_deltas.load(Ordering::Relaxed) || link.sealed.is_sealed(&share) {
+            return self.fetch(peer, share, chunk).await;
+        }
+        let rebuilt =
+            super::deltas::fetch(&link.conn, share, chunk, base, self.stall_after()).await?;
+        link.bytes_in.fetch_add(rebuilt.wire, Ordering::Relaxed);
+        self.bytes_received
+            .fetch_add(rebuilt.wire, Ordering::Relaxed);
+        Ok(rebuilt.bytes)
+    }
+
     fn connected(&self) -> Vec<DeviceId> {
         self.links
             .lock()
@@ -275,6 +298,11 @@ async fn serve_chunk(
     }
     if header[0] == meshsync_proto::chunk::STREAM_KIND_CHUNK_RUN {
         return super::runs::serve(daemon, link, send, recv).await;
+    }
+    if header[0] == meshsync_proto::delta::STREAM_KIND_CHUNK_DELTA
+        && link.chunk_deltas.load(Ordering::Relaxed)
+    {
+        return super::deltas::serve(daemon, link, send, recv).await;
     }
     recv.read_exact(&mut header[1..]).await?;
     let request = ChunkRequest::decode(&header)?;
@@ -337,6 +365,7 @@ pub async fn run_connection(
         bytes_out: AtomicU64::new(0),
         sealed: Default::default(),
         chunk_runs: Default::default(),
+        chunk_deltas: Default::default(),
         runs: Default::default(),
     });
     if let Some(loser) = daemon.peers.register(Arc::clone(&link), daemon.device_id) {
@@ -562,6 +591,8 @@ fn handle_event(
             *link.name.lock().expect("poisoned") = device_name;
             link.chunk_runs
                 .store(proto.has_chunk_runs(), Ordering::Relaxed);
+            link.chunk_deltas
+                .store(proto.has_chunk_deltas(), Ordering::Relaxed);
             offer_new_folders(daemon, proto)?;
         }
         ProtoEvent::FolderRequested { share, .. } => {

@@ -86,6 +86,20 @@ pub trait ChunkSource: Send + Sync + 'static {
         share: ShareId,
         chunk: ChunkRef,
     ) -> impl Future<Output = Result<Vec<u8>>> + Send;
+    /// Fetches one chunk from `peer` as a delta against `base`, bytes this
+    /// device has that probably resemble it (the caller verifies the result,
+    /// and a mismatch may be the base's fault). A source without deltas
+    /// fetches the whole chunk.
+    fn fetch_near(
+        &self,
+        peer: DeviceId,
+        share: ShareId,
+        chunk: ChunkRef,
+        base: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send {
+        let _ = base;
+        self.fetch(peer, share, chunk)
+    }
     /// Peers connected now.
     fn connected(&self) -> Vec<DeviceId>;
     /// Stops asking `peer` for this folder's chunks (it sent a bad one).
@@ -788,6 +802,14 @@ impl<S: ChunkSource> CopyJob<S> {
             .stagger
             .start(todo.iter().map(|(_, _, c)| u64::from(c.len)));
         todo.rotate_left(start);
+        // Chunks that probably resemble a region of the version this file
+        // replaces are asked for as deltas against that region.
+        let old = expected
+            .as_ref()
+            .filter(|old| old.entry.kind == FileKind::File && old.entry.size > 0)
+            .map(|old| &old.entry);
+        let offsets: Vec<u64> = content.offsets().map(|(offset, _)| offset).collect();
+        let is_held = |n: usize| offsets.get(n).is_some_and(|o| !missing.contains(o));
         let file = content.hash;
         let assembly = Arc::new(assembly);
         let mut fetches = JoinSet::new();
@@ -796,7 +818,10 @@ impl<S: ChunkSource> CopyJob<S> {
             while fetches.len() >= WINDOW_PER_PEER {
                 fetched += self.join_fetch(&mut fetches).await?;
             }
-            let job = self.fetch_chunk(offset, chunk, Arc::clone(&assembly));
+            let base =
+                old.and_then(|old| delta_base(&content, &offsets, n as usize, &is_held, old));
+            let base = base.map(|range| (target.clone(), range));
+            let job = self.fetch_chunk(offset, chunk, base, Arc::clone(&assembly));
             let (folder, path) = (Arc::clone(&self.folder), entry.path.clone());
             fetches.spawn(async move {
                 let got = job.await?;
@@ -833,11 +858,15 @@ impl<S: ChunkSource> CopyJob<S> {
     }
 
     /// Fetches one chunk from the least busy holder, trying others if one
-    /// fails or sends bad bytes.
+    /// fails or sends bad bytes. With a `base` (a file and a region of it),
+    /// the first try asks for a delta against those bytes; if that fails or
+    /// does not verify, the same peer is asked for the whole chunk (the base
+    /// may have changed under us: not the peer's fault).
     fn fetch_chunk(
         &self,
         offset: u64,
         chunk: ChunkRef,
+        base: Option<(PathBuf, std::ops::Range<u64>)>,
         assembly: Arc<Assembly>,
     ) -> impl Future<Output = Result<u64>> + Send + 'static {
         let peers = Arc::clone(&self.peers);
@@ -847,6 +876,18 @@ impl<S: ChunkSource> CopyJob<S> {
         let stalled = Arc::clone(&self.stalled);
         let share = self.folder.share;
         async move {
+            let mut base = match base {
+                Some((file, range)) if range.end - range.start <= INLINE_BYTES => {
+                    read_region(&file, range)
+                }
+                Some((file, range)) => {
+                    tokio::task::spawn_blocking(move || read_region(&file, range))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                None => None,
+            };
             let mut tried: HashSet<DeviceId> = HashSet::new();
             loop {
                 let connected = peers.connected();
@@ -877,13 +918,23 @@ impl<S: ChunkSource> CopyJob<S> {
                 };
                 tried.insert(peer);
                 *inflight.lock().expect("poisoned").entry(peer).or_default() += chunk.len as usize;
-                let result = peers.fetch(peer, share, chunk).await;
+                let as_delta = base.is_some();
+                let result = match base.take() {
+                    Some(base) => peers.fetch_near(peer, share, chunk, base).await,
+                    None => peers.fetch(peer, share, chunk).await,
+                };
                 *inflight.lock().expect("poisoned").entry(peer).or_default() -= chunk.len as usize;
                 let bytes = match result {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::debug!("chunk {} from {peer:?}: {e:#}", chunk.hash.to_hex());
-                        if e.downcast_ref::<super::runs::Stalled>().is_some() {
+                        let stalled_peer = e.downcast_ref::<super::runs::Stalled>().is_some();
+                        if as_delta && !stalled_peer {
+                            // Ask the same peer for the whole chunk.
+                            tried.remove(&peer);
+                            continue;
+                        }
+                        if stalled_peer {
                             tracing::warn!(
                                 "peer {peer} stopped answering; not asking it again this round"
                             );
@@ -901,6 +952,13 @@ impl<S: ChunkSource> CopyJob<S> {
                 };
                 match written {
                     Ok(()) => return Ok(u64::from(chunk.len)),
+                    Err(WriteError::Verify { .. }) if as_delta => {
+                        tracing::debug!(
+                            "chunk {} rebuilt from a delta does not verify; fetching it whole",
+                            chunk.hash.to_hex()
+                        );
+                        tried.remove(&peer);
+                    }
                     Err(WriteError::Verify { .. }) => {
                         tracing::warn!(
                             "peer {peer} sent a chunk that does not match its hash; not asking it again for this folder"
@@ -912,6 +970,64 @@ impl<S: ChunkSource> CopyJob<S> {
             }
         }
     }
+}
+
+/// Chunks shorter than this are fetched whole: a delta would save at most
+/// a few hundred bytes and cost a read of the old file.
+const MIN_DELTA_CHUNK: u32 = 2048;
+
+/// The region of the old version `old` of a file to use as a delta base for
+/// chunk `n` of its new content, if that chunk probably resembles one:
+/// - a file of one chunk (a small file edited): the start of the old file,
+///   up to twice the chunk's length;
+/// - a chunk next to one the old version has too (the edge of an edit in a
+///   big file): the same place in the old version, found through that
+///   neighbour, with a quarter of the chunk's length around it.
+///
+/// Chunks in the middle of a rewritten region have no base: a delta could
+/// not help them.
+fn delta_base(
+    new: &meshsync_core::entry::Content,
+    offsets: &[u64],
+    n: usize,
+    is_held: &dyn Fn(usize) -> bool,
+    old: &FileEntry,
+) -> Option<std::ops::Range<u64>> {
+    let chunk = new.chunks.get(n)?;
+    if chunk.len < MIN_DELTA_CHUNK {
+        return None;
+    }
+    let len = u64::from(chunk.len);
+    if new.chunks.len() == 1 {
+        return Some(0..old.size.min(2 * len));
+    }
+    let old_content = old.content.as_ref()?;
+    let old_offset = |hash| {
+        old_content
+            .offsets()
+            .find(|(_, c)| c.hash == hash)
+            .map(|(offset, _)| offset)
+    };
+    let neighbour = [n.checked_sub(1), Some(n + 1)]
+        .into_iter()
+        .flatten()
+        .filter(|&m| is_held(m))
+        .find_map(|m| Some((offsets.get(m)?, old_offset(new.chunks.get(m)?.hash)?)))?;
+    let (new_at, old_at) = neighbour;
+    // Where chunk n would sit in the old version, shifted as its neighbour is.
+    let at = (offsets[n] + old_at).checked_sub(*new_at)?;
+    let start = at.saturating_sub(len / 4);
+    let end = (at + len + len / 4).min(old.size);
+    (start < end).then_some(start..end)
+}
+
+/// The bytes of `range` of `file`, if it can be read whole.
+fn read_region(file: &Path, range: std::ops::Range<u64>) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(file).ok()?;
+    let mut bytes = vec![0u8; usize::try_from(range.end - range.start).ok()?];
+    f.read_exact_at(&mut bytes, range.start).ok()?;
+    Some(bytes)
 }
 
 #[cfg(test)]
@@ -989,6 +1105,54 @@ mod tests {
             deleted: false,
             sequence: 1,
         }
+    }
+
+    #[test]
+    fn a_delta_base_is_the_old_region_a_chunk_probably_resembles() {
+        let chunk = |n: u8, len: u32| ChunkRef {
+            hash: Hash::of(&[n]),
+            len,
+        };
+        let content = |chunks: Vec<ChunkRef>| Content {
+            hash: Hash::of(b"whole"),
+            chunk_avg: 65536,
+            chunks,
+        };
+        let with = |mut entry: FileEntry, chunks: Vec<ChunkRef>| {
+            entry.size = chunks.iter().map(|c| u64::from(c.len)).sum();
+            entry.content = Some(content(chunks));
+            entry
+        };
+        let old = with(
+            file("f", b"x"),
+            vec![chunk(0, 40_000), chunk(1, 40_000), chunk(2, 40_000)],
+        );
+        let offsets_of = |c: &Content| c.offsets().map(|(o, _)| o).collect::<Vec<_>>();
+
+        // 100 bytes inserted in chunk 1: it is new, its neighbours are held.
+        let new = content(vec![chunk(0, 40_000), chunk(9, 40_100), chunk(2, 40_000)]);
+        let offsets = offsets_of(&new);
+        let held = |m: usize| m != 1;
+        // (At 40,000 in the old file, with a quarter of 40,100 around it.)
+        assert_eq!(
+            delta_base(&new, &offsets, 1, &held, &old),
+            Some(29_975..90_125)
+        );
+        // A chunk whose neighbours are new too has no base.
+        let new = content(vec![chunk(7, 40_000), chunk(8, 40_000), chunk(2, 40_000)]);
+        let offsets = offsets_of(&new);
+        let held = |m: usize| m == 2;
+        assert_eq!(delta_base(&new, &offsets, 0, &held, &old), None);
+        // Its right neighbour places chunk 1.
+        assert_eq!(
+            delta_base(&new, &offsets, 1, &held, &old),
+            Some(30_000..90_000)
+        );
+        // A one-chunk file: the start of the old one; tiny chunks: none.
+        let new = content(vec![chunk(5, 10_000)]);
+        assert_eq!(delta_base(&new, &[0], 0, &|_| false, &old), Some(0..20_000));
+        let new = content(vec![chunk(5, 1_000)]);
+        assert_eq!(delta_base(&new, &[0], 0, &|_| false, &old), None);
     }
 
     #[tokio::test]
