@@ -427,12 +427,45 @@ fn chunk_run_request(data: &[u8]) {
     }
 }
 
+/// A chunk-delta request (version 5) and what a responder and a requester
+/// do with it: the header re-encodes; a signature the checks accept goes
+/// through the delta encoder without a panic or a hang, and the delta it
+/// makes rebuilds the data; bytes taken as a delta apply or fail cleanly,
+/// never past the chunk's length.
+fn chunk_delta(data: &[u8]) {
+    use meshsync_proto::delta::{self, DeltaRequest};
+    let Some(head) = data.first_chunk::<{ DeltaRequest::HEADER_LEN }>() else {
+        return;
+    };
+    let Ok(request) = DeltaRequest::decode_header(head) else {
+        return;
+    };
+    assert_eq!(&request.encode_header(), head, "a delta request re-encodes");
+    let rest = &data[DeltaRequest::HEADER_LEN..];
+    let (signature, tail) = rest.split_at(rest.len().min(request.signature_len as usize));
+    // What the responder would do: the rest of the input is its chunk.
+    if delta::check_signature(signature).is_ok() {
+        let made = delta::diff(signature, tail).expect("a checked signature encodes");
+        assert!(made.len() <= tail.len() + tail.len() / 8 + 4096);
+    }
+    // What the requester would do: the signature's bytes as its base, the
+    // rest as a delta from a hostile peer.
+    let len = request.len.min(1 << 20);
+    if let Ok(rebuilt) = delta::apply(signature, tail, len) {
+        assert_eq!(rebuilt.len(), len as usize);
+    }
+}
+
 /// Decodes `data` as a chunk request header, a response header and chunk
 /// bytes; a chunk the verifier accepts is exactly what was requested. Data
-/// starting with 0x04 is a run request instead.
+/// starting with 0x04 is a run request instead, with 0x05 a delta request.
 pub fn chunk_stream(data: &[u8]) {
     if data.first() == Some(&STREAM_KIND_CHUNK_RUN) {
         chunk_run_request(data);
+        return;
+    }
+    if data.first() == Some(&meshsync_proto::delta::STREAM_KIND_CHUNK_DELTA) {
+        chunk_delta(data);
         return;
     }
     let (request_head, rest) = data.split_at(data.len().min(ChunkRequest::ENCODED_LEN));

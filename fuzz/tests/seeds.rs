@@ -467,6 +467,21 @@ fn write_seed_corpus() {
                 r.encode().to_vec()
             }),
             ("bad-kind", bad_kind),
+            // A delta request (version 5): the signature of a 2 KiB base,
+            // then (for the oracle) an edited copy as the responder's chunk.
+            ("delta-edit", {
+                let base: Vec<u8> = (0..2048u32).map(|i| (i * 7 % 251) as u8).collect();
+                let mut edited = base.clone();
+                edited[1000..1010].copy_from_slice(b"0123456789");
+                let signature = meshsync_proto::delta::signature(&base);
+                let request = meshsync_proto::delta::DeltaRequest {
+                    share,
+                    hash: Hash::of(&edited),
+                    len: edited.len() as u32,
+                    signature_len: signature.len() as u32,
+                };
+                [&request.encode_header()[..], &signature, &edited].concat()
+            }),
             // A run (version 4): two chunks asked, the first answered.
             ("run-two-chunks", {
                 let run = ChunkRunRequest {
