@@ -2,7 +2,8 @@
 # Quick check outside the shared harness: two release daemons on 127.0.0.1
 # (offline: no discovery), A shares a copy of SRC, the page cache is dropped,
 # B is started and timed until it is idle with every byte. Prints the time
-# and each daemon's peak RSS (VmHWM) and CPU time while B syncs. Root
+# and each daemon's peak RSS (VmHWM; RssAnon and RssFile at the end: the
+# binary's own pages are about 14 MiB of it) and CPU time while B syncs. Root
 # (drop_caches; NODROP=1 keeps the page cache; HOOK=cmd runs at T0 with
 # $PA set, e.g. a perf record -p $PA; B starts after it: PERF=... for B).
 #   bench/p2p-quick.sh bench/_data/small      (BIN=... for another binary,
@@ -44,6 +45,6 @@ while True:
 PY
 T1=$(date +%s.%N)
 echo "converged in $(echo "$T1 - $T0" | bc) s"
-grep VmHWM /proc/$PA/status /proc/$PB/status
+grep -E "VmHWM|RssAnon|RssFile" /proc/$PA/status /proc/$PB/status
 echo "CPU while syncing: A $(echo "$(cpu $PA) - $A0" | bc) s, B $(cpu $PB) s"
 kill $PA $PB; pkill -f "home $W/" || true; wait 2>/dev/null || true

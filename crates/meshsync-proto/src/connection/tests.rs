@@ -1668,3 +1668,53 @@ fn a_rebuilt_entry_must_still_match_its_signature() {
     );
     assert!(matches!(err, ProtocolError::BadSignature { .. }), "{err}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+    /// Whatever a sender's batches hold (big files edited, replaced, shrunk
+    /// to one chunk, deleted, bases evicted past the budget), the receiver
+    /// delivers exactly the entries sent: both sides keep the same bases.
+    #[test]
+    fn patched_batches_always_arrive_as_sent(
+        steps in proptest::collection::vec(
+            (0usize..4, 0u8..5, 0usize..30_000, 0u32..1_000_000),
+            1..24,
+        ),
+    ) {
+        let (mut a, mut b) = open_pair(&rw(), 0);
+        let paths = ["p0", "p1", "d/p2", "d/p3"];
+        let mut current: Vec<Vec<u32>> = vec![Vec::new(); paths.len()];
+        for (sequence, (which, action, size, seed)) in steps.into_iter().enumerate() {
+            let sequence = sequence as u64 + 1;
+            let list = &mut current[which];
+            let mut deleted = false;
+            match action {
+                // A new file of `size` chunks (up to past the budget when
+                // several are held).
+                0 => *list = (0..size as u32).map(|n| seed.wrapping_add(n)).collect(),
+                // An edit: a few chunks replaced, one inserted.
+                1 | 2 if !list.is_empty() => {
+                    let at = size % list.len();
+                    list[at] = seed;
+                    list.insert(at / 2, seed ^ 1);
+                }
+                // Shrunk to one chunk (never a base).
+                3 => *list = vec![seed],
+                _ => {
+                    list.clear();
+                    deleted = true;
+                }
+            }
+            let mut entry = big(sequence, list.clone().into_iter());
+            entry.path = RelPath::new(paths[which]).unwrap();
+            if deleted || list.is_empty() {
+                entry.deleted = true;
+                entry.size = 0;
+                entry.content = None;
+            }
+            let (_, _, delivered) = send_one(&mut a, &mut b, std::slice::from_ref(&entry));
+            proptest::prop_assert_eq!(delivered, vec![entry]);
+        }
+    }
+}
