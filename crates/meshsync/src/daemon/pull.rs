@@ -1021,10 +1021,16 @@ fn delta_base(
     (start < end).then_some(start..end)
 }
 
-/// The bytes of `range` of `file`, if it can be read whole.
+/// The bytes of `range` of `file`, if it can be read whole. A symlink put
+/// in the file's place is not followed: its target's bytes would describe
+/// a file outside the folder to the peer (a signature is hashes of them).
 fn read_region(file: &Path, range: std::ops::Range<u64>) -> Option<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(file).ok()?;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)
+        .ok()?;
     let mut bytes = vec![0u8; usize::try_from(range.end - range.start).ok()?];
     f.read_exact_at(&mut bytes, range.start).ok()?;
     Some(bytes)
@@ -1153,6 +1159,17 @@ mod tests {
         assert_eq!(delta_base(&new, &[0], 0, &|_| false, &old), Some(0..20_000));
         let new = content(vec![chunk(5, 1_000)]);
         assert_eq!(delta_base(&new, &[0], 0, &|_| false, &old), None);
+    }
+
+    #[test]
+    fn a_delta_base_is_never_read_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, link) = (dir.path().join("f"), dir.path().join("l"));
+        std::fs::write(&file, b"0123456789").unwrap();
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(read_region(&file, 2..5).as_deref(), Some(&b"234"[..]));
+        assert_eq!(read_region(&link, 2..5), None);
+        assert_eq!(read_region(&file, 8..12), None, "past the end");
     }
 
     #[tokio::test]
