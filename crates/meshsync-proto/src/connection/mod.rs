@@ -20,7 +20,7 @@
 //!     (none|LocalOffered) ─peer OpenFolder bad─▶ Refused(Local)
 //!     PeerOffered ─refuse_folder──▶ Refused(Local)
 //!     LocalOffered ─peer FolderRefused──▶ Refused(Peer)
-//!     Open: IndexBatch / DownloadProgress / Peers / ChunksHeld both ways
+//!     Open: IndexBatch / IndexPatch / DownloadProgress / Peers / ChunksHeld both ways
 //!                                                 ┌───▼───▼┐
 //!                                                 │ Closed │
 //!                                                 └────────┘
