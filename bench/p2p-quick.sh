@@ -47,4 +47,6 @@ T1=$(date +%s.%N)
 echo "converged in $(echo "$T1 - $T0" | bc) s"
 grep -E "VmHWM|RssAnon|RssFile" /proc/$PA/status /proc/$PB/status
 echo "CPU while syncing: A $(echo "$(cpu $PA) - $A0" | bc) s, B $(cpu $PB) s"
+KEYB=$(sed -n 's/^api_key = "\([0-9a-f]*\)"/\1/p' $W/b/config.toml)
+echo "B's scans: $(curl -s -H "X-API-Key: $KEYB" http://127.0.0.1:23012/metrics | sed -n 's/^meshsync_scans_total //p')"
 kill $PA $PB; pkill -f "home $W/" || true; wait 2>/dev/null || true

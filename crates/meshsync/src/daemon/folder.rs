@@ -493,6 +493,30 @@ impl Folder {
         scan::disk_path(&self.root, &st.local.disk_names, path)
     }
 
+    /// Whether the file, directory or symlink at `abs` (in this folder) is
+    /// exactly as the index recorded it: same kind, size, mtime, mode,
+    /// inode and ctime (which moves on any write). A watcher event for such
+    /// a path is this daemon's own doing (a file it just put in place and
+    /// recorded), not a change to scan for. Anything else, a path the index
+    /// does not have or one that cannot be read, is `false`.
+    pub fn stored_matches_disk(&self, abs: &std::path::Path) -> bool {
+        let Some(rel) = abs
+            .strip_prefix(&self.root)
+            .ok()
+            .and_then(|rel| rel.to_str())
+            .and_then(|rel| RelPath::new(rel).ok())
+        else {
+            return false;
+        };
+        let Some(stored) = self.stored(&rel) else {
+            return false;
+        };
+        matches!(
+            meshsync_store::scan::Observed::of(abs),
+            Ok(Some(seen)) if seen.matches(&stored)
+        )
+    }
+
     /// What the index says of `path`.
     pub fn stored(&self, path: &RelPath) -> Option<StoredEntry> {
         self.state

@@ -45,14 +45,24 @@ use control::{Control, ControlError, Event, FolderStatus, Metrics, Status};
 use folder::{Folder, FolderStateKind};
 use peer::PeerRegistry;
 
+/// The most watcher-reported paths a folder keeps for checking against its
+/// index; past this, the folder is simply scanned.
+const WATCHED_PATHS_MAX: usize = 100_000;
+
 /// A folder and what runs it.
 pub struct FolderRuntime {
     /// The folder.
     pub folder: Arc<Folder>,
     /// Wakes the folder's loop.
     pub wake: Notify,
-    /// A scan was asked for (file-system event, command, timer).
+    /// A scan was asked for (command, timer, retry, start).
     pub scan_requested: AtomicBool,
+    /// Paths the file-system watcher reported since the last scan (at most
+    /// [`WATCHED_PATHS_MAX`]; `None` past that: scan whatever they are).
+    /// The folder's loop scans unless every one is exactly as the index
+    /// recorded it, which is what the daemon's own writes look like once
+    /// recorded (see [`Folder::stored_matches_disk`]).
+    pub watched: Mutex<Option<Vec<PathBuf>>>,
     /// The folder's latest local sequence number (connections send what
     /// peers have not seen when it moves).
     pub sequence: watch::Sender<u64>,
@@ -212,6 +222,7 @@ impl Daemon {
                         folder: Arc::clone(&folder),
                         wake: Notify::new(),
                         scan_requested: AtomicBool::new(true),
+                        watched: Mutex::new(Some(Vec::new())),
                         storage,
                     });
                     folders.insert(folder.share, Arc::clone(&rt));
@@ -284,7 +295,8 @@ impl Daemon {
             } else if let Some(store) = rt.storage.store() {
                 storage::store::run_round(&self, &rt, store).await;
             } else {
-                if rt.scan_requested.swap(false, Ordering::SeqCst) {
+                let asked = rt.scan_requested.swap(false, Ordering::SeqCst);
+                if asked || self.watched_paths_changed(&rt).await {
                     self.scan_folder(&rt).await;
                 }
                 if folder.marker_present() {
@@ -317,6 +329,26 @@ impl Daemon {
                     next_rescan = tokio::time::Instant::now() + rescan_every;
                 }
                 _ = stopping.changed() => {}
+            }
+        }
+    }
+
+    /// Whether any path the watcher reported since the last look differs
+    /// from the index (checked now, after the pull round that may have
+    /// written it has recorded it: at the watcher's own time, a file being
+    /// renamed into place was not recorded yet).
+    async fn watched_paths_changed(&self, rt: &Arc<FolderRuntime>) -> bool {
+        let paths = rt.watched.lock().expect("poisoned").replace(Vec::new());
+        match paths {
+            None => true,
+            Some(paths) if paths.is_empty() => false,
+            Some(paths) => {
+                let folder = Arc::clone(&rt.folder);
+                tokio::task::spawn_blocking(move || {
+                    paths.iter().any(|p| !folder.stored_matches_disk(p))
+                })
+                .await
+                .unwrap_or(true)
             }
         }
     }
@@ -548,20 +580,33 @@ impl Daemon {
                 while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
                     paths.push(p);
                 }
+                paths.sort_unstable();
+                paths.dedup();
                 for rt in d.all_folders() {
                     let meta = rt.folder.root.join(meshsync_core::path::META_DIR);
-                    let relevant = paths.iter().any(|p| {
-                        p.starts_with(&rt.folder.root)
-                            && !p.starts_with(&meta)
-                            && !p
-                                .file_name()
-                                .and_then(|n| n.to_str())
-                                .is_some_and(|n| n.starts_with(meshsync_core::path::TEMP_PREFIX))
-                    });
-                    if relevant {
-                        rt.scan_requested.store(true, Ordering::SeqCst);
-                        rt.wake.notify_one();
+                    let mut relevant = paths
+                        .iter()
+                        .filter(|p| {
+                            p.starts_with(&rt.folder.root)
+                                && !p.starts_with(&meta)
+                                && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                                    n.starts_with(meshsync_core::path::TEMP_PREFIX)
+                                })
+                        })
+                        .peekable();
+                    if relevant.peek().is_none() {
+                        continue;
                     }
+                    {
+                        let mut watched = rt.watched.lock().expect("poisoned");
+                        if let Some(list) = watched.as_mut() {
+                            list.extend(relevant.cloned());
+                            if list.len() > WATCHED_PATHS_MAX {
+                                *watched = None;
+                            }
+                        }
+                    }
+                    rt.wake.notify_one();
                 }
             }
         });
