@@ -1535,12 +1535,12 @@ fn a_changed_big_file_travels_as_a_patch_and_arrives_whole() {
     let (mut a, mut b) = open_pair(&rw(), 0);
     assert!(a.has_patches() && b.has_patches());
     let first = big(1, 0..1000);
-    let (kind, whole_len, delivered) = send_one(&mut a, &mut b, &[first.clone()]);
+    let (kind, whole_len, delivered) = send_one(&mut a, &mut b, std::slice::from_ref(&first));
     assert_eq!((kind, delivered), (MessageType::IndexBatch, vec![first]));
 
     // Two chunks rewritten, one inserted: the patch carries three.
     let edited = big(2, (0..10).chain([5000, 5001, 5002]).chain(12..1000));
-    let (kind, patch_len, delivered) = send_one(&mut a, &mut b, &[edited.clone()]);
+    let (kind, patch_len, delivered) = send_one(&mut a, &mut b, std::slice::from_ref(&edited));
     assert_eq!((kind, delivered), (MessageType::IndexPatch, vec![edited]));
     assert!(
         patch_len < whole_len / 50,
@@ -1549,10 +1549,10 @@ fn a_changed_big_file_travels_as_a_patch_and_arrives_whole() {
 
     // The patched version is the next base; a rewrite travels whole.
     let again = big(3, (0..10).chain([5000, 5001, 5002, 6000]).chain(12..1000));
-    let (kind, _, delivered) = send_one(&mut a, &mut b, &[again.clone()]);
+    let (kind, _, delivered) = send_one(&mut a, &mut b, std::slice::from_ref(&again));
     assert_eq!((kind, delivered), (MessageType::IndexPatch, vec![again]));
     let rewritten = big(4, 7000..8000);
-    let (kind, _, delivered) = send_one(&mut a, &mut b, &[rewritten.clone()]);
+    let (kind, _, delivered) = send_one(&mut a, &mut b, std::slice::from_ref(&rewritten));
     assert_eq!(
         (kind, delivered),
         (MessageType::IndexBatch, vec![rewritten])
@@ -1565,7 +1565,7 @@ fn a_version_4_peer_gets_whole_entries() {
     assert!(!a.has_patches() && !b.has_patches());
     for (sequence, chunks) in [(1, 0..1000), (2, 1..1000)] {
         let file = big(sequence, chunks);
-        let (kind, _, delivered) = send_one(&mut a, &mut b, &[file.clone()]);
+        let (kind, _, delivered) = send_one(&mut a, &mut b, std::slice::from_ref(&file));
         assert_eq!((kind, delivered), (MessageType::IndexBatch, vec![file]));
     }
     let patch = frame(Message::IndexPatch(message::IndexPatch {
