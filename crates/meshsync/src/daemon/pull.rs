@@ -1085,6 +1085,43 @@ mod tests {
         fn mark_bad(&self, _: DeviceId, _: ShareId) {}
     }
 
+    /// A peer whose deltas rebuild the wrong bytes (as when this device's
+    /// base changed under it) but whose whole chunks are right.
+    struct BadDeltas {
+        body: Vec<u8>,
+        peer: DeviceId,
+        near: AtomicUsize,
+        whole: AtomicUsize,
+        marked_bad: AtomicUsize,
+    }
+
+    impl ChunkSource for BadDeltas {
+        async fn fetch(&self, _: DeviceId, _: ShareId, _: ChunkRef) -> Result<Vec<u8>> {
+            self.whole.fetch_add(1, Ordering::SeqCst);
+            Ok(self.body.clone())
+        }
+
+        async fn fetch_near(
+            &self,
+            _: DeviceId,
+            _: ShareId,
+            chunk: ChunkRef,
+            base: Vec<u8>,
+        ) -> Result<Vec<u8>> {
+            self.near.fetch_add(1, Ordering::SeqCst);
+            assert!(base.starts_with(b"old version"), "the base is the old file");
+            Ok(vec![b'x'; chunk.len as usize])
+        }
+
+        fn connected(&self) -> Vec<DeviceId> {
+            vec![self.peer]
+        }
+
+        fn mark_bad(&self, _: DeviceId, _: ShareId) {
+            self.marked_bad.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     fn file(path: &str, body: &[u8]) -> FileEntry {
         let hash = Hash::of(body);
         let mut version = VersionVector::new();
@@ -1170,6 +1207,73 @@ mod tests {
         assert_eq!(read_region(&file, 2..5).as_deref(), Some(&b"234"[..]));
         assert_eq!(read_region(&link, 2..5), None);
         assert_eq!(read_region(&file, 8..12), None, "past the end");
+    }
+
+    #[tokio::test]
+    async fn a_delta_that_does_not_verify_is_fetched_whole_without_blaming_the_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("folder");
+        std::fs::create_dir_all(root.join(meshsync_core::path::META_DIR)).unwrap();
+        let old: Vec<u8> = [&b"old version"[..], &[7u8; 5000]].concat();
+        std::fs::write(root.join("doc"), &old).unwrap();
+        let db = Arc::new(IndexDb::open(dir.path()).unwrap());
+        let key = ReadWriteKey::from_secret(&[4; 32]);
+        let config = FolderConfig {
+            path: root.clone(),
+            key: key.to_key_string().to_string(),
+            mode: FolderMode::SendReceive,
+            versioning: VersioningConfig::None,
+            peers: Vec::new(),
+            paused: false,
+        };
+        let folder = Folder::open(config, DeviceId::from_bytes([9; 32]), &db).unwrap();
+        folder.scan(&db, 1_700_000_000).unwrap();
+        let replaced = folder.stored(&RelPath::new("doc").unwrap()).unwrap().entry;
+        let new: Vec<u8> = [&b"new version"[..], &[7u8; 5000]].concat();
+        let entry = file("doc", &new);
+        let peer = DeviceId::from_bytes([1; 32]);
+        let mut sources = ChunkSources::new();
+        sources.add_entries(peer, std::slice::from_ref(&entry));
+        let peers = Arc::new(BadDeltas {
+            body: new.clone(),
+            peer,
+            near: AtomicUsize::new(0),
+            whole: AtomicUsize::new(0),
+            marked_bad: AtomicUsize::new(0),
+        });
+        let action = Action::Copy {
+            from: Side::B,
+            source: Box::new(entry.clone()),
+            replaces: Some(Box::new(replaced)),
+            version: entry.version.clone(),
+        };
+        let report = apply(
+            Arc::clone(&folder),
+            vec![action],
+            Arc::new(RwLock::new(sources)),
+            Stagger::NONE,
+            Arc::clone(&peers),
+            db,
+            || {},
+        )
+        .await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(std::fs::read(root.join("doc")).unwrap(), new);
+        assert_eq!(
+            peers.near.load(Ordering::SeqCst),
+            1,
+            "a delta was asked for"
+        );
+        assert_eq!(
+            peers.whole.load(Ordering::SeqCst),
+            1,
+            "then the whole chunk"
+        );
+        assert_eq!(
+            peers.marked_bad.load(Ordering::SeqCst),
+            0,
+            "the peer is not blamed"
+        );
     }
 
     #[tokio::test]
