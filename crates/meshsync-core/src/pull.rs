@@ -36,7 +36,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::conflict;
-use crate::entry::{CompareMode, FileEntry, FileKind};
+use crate::entry::{CompareMode, Content, FileEntry, FileKind};
 use crate::ids::ShortId;
 use crate::path::RelPath;
 use crate::plan::{self, Action, Direction, EntryMap, Plan, PlanInput, Side};
@@ -305,10 +305,60 @@ pub fn local_only_changes(local: &dyn EntryMap, swarm: &dyn EntryMap) -> u64 {
         .count() as u64
 }
 
+/// Chunks shorter than this are fetched whole: a delta would save at most
+/// a few hundred bytes and cost a read of the old file.
+pub const MIN_DELTA_CHUNK: u32 = 2048;
+
+/// The region of the old version `old` of a file to use as a delta base for
+/// chunk `n` of its new content, if that chunk probably resembles one:
+/// - a file of one chunk (a small file edited): the start of the old file,
+///   up to twice the chunk's length;
+/// - a chunk next to one the old version has too (the edge of an edit in a
+///   big file): the same place in the old version, found through that
+///   neighbour, with a quarter of the chunk's length around it.
+///
+/// Chunks in the middle of a rewritten region have no base: a delta could
+/// not help them. The daemon reads the region and asks for the chunk as a
+/// delta against it (protocol version 5, chunk deltas).
+pub fn delta_base(
+    new: &Content,
+    offsets: &[u64],
+    n: usize,
+    is_held: &dyn Fn(usize) -> bool,
+    old: &FileEntry,
+) -> Option<std::ops::Range<u64>> {
+    let chunk = new.chunks.get(n)?;
+    if chunk.len < MIN_DELTA_CHUNK {
+        return None;
+    }
+    let len = u64::from(chunk.len);
+    if new.chunks.len() == 1 {
+        return Some(0..old.size.min(2 * len));
+    }
+    let old_content = old.content.as_ref()?;
+    let old_offset = |hash| {
+        old_content
+            .offsets()
+            .find(|(_, c)| c.hash == hash)
+            .map(|(offset, _)| offset)
+    };
+    let neighbour = [n.checked_sub(1), Some(n + 1)]
+        .into_iter()
+        .flatten()
+        .filter(|&m| is_held(m))
+        .find_map(|m| Some((offsets.get(m)?, old_offset(new.chunks.get(m)?.hash)?)))?;
+    let (new_at, old_at) = neighbour;
+    // Where chunk n would sit in the old version, shifted as its neighbour is.
+    let at = (offsets[n] + old_at).checked_sub(*new_at)?;
+    let start = at.saturating_sub(len / 4);
+    let end = (at + len + len / 4).min(old.size);
+    (start < end).then_some(start..end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{ChunkRef, Content, Timestamp};
+    use crate::entry::{ChunkRef, Timestamp};
     use crate::global::global_index;
     use crate::ids::Hash;
     use crate::plan::Index;
@@ -689,5 +739,64 @@ mod tests {
             assert!(may_change_pull(&local, &none, &[caught_up[0].clone(), e]));
         }
         assert!(!may_change_pull(&local, &none, &[]));
+    }
+
+    #[test]
+    fn a_delta_base_is_the_old_region_a_chunk_probably_resembles() {
+        let chunk = |n: u8, len: u32| ChunkRef {
+            hash: Hash::of(&[n]),
+            len,
+        };
+        let content = |chunks: Vec<ChunkRef>| Content {
+            hash: Hash::of(b"whole"),
+            chunk_avg: 65536,
+            chunks,
+        };
+        let with = |mut entry: FileEntry, chunks: Vec<ChunkRef>| {
+            entry.size = chunks.iter().map(|c| u64::from(c.len)).sum();
+            entry.content = Some(content(chunks));
+            entry
+        };
+        let old = with(
+            FileEntry {
+                path: RelPath::new("f").unwrap(),
+                kind: FileKind::File,
+                size: 0,
+                mtime: Timestamp::default(),
+                permissions: 0o644,
+                symlink_target: None,
+                content: None,
+                version: VersionVector::new(),
+                deleted: false,
+                sequence: 1,
+            },
+            vec![chunk(0, 40_000), chunk(1, 40_000), chunk(2, 40_000)],
+        );
+        let offsets_of = |c: &Content| c.offsets().map(|(o, _)| o).collect::<Vec<_>>();
+
+        // 100 bytes inserted in chunk 1: it is new, its neighbours are held.
+        let new = content(vec![chunk(0, 40_000), chunk(9, 40_100), chunk(2, 40_000)]);
+        let offsets = offsets_of(&new);
+        let held = |m: usize| m != 1;
+        // (At 40,000 in the old file, with a quarter of 40,100 around it.)
+        assert_eq!(
+            delta_base(&new, &offsets, 1, &held, &old),
+            Some(29_975..90_125)
+        );
+        // A chunk whose neighbours are new too has no base.
+        let new = content(vec![chunk(7, 40_000), chunk(8, 40_000), chunk(2, 40_000)]);
+        let offsets = offsets_of(&new);
+        let held = |m: usize| m == 2;
+        assert_eq!(delta_base(&new, &offsets, 0, &held, &old), None);
+        // Its right neighbour places chunk 1.
+        assert_eq!(
+            delta_base(&new, &offsets, 1, &held, &old),
+            Some(30_000..90_000)
+        );
+        // A one-chunk file: the start of the old one; tiny chunks: none.
+        let new = content(vec![chunk(5, 10_000)]);
+        assert_eq!(delta_base(&new, &[0], 0, &|_| false, &old), Some(0..20_000));
+        let new = content(vec![chunk(5, 1_000)]);
+        assert_eq!(delta_base(&new, &[0], 0, &|_| false, &old), None);
     }
 }

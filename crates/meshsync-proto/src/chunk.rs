@@ -139,10 +139,30 @@ impl ChunkRequest {
     pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut out = [0u8; Self::ENCODED_LEN];
         out[0] = STREAM_KIND_CHUNK;
-        out[1..33].copy_from_slice(self.share.as_bytes());
-        out[33..65].copy_from_slice(&self.hash.0);
-        out[65..69].copy_from_slice(&self.len.to_be_bytes());
+        self.encode_fields(&mut out[1..69]);
         out
+    }
+
+    /// Writes share ‖ hash ‖ len (BE) into the 68 bytes of `out`: the fields
+    /// after the kind byte, which chunk-delta requests share.
+    pub(crate) fn encode_fields(&self, out: &mut [u8]) {
+        out[..32].copy_from_slice(self.share.as_bytes());
+        out[32..64].copy_from_slice(&self.hash.0);
+        out[64..68].copy_from_slice(&self.len.to_be_bytes());
+    }
+
+    /// Reads share ‖ hash ‖ len (BE) from 68 bytes; the length is not
+    /// checked here.
+    pub(crate) fn decode_fields(bytes: &[u8; 68]) -> Self {
+        let mut share = [0u8; 32];
+        share.copy_from_slice(&bytes[..32]);
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&bytes[32..64]);
+        ChunkRequest {
+            share: ShareId::from_bytes(share),
+            hash: Hash(hash),
+            len: u32::from_be_bytes([bytes[64], bytes[65], bytes[66], bytes[67]]),
+        }
     }
 
     /// Reads a request from exactly [`ChunkRequest::ENCODED_LEN`] bytes.
@@ -156,19 +176,11 @@ impl ChunkRequest {
         if bytes[0] != STREAM_KIND_CHUNK {
             return Err(ChunkError::UnknownStreamKind(bytes[0]));
         }
-        let len = u32::from_be_bytes([bytes[65], bytes[66], bytes[67], bytes[68]]);
-        if len == 0 || len > MAX_REQUEST_LEN {
-            return Err(ChunkError::BadLength { len });
+        let request = Self::decode_fields(bytes[1..].try_into().expect("68 bytes"));
+        if request.len == 0 || request.len > MAX_REQUEST_LEN {
+            return Err(ChunkError::BadLength { len: request.len });
         }
-        let mut share = [0u8; 32];
-        share.copy_from_slice(&bytes[1..33]);
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(&bytes[33..65]);
-        Ok(ChunkRequest {
-            share: ShareId::from_bytes(share),
-            hash: Hash(hash),
-            len,
-        })
+        Ok(request)
     }
 }
 

@@ -119,9 +119,7 @@ impl DeltaRequest {
     pub fn encode_header(&self) -> [u8; Self::HEADER_LEN] {
         let mut out = [0u8; Self::HEADER_LEN];
         out[0] = STREAM_KIND_CHUNK_DELTA;
-        out[1..33].copy_from_slice(self.share.as_bytes());
-        out[33..65].copy_from_slice(&self.hash.0);
-        out[65..69].copy_from_slice(&self.len.to_be_bytes());
+        self.chunk().encode_fields(&mut out[1..69]);
         out[69..73].copy_from_slice(&self.signature_len.to_be_bytes());
         out
     }
@@ -131,24 +129,18 @@ impl DeltaRequest {
         if bytes[0] != STREAM_KIND_CHUNK_DELTA {
             return Err(DeltaError::UnknownStreamKind(bytes[0]));
         }
-        let word = |at: usize| {
-            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
-        let (len, signature_len) = (word(65), word(69));
-        if len == 0 || len > MAX_CHUNK_LEN {
-            return Err(DeltaError::BadLength { len });
+        let chunk = ChunkRequest::decode_fields(bytes[1..69].try_into().expect("68 bytes"));
+        let signature_len = u32::from_be_bytes([bytes[69], bytes[70], bytes[71], bytes[72]]);
+        if chunk.len == 0 || chunk.len > MAX_CHUNK_LEN {
+            return Err(DeltaError::BadLength { len: chunk.len });
         }
         if signature_len == 0 || signature_len > MAX_SIGNATURE_LEN {
             return Err(DeltaError::SignatureLength { len: signature_len });
         }
-        let mut share = [0u8; 32];
-        share.copy_from_slice(&bytes[1..33]);
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(&bytes[33..65]);
         Ok(DeltaRequest {
-            share: ShareId::from_bytes(share),
-            hash: Hash(hash),
-            len,
+            share: chunk.share,
+            hash: chunk.hash,
+            len: chunk.len,
             signature_len,
         })
     }

@@ -3,7 +3,8 @@
 //! (`meshsync_proto::delta` says what the bytes are and why).
 //!
 //! The requester side is [`fetch`]; the pull decides when a chunk has a
-//! base worth a delta (pull.rs, `delta_base`). The responder side is
+//! base worth a delta (the rule is `meshsync_core::pull::delta_base`, pure;
+//! pull.rs reads the region). The responder side is
 //! [`serve`]: it reads the chunk as a plain request would (whole files,
 //! then files still downloading), makes the delta on the blocking pool,
 //! and sends it.

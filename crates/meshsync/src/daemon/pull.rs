@@ -818,8 +818,9 @@ impl<S: ChunkSource> CopyJob<S> {
             while fetches.len() >= WINDOW_PER_PEER {
                 fetched += self.join_fetch(&mut fetches).await?;
             }
-            let base =
-                old.and_then(|old| delta_base(&content, &offsets, n as usize, &is_held, old));
+            let base = old.and_then(|old| {
+                meshsync_core::pull::delta_base(&content, &offsets, n as usize, &is_held, old)
+            });
             let base = base.map(|range| (target.clone(), range));
             let job = self.fetch_chunk(offset, chunk, base, Arc::clone(&assembly));
             let (folder, path) = (Arc::clone(&self.folder), entry.path.clone());
@@ -972,55 +973,6 @@ impl<S: ChunkSource> CopyJob<S> {
     }
 }
 
-/// Chunks shorter than this are fetched whole: a delta would save at most
-/// a few hundred bytes and cost a read of the old file.
-const MIN_DELTA_CHUNK: u32 = 2048;
-
-/// The region of the old version `old` of a file to use as a delta base for
-/// chunk `n` of its new content, if that chunk probably resembles one:
-/// - a file of one chunk (a small file edited): the start of the old file,
-///   up to twice the chunk's length;
-/// - a chunk next to one the old version has too (the edge of an edit in a
-///   big file): the same place in the old version, found through that
-///   neighbour, with a quarter of the chunk's length around it.
-///
-/// Chunks in the middle of a rewritten region have no base: a delta could
-/// not help them.
-fn delta_base(
-    new: &meshsync_core::entry::Content,
-    offsets: &[u64],
-    n: usize,
-    is_held: &dyn Fn(usize) -> bool,
-    old: &FileEntry,
-) -> Option<std::ops::Range<u64>> {
-    let chunk = new.chunks.get(n)?;
-    if chunk.len < MIN_DELTA_CHUNK {
-        return None;
-    }
-    let len = u64::from(chunk.len);
-    if new.chunks.len() == 1 {
-        return Some(0..old.size.min(2 * len));
-    }
-    let old_content = old.content.as_ref()?;
-    let old_offset = |hash| {
-        old_content
-            .offsets()
-            .find(|(_, c)| c.hash == hash)
-            .map(|(offset, _)| offset)
-    };
-    let neighbour = [n.checked_sub(1), Some(n + 1)]
-        .into_iter()
-        .flatten()
-        .filter(|&m| is_held(m))
-        .find_map(|m| Some((offsets.get(m)?, old_offset(new.chunks.get(m)?.hash)?)))?;
-    let (new_at, old_at) = neighbour;
-    // Where chunk n would sit in the old version, shifted as its neighbour is.
-    let at = (offsets[n] + old_at).checked_sub(*new_at)?;
-    let start = at.saturating_sub(len / 4);
-    let end = (at + len + len / 4).min(old.size);
-    (start < end).then_some(start..end)
-}
-
 /// The bytes of `range` of `file`, if it can be read whole. A symlink put
 /// in the file's place is not followed: its target's bytes would describe
 /// a file outside the folder to the peer (a signature is hashes of them).
@@ -1122,6 +1074,25 @@ mod tests {
         }
     }
 
+    /// A send-receive folder at `dir/folder` (marker made), its database in
+    /// `dir`: the root, the folder and the database.
+    fn test_folder(dir: &Path) -> (PathBuf, Arc<Folder>, Arc<IndexDb>) {
+        let root = dir.join("folder");
+        std::fs::create_dir_all(root.join(meshsync_core::path::META_DIR)).unwrap();
+        let db = Arc::new(IndexDb::open(dir).unwrap());
+        let key = ReadWriteKey::from_secret(&[4; 32]);
+        let config = FolderConfig {
+            path: root.clone(),
+            key: key.to_key_string().to_string(),
+            mode: FolderMode::SendReceive,
+            versioning: VersioningConfig::None,
+            peers: Vec::new(),
+            paused: false,
+        };
+        let folder = Folder::open(config, DeviceId::from_bytes([9; 32]), &db).unwrap();
+        (root, folder, db)
+    }
+
     fn file(path: &str, body: &[u8]) -> FileEntry {
         let hash = Hash::of(body);
         let mut version = VersionVector::new();
@@ -1151,54 +1122,6 @@ mod tests {
     }
 
     #[test]
-    fn a_delta_base_is_the_old_region_a_chunk_probably_resembles() {
-        let chunk = |n: u8, len: u32| ChunkRef {
-            hash: Hash::of(&[n]),
-            len,
-        };
-        let content = |chunks: Vec<ChunkRef>| Content {
-            hash: Hash::of(b"whole"),
-            chunk_avg: 65536,
-            chunks,
-        };
-        let with = |mut entry: FileEntry, chunks: Vec<ChunkRef>| {
-            entry.size = chunks.iter().map(|c| u64::from(c.len)).sum();
-            entry.content = Some(content(chunks));
-            entry
-        };
-        let old = with(
-            file("f", b"x"),
-            vec![chunk(0, 40_000), chunk(1, 40_000), chunk(2, 40_000)],
-        );
-        let offsets_of = |c: &Content| c.offsets().map(|(o, _)| o).collect::<Vec<_>>();
-
-        // 100 bytes inserted in chunk 1: it is new, its neighbours are held.
-        let new = content(vec![chunk(0, 40_000), chunk(9, 40_100), chunk(2, 40_000)]);
-        let offsets = offsets_of(&new);
-        let held = |m: usize| m != 1;
-        // (At 40,000 in the old file, with a quarter of 40,100 around it.)
-        assert_eq!(
-            delta_base(&new, &offsets, 1, &held, &old),
-            Some(29_975..90_125)
-        );
-        // A chunk whose neighbours are new too has no base.
-        let new = content(vec![chunk(7, 40_000), chunk(8, 40_000), chunk(2, 40_000)]);
-        let offsets = offsets_of(&new);
-        let held = |m: usize| m == 2;
-        assert_eq!(delta_base(&new, &offsets, 0, &held, &old), None);
-        // Its right neighbour places chunk 1.
-        assert_eq!(
-            delta_base(&new, &offsets, 1, &held, &old),
-            Some(30_000..90_000)
-        );
-        // A one-chunk file: the start of the old one; tiny chunks: none.
-        let new = content(vec![chunk(5, 10_000)]);
-        assert_eq!(delta_base(&new, &[0], 0, &|_| false, &old), Some(0..20_000));
-        let new = content(vec![chunk(5, 1_000)]);
-        assert_eq!(delta_base(&new, &[0], 0, &|_| false, &old), None);
-    }
-
-    #[test]
     fn a_delta_base_is_never_read_through_a_symlink() {
         let dir = tempfile::tempdir().unwrap();
         let (file, link) = (dir.path().join("f"), dir.path().join("l"));
@@ -1212,21 +1135,9 @@ mod tests {
     #[tokio::test]
     async fn a_delta_that_does_not_verify_is_fetched_whole_without_blaming_the_peer() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("folder");
-        std::fs::create_dir_all(root.join(meshsync_core::path::META_DIR)).unwrap();
+        let (root, folder, db) = test_folder(dir.path());
         let old: Vec<u8> = [&b"old version"[..], &[7u8; 5000]].concat();
         std::fs::write(root.join("doc"), &old).unwrap();
-        let db = Arc::new(IndexDb::open(dir.path()).unwrap());
-        let key = ReadWriteKey::from_secret(&[4; 32]);
-        let config = FolderConfig {
-            path: root.clone(),
-            key: key.to_key_string().to_string(),
-            mode: FolderMode::SendReceive,
-            versioning: VersioningConfig::None,
-            peers: Vec::new(),
-            paused: false,
-        };
-        let folder = Folder::open(config, DeviceId::from_bytes([9; 32]), &db).unwrap();
         folder.scan(&db, 1_700_000_000).unwrap();
         let replaced = folder.stored(&RelPath::new("doc").unwrap()).unwrap().entry;
         let new: Vec<u8> = [&b"new version"[..], &[7u8; 5000]].concat();
@@ -1279,19 +1190,7 @@ mod tests {
     #[tokio::test]
     async fn a_holder_announced_during_the_round_is_asked() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("folder");
-        std::fs::create_dir_all(root.join(meshsync_core::path::META_DIR)).unwrap();
-        let db = Arc::new(IndexDb::open(dir.path()).unwrap());
-        let key = ReadWriteKey::from_secret(&[4; 32]);
-        let config = FolderConfig {
-            path: root.clone(),
-            key: key.to_key_string().to_string(),
-            mode: FolderMode::SendReceive,
-            versioning: VersioningConfig::None,
-            peers: Vec::new(),
-            paused: false,
-        };
-        let folder = Folder::open(config, DeviceId::from_bytes([9; 32]), &db).unwrap();
+        let (root, folder, db) = test_folder(dir.path());
         let (one, two) = (b"first file".to_vec(), b"second file".to_vec());
         let entries = [file("one", &one), file("two", &two)];
         let early = DeviceId::from_bytes([1; 32]);
