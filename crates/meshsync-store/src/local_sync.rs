@@ -19,14 +19,14 @@
 //! mode without `delete`, overwrite a file that changed after it was
 //! scanned, or record in the database what is not durable on disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use meshsync_core::chunking::ChunkParams;
@@ -301,8 +301,10 @@ pub fn sync_paths(
         return Ok(report);
     }
 
+    tracing::debug!(elapsed_s = started.elapsed().as_secs_f64(), "planned");
     let run = Run::new(&trees, &scans, opts, progress);
     run.execute(&plan);
+    tracing::debug!(elapsed_s = started.elapsed().as_secs_f64(), "executed");
     let (mut report, mut run_updates, mut run_removals) = run.finish(report);
 
     // Record what is now durable: scan changes plus what the run did.
@@ -359,6 +361,7 @@ pub fn sync_paths(
         },
     ])?;
     report.duration_s = started.elapsed().as_secs_f64();
+    tracing::debug!(elapsed_s = report.duration_s, "recorded");
     Ok(report)
 }
 
@@ -550,6 +553,25 @@ const TARGET_DELTA_MIN: u64 = 64 * 1024;
 const BATCH_BYTES: u64 = 512 << 20;
 /// Files written before a flush and rename batch.
 const BATCH_FILES: usize = 8192;
+/// Target directories one batch holds open before it is flushed: each
+/// waiting temporary file keeps its directory open (it is renamed relative
+/// to it). While one batch is flushed the next one fills, so two batches'
+/// directories can be open at once: a quarter of the process's descriptor
+/// limit each, at most 256 (the usual limit is 1,024).
+fn batch_dirs() -> usize {
+    // SAFETY: getrlimit with a valid out pointer.
+    let soft = unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur
+        } else {
+            1024
+        }
+    };
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 256)
+}
 
 /// A written temporary file waiting for its flush and rename.
 struct Pending {
@@ -576,6 +598,11 @@ struct Run<'a> {
     errors: Mutex<Vec<String>>,
     /// Directories made by this run, with the mtime and mode they get at the end.
     created_dirs: Mutex<Vec<(PathBuf, meshsync_core::entry::Timestamp, u32)>>,
+    /// Target directories opened (without following links) for the current
+    /// batch, by path on disk: shared by its temporary files.
+    open_dirs: Mutex<HashMap<PathBuf, Arc<File>>>,
+    /// How many directories a batch may hold open ([`batch_dirs`]).
+    batch_dirs: usize,
 }
 
 #[derive(Default)]
@@ -618,6 +645,8 @@ impl<'a> Run<'a> {
             counters: Counters::default(),
             errors: Mutex::new(Vec::new()),
             created_dirs: Mutex::new(Vec::new()),
+            open_dirs: Mutex::new(HashMap::new()),
+            batch_dirs: batch_dirs(),
         }
     }
 
@@ -636,6 +665,25 @@ impl<'a> Run<'a> {
         let abs_parent = self.abs(side, &parent);
         let relative = abs_parent.strip_prefix(root).expect("below the root");
         write::ensure_real_dirs(root, relative, 0o755)
+    }
+
+    /// `path`'s parent directory on `side`, made if missing and opened
+    /// without following links ([`Self::ensure_parent`], then
+    /// [`write::open_dir_nofollow`]) once per batch.
+    fn open_parent(&self, side: usize, path: &RelPath) -> Result<Arc<File>, WriteError> {
+        let root = &self.trees[side].root;
+        let abs_parent = match path.parent() {
+            Some(parent) => self.abs(side, &parent),
+            None => root.clone(),
+        };
+        if let Some(dir) = self.open_dirs.lock().expect("poisoned").get(&abs_parent) {
+            return Ok(Arc::clone(dir));
+        }
+        self.ensure_parent(side, path)?;
+        let relative = abs_parent.strip_prefix(root).expect("below the root");
+        let dir = Arc::new(write::open_dir_nofollow(root, relative)?);
+        let mut open = self.open_dirs.lock().expect("poisoned");
+        Ok(Arc::clone(open.entry(abs_parent).or_insert(dir)))
     }
 
     fn stored(&self, side: usize, path: &RelPath) -> Option<&StoredEntry> {
@@ -825,7 +873,7 @@ impl<'a> Run<'a> {
         let to = 1 - from;
         let path = &source.path;
         let target = self.abs(to, path);
-        self.ensure_parent(to, path)?;
+        let target_dir = self.open_parent(to, path)?;
         let mut expected = if replacing {
             self.stored(to, path).cloned()
         } else {
@@ -854,7 +902,7 @@ impl<'a> Run<'a> {
             src_stored,
             source,
             &target,
-            Some(&self.trees[to].root),
+            Some(target_dir),
             previous_avg,
             [&self.chunk_maps[to], &target_chunks],
         )?;
@@ -878,7 +926,9 @@ impl<'a> Run<'a> {
             from_side: from,
         });
         pending.1 += size;
-        let full = pending.0.len() >= BATCH_FILES || pending.1 >= BATCH_BYTES;
+        let full = pending.0.len() >= BATCH_FILES
+            || pending.1 >= BATCH_BYTES
+            || self.open_dirs.lock().expect("poisoned").len() >= self.batch_dirs;
         drop(pending);
         if full {
             self.flush_pending();
@@ -892,11 +942,15 @@ impl<'a> Run<'a> {
         let batch = {
             let mut pending = self.pending.lock().expect("poisoned");
             pending.1 = 0;
+            // The batch's files hold their directories; the next batch
+            // opens its own.
+            self.open_dirs.lock().expect("poisoned").clear();
             std::mem::take(&mut pending.0)
         };
         if batch.is_empty() {
             return;
         }
+        let flush_started = Instant::now();
         let mut synced = [false, false];
         for p in &batch {
             if !synced[p.target_side] {
@@ -909,6 +963,11 @@ impl<'a> Run<'a> {
                 synced[p.target_side] = true;
             }
         }
+        tracing::debug!(
+            files = batch.len(),
+            syncfs_s = flush_started.elapsed().as_secs_f64(),
+            "batch flushed"
+        );
         let next = AtomicUsize::new(0);
         let batch: Vec<Mutex<Option<Pending>>> =
             batch.into_iter().map(|p| Mutex::new(Some(p))).collect();
@@ -1082,7 +1141,7 @@ fn copy_file(
     src_stored: Option<&StoredEntry>,
     source: &FileEntry,
     target: &Path,
-    target_root: Option<&Path>,
+    target_dir: Option<Arc<File>>,
     previous_avg: Option<u32>,
     local_chunks: [&ChunkMap; 2],
 ) -> Result<Copied, WriteError> {
@@ -1117,12 +1176,14 @@ fn copy_file(
     // Inside a tree, the temporary file is made in the target's directory
     // opened without following links (a directory swapped for a symlink
     // after the parent check cannot redirect the write).
-    let mut temp = match target_root {
-        Some(root) => TempFile::below(root, target)?,
+    let mut temp = match target_dir {
+        Some(dir) => TempFile::in_dir(dir, target)?,
         None => TempFile::beside(target)?,
     };
     temp.preallocate(source.size)?;
-    advise_sequential(&src);
+    if source.size >= write::SMALL_FILE {
+        advise_sequential(&src);
+    }
     let mut reader = ChunkReader::new(local_chunks);
     let (mut at, mut from_source, mut reused) = (0u64, 0u64, 0u64);
     let mut flushed_to = 0u64;

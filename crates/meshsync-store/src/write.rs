@@ -26,6 +26,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use meshsync_core::entry::Timestamp;
 use meshsync_core::path::{META_DIR, TEMP_PREFIX};
@@ -96,13 +97,30 @@ impl WriteError {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// A fresh temporary-file name: the process id (read once: `getpid` is a
+/// system call per file otherwise) and a counter.
+fn temp_name() -> String {
+    static PID: OnceLock<u32> = OnceLock::new();
+    format!(
+        "{TEMP_PREFIX}{}-{}",
+        PID.get_or_init(std::process::id),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Files smaller than this are neither preallocated nor read with
+/// sequential-access advice: both are a system call each and gain nothing
+/// for a file written or read in one go.
+pub const SMALL_FILE: u64 = 1 << 20;
+
 /// A temporary file being filled; removed on drop unless committed.
 pub struct TempFile {
     file: Option<File>,
     /// The target's directory, opened once: the temporary file is created
     /// and renamed relative to it, so a parent swapped for a symlink after
-    /// the check cannot redirect the write.
-    dir: File,
+    /// the check cannot redirect the write. Shared by the temporary files
+    /// of one directory, so a batch holds one descriptor per directory.
+    dir: Arc<File>,
     temp_name: CString,
     target_name: CString,
     target: PathBuf,
@@ -122,28 +140,13 @@ impl TempFile {
             .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
             .open(parent)
             .map_err(|e| WriteError::io(target, e))?;
-        Self::in_dir(dir, target)
+        Self::in_dir(Arc::new(dir), target)
     }
 
-    /// Creates a temporary file beside `target`, a path below `root` whose
-    /// parents are opened one by one without following any symlink.
-    pub fn below(root: &Path, target: &Path) -> Result<Self, WriteError> {
-        let parent = target.parent().expect("a target has a parent");
-        let rel = parent
-            .strip_prefix(root)
-            .map_err(|_| WriteError::UnsafeParent {
-                path: target.into(),
-            })?;
-        Self::in_dir(open_dir_nofollow(root, rel)?, target)
-    }
-
-    fn in_dir(dir: File, target: &Path) -> Result<Self, WriteError> {
-        let name = format!(
-            "{TEMP_PREFIX}{}-{}",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let temp_name = CString::new(name).expect("no NUL");
+    /// Creates a temporary file beside `target` in `dir`, the target's
+    /// directory, already opened (by [`open_dir_nofollow`]).
+    pub fn in_dir(dir: Arc<File>, target: &Path) -> Result<Self, WriteError> {
+        let temp_name = CString::new(temp_name()).expect("no NUL");
         let target_name = CString::new(target.file_name().expect("a target has a name").as_bytes())
             .map_err(|_| WriteError::UnsafeParent {
                 path: target.into(),
@@ -162,8 +165,10 @@ impl TempFile {
 
     /// Reserves `size` bytes for the file up front, so a file that cannot fit
     /// fails at once, before it has used up space other files need.
+    /// Files under [`SMALL_FILE`] are not reserved: their one write fails
+    /// as soon.
     pub fn preallocate(&mut self, size: u64) -> Result<(), WriteError> {
-        if size == 0 {
+        if size < SMALL_FILE {
             return Ok(());
         }
         let fd = self.file().as_raw_fd();
@@ -232,7 +237,7 @@ impl TempFile {
             });
         }
         self.committed = true;
-        match Observed::of(&self.target) {
+        match Observed::in_dir(&self.dir, &self.target_name, &self.target) {
             Ok(Some(o)) => Ok(o),
             Ok(None) => Err(WriteError::TargetChanged {
                 path: self.target.clone(),
@@ -436,11 +441,7 @@ pub fn write_symlink(
     expected: Option<&StoredEntry>,
 ) -> Result<Observed, WriteError> {
     let dir = target.parent().expect("a target has a parent");
-    let temp = dir.join(format!(
-        "{TEMP_PREFIX}{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let temp = dir.join(temp_name());
     std::os::unix::fs::symlink(link_target, &temp).map_err(|e| WriteError::io(target, e))?;
     let result = (|| {
         set_mtime_nofollow(&temp, mtime).map_err(|e| WriteError::io(target, e))?;

@@ -80,6 +80,7 @@ enum Command {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     restore_default_sigpipe();
+    raise_open_file_limit();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -111,6 +112,25 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only adjusts allocator tuning; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Lifts the soft limit on open descriptors to the hard one (often 1,024
+/// against 524,288): a daemon with many peers and folders, or a sync of many
+/// directories at once, should not fail on a default meant for old
+/// `select(2)` programs. Nothing here uses `select`. Every part still bounds
+/// what it holds open (the local sync: a quarter of the limit per batch), so this is headroom,
+/// not a requirement.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid out pointer; failure leaves
+    // the limit as it was.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 

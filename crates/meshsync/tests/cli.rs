@@ -12,6 +12,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use util::{Dir, KIB, MIB, Node, Output, TmpfsMount, is_root, random_bytes};
@@ -218,6 +219,40 @@ fn human_summary_and_threads_flag() {
     // A missing DST is created with its missing parents.
     d.sync(&["src", "deep/new/dst"]).ok();
     assert_same_tree(&d, "src", "deep/new/dst");
+}
+
+/// More files than the process may hold descriptors, over more directories
+/// than one batch keeps open. A written file waits for its batch's flush
+/// with its directory open; when every file held its own descriptor, a
+/// sync of `small` under the usual `ulimit -n 1024` stopped with errors
+/// after 1,016 files.
+#[test]
+fn regression_many_directories_within_a_low_open_file_limit() {
+    let d = Dir::new("fd-limit");
+    for dir in 0..600 {
+        for f in 0..3 {
+            d.write(&format!("src/d{dir:03}/f{f}"), format!("{dir}/{f}"));
+        }
+    }
+    let mut cmd = d.command();
+    // SAFETY: only setrlimit runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 384,
+                rlim_max: 384,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = Output::of(cmd.args(["sync", "src", "dst", "--no-progress", "--json"]));
+    out.ok();
+    assert_no_errors(&out);
+    assert_eq!(out.json.as_ref().unwrap()["files_copied"], 1800, "{out}");
+    assert_same_tree(&d, "src", "dst");
 }
 
 #[test]
