@@ -293,6 +293,11 @@ impl Folder {
         last_sequence: u64,
         signed: bool,
     ) -> bool {
+        tracing::debug!(
+            entries = entries.len(),
+            last_sequence,
+            "index batch received"
+        );
         let mut st = self.state.lock().expect("poisoned");
         // A running pull may fetch these chunks from the peer at once.
         self.sources

@@ -406,6 +406,7 @@ impl Daemon {
                 break;
             }
             self.set_state(&folder, FolderStateKind::Syncing);
+            tracing::debug!(actions = actions.len(), "pull round starts");
             // Each batch the round records is served and announced at once.
             let recorded = || self.local_index_moved(rt);
             let report = pull::apply(
@@ -422,6 +423,11 @@ impl Daemon {
                 .files_synced
                 .fetch_add(report.files, Ordering::Relaxed);
             let progressed = report.files + report.deleted + report.conflicts > 0;
+            tracing::debug!(
+                files = report.files,
+                bytes = report.bytes_fetched,
+                "pull round done"
+            );
             for e in &report.errors {
                 tracing::warn!("folder {}: {e}", folder.config.path.display());
             }
@@ -550,14 +556,8 @@ impl Daemon {
     fn watch_folders(self: &Arc<Self>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            // Reads (our own scans, chunks served to peers) change nothing;
-            // only modifications, creations and removals ask for a scan.
-            if let Ok(ev) = res
-                && !ev.kind.is_access()
-            {
-                for p in ev.paths {
-                    let _ = tx.send(p);
-                }
+            for p in changed_paths(res) {
+                let _ = tx.send(p);
             }
         })
         .map_err(|e| {
@@ -582,6 +582,14 @@ impl Daemon {
                 }
                 paths.sort_unstable();
                 paths.dedup();
+                if paths.first().is_some_and(|p| p.as_os_str().is_empty()) {
+                    // Events were lost: every folder scans in full.
+                    for rt in d.all_folders() {
+                        *rt.watched.lock().expect("poisoned") = None;
+                        rt.wake.notify_one();
+                    }
+                    continue;
+                }
                 for rt in d.all_folders() {
                     let meta = rt.folder.root.join(meshsync_core::path::META_DIR);
                     let mut relevant = paths
@@ -746,6 +754,21 @@ impl Control for Daemon {
 /// Watches a folder's tree, except its `.meshsync` directory: every write
 /// to a partial download there would otherwise raise an inotify event (a
 /// wake-up per chunk written, measured at several per cent of a pull's CPU).
+/// The paths a file-system notification says may have changed. Reads (our
+/// own scans, chunks served to peers) change nothing. A notification that
+/// events were lost (the kernel's inotify queue overflowed, which a peer
+/// reading thousands of files can cause: every open is queued) yields the
+/// empty path, which asks every folder for a full scan.
+fn changed_paths(res: notify::Result<notify::Event>) -> Vec<PathBuf> {
+    match res {
+        Ok(ev) if ev.need_rescan() => vec![PathBuf::new()],
+        Ok(ev) if !ev.kind.is_access() => ev.paths,
+        Ok(_) => Vec::new(),
+        // The watcher failed to report something: treat it as lost events.
+        Err(_) => vec![PathBuf::new()],
+    }
+}
+
 fn watch_folder(watcher: &mut notify::RecommendedWatcher, root: &Path) {
     use notify::{RecursiveMode, Watcher};
     if let Err(e) = watcher.watch(root, RecursiveMode::Recursive) {
@@ -867,4 +890,24 @@ pub async fn run(home: &Path) -> Result<()> {
     }
     println!("meshsync stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changed_paths;
+    use notify::event::{AccessKind, CreateKind, Event, EventKind, Flag};
+    use std::path::PathBuf;
+
+    #[test]
+    fn lost_notifications_ask_for_a_full_scan_and_reads_for_nothing() {
+        let created = Event::new(EventKind::Create(CreateKind::File)).add_path("/f/a".into());
+        assert_eq!(changed_paths(Ok(created)), vec![PathBuf::from("/f/a")]);
+        let opened = Event::new(EventKind::Access(AccessKind::Any)).add_path("/f/a".into());
+        assert!(changed_paths(Ok(opened)).is_empty());
+        // What notify reports when the kernel's queue overflowed.
+        let overflow = Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert_eq!(changed_paths(Ok(overflow)), vec![PathBuf::new()]);
+        let failed = notify::Error::generic("watch limit reached");
+        assert_eq!(changed_paths(Err(failed)), vec![PathBuf::new()]);
+    }
 }
