@@ -319,7 +319,7 @@ impl Daemon {
                 }
             };
             tokio::select! {
-                _ = rt.wake.notified() => {}
+                _ = rt.wake.notified() => settle(&rt.wake).await,
                 _ = retry => {
                     retry_at = None;
                     rt.scan_requested.store(true, Ordering::SeqCst);
@@ -754,6 +754,30 @@ impl Control for Daemon {
 /// Watches a folder's tree, except its `.meshsync` directory: every write
 /// to a partial download there would otherwise raise an inotify event (a
 /// wake-up per chunk written, measured at several per cent of a pull's CPU).
+/// Waits until `wake` has been quiet for [`SETTLE_QUIET`] (at most
+/// [`SETTLE_MAX`]). Wake-ups come in bursts: a peer's whole index is several
+/// batches a few milliseconds apart, and a pull round started after the
+/// first plans only its files (`small`: a round of 4,096 files, then one of
+/// 16,124, each with its own tail and flush).
+async fn settle(wake: &tokio::sync::Notify) {
+    let until = tokio::time::Instant::now() + SETTLE_MAX;
+    loop {
+        let quiet_until = (tokio::time::Instant::now() + SETTLE_QUIET).min(until);
+        if tokio::time::timeout_at(quiet_until, wake.notified())
+            .await
+            .is_err()
+            || tokio::time::Instant::now() >= until
+        {
+            return;
+        }
+    }
+}
+
+/// How long a folder's wake-ups must pause before it acts on them.
+const SETTLE_QUIET: Duration = Duration::from_millis(40);
+/// The longest a burst of wake-ups delays the folder.
+const SETTLE_MAX: Duration = Duration::from_millis(300);
+
 /// The paths a file-system notification says may have changed. Reads (our
 /// own scans, chunks served to peers) change nothing. A notification that
 /// events were lost (the kernel's inotify queue overflowed, which a peer
