@@ -57,6 +57,10 @@ pub struct FolderRuntime {
     pub wake: Notify,
     /// A scan was asked for (command, timer, retry, start).
     pub scan_requested: AtomicBool,
+    /// A peer's last index batch was full and not the end of its initial
+    /// exchange: more of the same burst is on its way, so the folder waits
+    /// for it before planning a pull ([`settle`]).
+    pub index_burst: AtomicBool,
     /// Paths the file-system watcher reported since the last scan (at most
     /// [`WATCHED_PATHS_MAX`]; `None` past that: scan whatever they are).
     /// The folder's loop scans unless every one is exactly as the index
@@ -222,6 +226,7 @@ impl Daemon {
                         folder: Arc::clone(&folder),
                         wake: Notify::new(),
                         scan_requested: AtomicBool::new(true),
+                        index_burst: AtomicBool::new(false),
                         watched: Mutex::new(Some(Vec::new())),
                         storage,
                     });
@@ -319,7 +324,7 @@ impl Daemon {
                 }
             };
             tokio::select! {
-                _ = rt.wake.notified() => settle(&rt.wake).await,
+                _ = rt.wake.notified() => settle(&rt).await,
                 _ = retry => {
                     retry_at = None;
                     rt.scan_requested.store(true, Ordering::SeqCst);
@@ -754,16 +759,17 @@ impl Control for Daemon {
 /// Watches a folder's tree, except its `.meshsync` directory: every write
 /// to a partial download there would otherwise raise an inotify event (a
 /// wake-up per chunk written, measured at several per cent of a pull's CPU).
-/// Waits until `wake` has been quiet for [`SETTLE_QUIET`] (at most
-/// [`SETTLE_MAX`]). Wake-ups come in bursts: a peer's whole index is several
-/// batches a few milliseconds apart, and a pull round started after the
-/// first plans only its files (`small`: a round of 4,096 files, then one of
-/// 16,124, each with its own tail and flush).
-async fn settle(wake: &tokio::sync::Notify) {
+/// While a peer's index arrives in a burst of batches ([`FolderRuntime::index_burst`]),
+/// waits for the rest: until a batch ends the burst, or none has come for
+/// [`SETTLE_QUIET`], at most [`SETTLE_MAX`] in all. A pull round planned
+/// after a burst's first batch plans only its files (`small`: a round of
+/// 4,096 files, then one of 16,124, each with its own tail and flush). Any
+/// other wake-up (one batch, a scan request) is acted on at once.
+async fn settle(rt: &FolderRuntime) {
     let until = tokio::time::Instant::now() + SETTLE_MAX;
-    loop {
+    while rt.index_burst.load(Ordering::SeqCst) {
         let quiet_until = (tokio::time::Instant::now() + SETTLE_QUIET).min(until);
-        if tokio::time::timeout_at(quiet_until, wake.notified())
+        if tokio::time::timeout_at(quiet_until, rt.wake.notified())
             .await
             .is_err()
             || tokio::time::Instant::now() >= until
@@ -773,10 +779,10 @@ async fn settle(wake: &tokio::sync::Notify) {
     }
 }
 
-/// How long a folder's wake-ups must pause before it acts on them.
+/// How long a burst of index batches may pause before the folder acts.
 const SETTLE_QUIET: Duration = Duration::from_millis(40);
-/// The longest a burst of wake-ups delays the folder.
-const SETTLE_MAX: Duration = Duration::from_millis(300);
+/// The longest a burst of index batches delays the folder.
+const SETTLE_MAX: Duration = Duration::from_millis(500);
 
 /// The paths a file-system notification says may have changed. Reads (our
 /// own scans, chunks served to peers) change nothing. A notification that
