@@ -173,52 +173,6 @@ impl Observed {
         Ok(Observed::from_metadata(path, &md))
     }
 
-    /// Reads the facts of `name` in the open directory `dir` without
-    /// following a symlink (no walk of the path from the root). `path` is
-    /// the same file's full path, used for anything but a regular file.
-    pub fn in_dir(
-        dir: &fs::File,
-        name: &std::ffi::CStr,
-        path: &Path,
-    ) -> std::io::Result<Option<Observed>> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: all-zero bytes are a valid `stat`; fstatat fills it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid directory descriptor, C string and out pointer.
-        let rc = unsafe {
-            libc::fstatat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                &mut st,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.kind() {
-                std::io::ErrorKind::NotFound => Ok(None),
-                _ => Err(e),
-            };
-        }
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Self::of(path);
-        }
-        Ok(Some(Observed {
-            kind: FileKind::File,
-            size: st.st_size as u64,
-            mtime: Timestamp {
-                secs: st.st_mtime,
-                nanos: st.st_mtime_nsec as u32,
-            },
-            permissions: st.st_mode & 0o7777,
-            symlink_target: None,
-            local: LocalStat {
-                inode: st.st_ino,
-                ctime: (st.st_ctime, st.st_ctime_nsec as u32),
-            },
-        }))
-    }
-
     /// Facts from metadata already read; `None` for sockets, devices, fifos.
     pub fn from_metadata(path: &Path, md: &fs::Metadata) -> Option<Observed> {
         let ft = md.file_type();

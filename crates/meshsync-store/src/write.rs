@@ -237,7 +237,10 @@ impl TempFile {
             });
         }
         self.committed = true;
-        match Observed::in_dir(&self.dir, &self.target_name, &self.target) {
+        // Looked up by path, not in `dir`: if the directory was swapped for
+        // a link since it was opened, the file is not where it belongs, and
+        // this reports it (the rename stayed in the real, moved directory).
+        match Observed::of(&self.target) {
             Ok(Some(o)) => Ok(o),
             Ok(None) => Err(WriteError::TargetChanged {
                 path: self.target.clone(),
