@@ -324,7 +324,7 @@ impl Daemon {
                 }
             };
             tokio::select! {
-                _ = rt.wake.notified() => settle(&rt).await,
+                _ = rt.wake.notified() => settle(&rt.wake, &rt.index_burst).await,
                 _ = retry => {
                     retry_at = None;
                     rt.scan_requested.store(true, Ordering::SeqCst);
@@ -765,11 +765,11 @@ impl Control for Daemon {
 /// after a burst's first batch plans only its files (`small`: a round of
 /// 4,096 files, then one of 16,124, each with its own tail and flush). Any
 /// other wake-up (one batch, a scan request) is acted on at once.
-async fn settle(rt: &FolderRuntime) {
+async fn settle(wake: &tokio::sync::Notify, burst: &AtomicBool) {
     let until = tokio::time::Instant::now() + SETTLE_MAX;
-    while rt.index_burst.load(Ordering::SeqCst) {
+    while burst.load(Ordering::SeqCst) {
         let quiet_until = (tokio::time::Instant::now() + SETTLE_QUIET).min(until);
-        if tokio::time::timeout_at(quiet_until, rt.wake.notified())
+        if tokio::time::timeout_at(quiet_until, wake.notified())
             .await
             .is_err()
             || tokio::time::Instant::now() >= until
@@ -924,7 +924,65 @@ pub async fn run(home: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::changed_paths;
+    use super::{SETTLE_MAX, SETTLE_QUIET, changed_paths, settle};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    use tokio::sync::Notify;
+    use tokio::time::{Instant, sleep};
+
+    /// Feeds `batches` wake-ups `every` apart; the last `ends` the burst or not.
+    async fn feed(wake: &Notify, burst: &AtomicBool, batches: u32, every: Duration, ends: bool) {
+        for i in 1..=batches {
+            sleep(every).await;
+            burst.store(i < batches || !ends, Ordering::SeqCst);
+            wake.notify_one();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_index_batches_is_waited_for_and_anything_else_is_not() {
+        let (wake, burst) = (Notify::new(), AtomicBool::new(false));
+        // A lone batch or a scan request: at once.
+        let t0 = Instant::now();
+        settle(&wake, &burst).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+
+        // Five batches 20 ms apart, the last ending the burst: until it.
+        burst.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        let (settled, ()) = tokio::join!(
+            async {
+                settle(&wake, &burst).await;
+                t0.elapsed()
+            },
+            feed(&wake, &burst, 5, Duration::from_millis(20), true)
+        );
+        assert_eq!(settled, Duration::from_millis(100));
+
+        // A burst whose end never comes: given up after a quiet spell.
+        burst.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        let (settled, ()) = tokio::join!(
+            async {
+                settle(&wake, &burst).await;
+                t0.elapsed()
+            },
+            feed(&wake, &burst, 2, Duration::from_millis(20), false)
+        );
+        assert_eq!(settled, Duration::from_millis(40) + SETTLE_QUIET);
+
+        // Batches that never stop coming: bounded.
+        burst.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        let (settled, ()) = tokio::join!(
+            async {
+                settle(&wake, &burst).await;
+                t0.elapsed()
+            },
+            feed(&wake, &burst, 40, Duration::from_millis(20), false)
+        );
+        assert_eq!(settled, SETTLE_MAX);
+    }
     use notify::event::{AccessKind, CreateKind, Event, EventKind, Flag};
     use std::path::PathBuf;
 
