@@ -756,9 +756,6 @@ impl Control for Daemon {
     }
 }
 
-/// Watches a folder's tree, except its `.meshsync` directory: every write
-/// to a partial download there would otherwise raise an inotify event (a
-/// wake-up per chunk written, measured at several per cent of a pull's CPU).
 /// While a peer's index arrives in a burst of batches ([`FolderRuntime::index_burst`]),
 /// waits for the rest: until a batch ends the burst, or none has come for
 /// [`SETTLE_QUIET`], at most [`SETTLE_MAX`] in all. A pull round planned
@@ -799,6 +796,9 @@ fn changed_paths(res: notify::Result<notify::Event>) -> Vec<PathBuf> {
     }
 }
 
+/// Watches a folder's tree, except its `.meshsync` directory: every write
+/// to a partial download there would otherwise raise an inotify event (a
+/// wake-up per chunk written, measured at several per cent of a pull's CPU).
 fn watch_folder(watcher: &mut notify::RecommendedWatcher, root: &Path) {
     use notify::{RecursiveMode, Watcher};
     if let Err(e) = watcher.watch(root, RecursiveMode::Recursive) {
@@ -925,6 +925,8 @@ pub async fn run(home: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::{SETTLE_MAX, SETTLE_QUIET, changed_paths, settle};
+    use notify::event::{AccessKind, CreateKind, Event, EventKind, Flag};
+    use std::path::PathBuf;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
     use tokio::sync::Notify;
@@ -983,8 +985,6 @@ mod tests {
         );
         assert_eq!(settled, SETTLE_MAX);
     }
-    use notify::event::{AccessKind, CreateKind, Event, EventKind, Flag};
-    use std::path::PathBuf;
 
     #[test]
     fn lost_notifications_ask_for_a_full_scan_and_reads_for_nothing() {
