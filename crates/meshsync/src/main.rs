@@ -119,8 +119,8 @@ fn limit_malloc_arenas() {
 /// against 524,288): a daemon with many peers and folders, or a sync of many
 /// directories at once, should not fail on a default meant for old
 /// `select(2)` programs. Nothing here uses `select`. Every part still bounds
-/// what it holds open (the local sync: a quarter of the limit per batch), so this is headroom,
-/// not a requirement.
+/// what it holds open (the local sync: a quarter of the limit per batch),
+/// so this is headroom, not a requirement.
 fn raise_open_file_limit() {
     // SAFETY: getrlimit/setrlimit with a valid out pointer; failure leaves
     // the limit as it was.
