@@ -16,7 +16,7 @@ use meshsync_core::keys::{FolderKey, KeyKind};
 use meshsync_core::path::RelPath;
 
 use crate::error::CloseCode;
-use crate::limits::{MAX_CLIENT_LEN, MAX_DEVICE_NAME_LEN};
+use crate::limits::{MAX_BATCH_ENTRIES, MAX_CLIENT_LEN, MAX_DEVICE_NAME_LEN};
 use crate::message::{RefuseReason, SUPPORTED_VERSIONS, VersionRange};
 
 /// Which end of the connection did something.
@@ -209,6 +209,15 @@ pub struct ReceivedBatch {
     pub patched: usize,
 }
 
+impl ReceivedBatch {
+    /// Whether more of the same burst probably follows at once: the batch
+    /// is as large as a batch may be and does not end the peer's initial
+    /// exchange (a sender with more ready fills every batch it sends).
+    pub fn more_follows(&self) -> bool {
+        !self.complete && self.entries.len() >= MAX_BATCH_ENTRIES
+    }
+}
+
 /// What happened, for the driver to act on (from [`Connection::poll_event`]).
 ///
 /// [`Connection::poll_event`]: crate::Connection::poll_event
@@ -383,11 +392,40 @@ impl FolderKeys for [FolderKey] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshsync_core::entry::{FileKind, Timestamp};
+    use meshsync_core::version::VersionVector;
 
     #[test]
     fn clean_text_replaces_controls_and_cuts_at_char_boundaries() {
         assert_eq!(clean_text("a\nb\u{1b}[31m", 100), "a\u{fffd}b\u{fffd}[31m");
         assert_eq!(clean_text("ééé", 5), "éé");
         assert_eq!(clean_text("abc", 0), "");
+    }
+
+    #[test]
+    fn only_a_full_batch_of_an_unfinished_exchange_says_more_follows() {
+        let entry = FileEntry {
+            path: RelPath::new("f").unwrap(),
+            kind: FileKind::File,
+            size: 0,
+            mtime: Timestamp::default(),
+            permissions: 0o644,
+            symlink_target: None,
+            content: None,
+            version: VersionVector::new(),
+            deleted: false,
+            sequence: 1,
+        };
+        let batch = |n: usize, complete| ReceivedBatch {
+            first_sequence: 1,
+            last_sequence: n as u64,
+            complete,
+            entries: vec![entry.clone(); n],
+            signed: true,
+            patched: 0,
+        };
+        assert!(batch(MAX_BATCH_ENTRIES, false).more_follows());
+        assert!(!batch(MAX_BATCH_ENTRIES, true).more_follows());
+        assert!(!batch(MAX_BATCH_ENTRIES - 1, false).more_follows());
     }
 }

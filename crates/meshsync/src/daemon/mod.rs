@@ -57,9 +57,9 @@ pub struct FolderRuntime {
     pub wake: Notify,
     /// A scan was asked for (command, timer, retry, start).
     pub scan_requested: AtomicBool,
-    /// A peer's last index batch was full and not the end of its initial
-    /// exchange: more of the same burst is on its way, so the folder waits
-    /// for it before planning a pull ([`settle`]).
+    /// A peer's last index batch said more of its burst follows
+    /// (`ReceivedBatch::more_follows`), so the folder waits for it before
+    /// planning a pull ([`settle`]).
     pub index_burst: AtomicBool,
     /// Paths the file-system watcher reported since the last scan (at most
     /// [`WATCHED_PATHS_MAX`]; `None` past that: scan whatever they are).
@@ -941,6 +941,26 @@ mod tests {
         }
     }
 
+    /// How long `settle` waits for a burst fed `batches` wake-ups 20 ms
+    /// apart, the last of which `ends` the burst or not.
+    async fn settled_after(
+        wake: &Notify,
+        burst: &AtomicBool,
+        batches: u32,
+        ends: bool,
+    ) -> Duration {
+        burst.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        let (settled, ()) = tokio::join!(
+            async {
+                settle(wake, burst).await;
+                t0.elapsed()
+            },
+            feed(wake, burst, batches, Duration::from_millis(20), ends)
+        );
+        settled
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_index_batches_is_waited_for_and_anything_else_is_not() {
         let (wake, burst) = (Notify::new(), AtomicBool::new(false));
@@ -948,42 +968,18 @@ mod tests {
         let t0 = Instant::now();
         settle(&wake, &burst).await;
         assert_eq!(t0.elapsed(), Duration::ZERO);
-
-        // Five batches 20 ms apart, the last ending the burst: until it.
-        burst.store(true, Ordering::SeqCst);
-        let t0 = Instant::now();
-        let (settled, ()) = tokio::join!(
-            async {
-                settle(&wake, &burst).await;
-                t0.elapsed()
-            },
-            feed(&wake, &burst, 5, Duration::from_millis(20), true)
+        // Five batches, the last ending the burst: until it.
+        assert_eq!(
+            settled_after(&wake, &burst, 5, true).await,
+            Duration::from_millis(100)
         );
-        assert_eq!(settled, Duration::from_millis(100));
-
         // A burst whose end never comes: given up after a quiet spell.
-        burst.store(true, Ordering::SeqCst);
-        let t0 = Instant::now();
-        let (settled, ()) = tokio::join!(
-            async {
-                settle(&wake, &burst).await;
-                t0.elapsed()
-            },
-            feed(&wake, &burst, 2, Duration::from_millis(20), false)
+        assert_eq!(
+            settled_after(&wake, &burst, 2, false).await,
+            Duration::from_millis(40) + SETTLE_QUIET
         );
-        assert_eq!(settled, Duration::from_millis(40) + SETTLE_QUIET);
-
         // Batches that never stop coming: bounded.
-        burst.store(true, Ordering::SeqCst);
-        let t0 = Instant::now();
-        let (settled, ()) = tokio::join!(
-            async {
-                settle(&wake, &burst).await;
-                t0.elapsed()
-            },
-            feed(&wake, &burst, 40, Duration::from_millis(20), false)
-        );
-        assert_eq!(settled, SETTLE_MAX);
+        assert_eq!(settled_after(&wake, &burst, 40, false).await, SETTLE_MAX);
     }
 
     #[test]

@@ -637,8 +637,7 @@ fn handle_event(
                 .entries_patched
                 .fetch_add(batch.patched as u64, Ordering::Relaxed);
             if let Some(rt) = daemon.folder(&share) {
-                let burst = !batch.complete && batch.entries.len() >= MAX_BATCH_ENTRIES;
-                rt.index_burst.store(burst, Ordering::SeqCst);
+                rt.index_burst.store(batch.more_follows(), Ordering::SeqCst);
                 let news = rt.folder.receive_index(
                     link.device,
                     batch.entries,
