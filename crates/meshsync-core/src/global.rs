@@ -39,10 +39,9 @@
 //!
 //! Pure: indexes in, a map out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Deref;
 
-use crate::conflict::WinnerKey;
 use crate::entry::{CompareMode, FileEntry, FileKind};
 use crate::ids::{Hash, ShortId};
 use crate::path::RelPath;
@@ -151,14 +150,29 @@ pub fn global_index(indexes: &[&dyn EntryMap]) -> GlobalIndex {
 /// Folds `indexes` (this device's own first, then each authoritative peer's)
 /// into the global view.
 pub fn global_view<'a>(indexes: &[&'a dyn EntryMap]) -> GlobalView<'a> {
+    // The indexes are walked side by side in path order (`EntryMap::entries`
+    // promises it): no lookups, and one buffer for every path's entries.
+    // Measured on 20,000 files (`cargo bench -p meshsync-core --bench
+    // plan`), a map of per-path lists took 15 ms, mostly allocation and
+    // path comparisons.
+    let mut walks: Vec<_> = indexes.iter().map(|i| i.entries().peekable()).collect();
     // Per path, the newest entries: none dominates another (an antichain;
     // usually one entry). Of two entries with equal versions in different
     // states (one device's index behind its disk), the one `beats` prefers
     // stays, whichever came first: what exists, as the planner keeps it.
-    let mut newest: BTreeMap<&RelPath, Vec<&FileEntry>> = BTreeMap::new();
-    for index in indexes {
-        for e in index.entries() {
-            let set = newest.entry(&e.path).or_default();
+    let mut set: Vec<&'a FileEntry> = Vec::with_capacity(indexes.len());
+    let mut kept: Vec<(&'a RelPath, ViewEntry<'a>)> = Vec::new();
+    while let Some(path) = walks
+        .iter_mut()
+        .filter_map(|w| w.peek().map(|e| &e.path))
+        .min()
+    {
+        set.clear();
+        for walk in &mut walks {
+            let Some(e) = walk.next_if(|e| e.path == *path) else {
+                continue;
+            };
+            debug_assert!(walk.peek().is_none_or(|next| next.path > e.path));
             let superseded = set.iter().any(|x| match e.version.compare(&x.version) {
                 Causality::Older => true,
                 Causality::Equal => !beats(e, x),
@@ -175,28 +189,29 @@ pub fn global_view<'a>(indexes: &[&'a dyn EntryMap]) -> GlobalView<'a> {
             });
             set.push(e);
         }
-    }
-    let map = newest
-        .into_iter()
-        .filter_map(|(path, set)| {
-            let best = *set
-                .iter()
-                .reduce(|best, e| if beats(e, best) { e } else { best })?;
-            // Concurrent copies in the very same state are one version of
-            // it: the view has seen them all (one record, not one a round).
-            let mut entry = ViewEntry::Borrowed(best);
-            for e in set
-                .iter()
-                .filter(|e| !std::ptr::eq(**e, best) && same_state(e, best))
-            {
-                let merged = entry.version.merge(&e.version);
-                if merged != entry.version {
-                    entry.to_mut().version = merged;
-                }
+        let Some(best) = set
+            .iter()
+            .copied()
+            .reduce(|best, e| if beats(e, best) { e } else { best })
+        else {
+            continue;
+        };
+        // Concurrent copies in the very same state are one version of
+        // it: the view has seen them all (one record, not one a round).
+        let mut entry = ViewEntry::Borrowed(best);
+        for e in set
+            .iter()
+            .filter(|e| !std::ptr::eq(**e, best) && same_state(e, best))
+        {
+            let merged = entry.version.merge(&e.version);
+            if merged != entry.version {
+                entry.to_mut().version = merged;
             }
-            Some((path, entry))
-        })
-        .collect();
+        }
+        kept.push((&best.path, entry));
+    }
+    // In path order already: the map is built without sorting.
+    let map = kept.into_iter().collect();
     let mut out = GlobalView { map };
     keep_directories_with_live_children(indexes, &mut out);
     out
@@ -206,11 +221,27 @@ pub fn global_view<'a>(indexes: &[&'a dyn EntryMap]) -> GlobalView<'a> {
 /// live entries below it gives way to the best directory any index has
 /// there (see the module docs).
 fn keep_directories_with_live_children<'a>(indexes: &[&'a dyn EntryMap], out: &mut GlobalView<'a>) {
+    // Every path with a live entry somewhere below it: one set lookup per
+    // entry instead of a range query per file.
+    let mut above_live: HashSet<&'a str> = HashSet::new();
+    for (path, e) in &out.map {
+        if !e.is_live() {
+            continue;
+        }
+        let mut dir = path.as_str();
+        while let Some(slash) = dir.rfind('/') {
+            dir = &dir[..slash];
+            // Its parents went in with it.
+            if !above_live.insert(dir) {
+                break;
+            }
+        }
+    }
     let blocked: Vec<&'a RelPath> = out
         .map
         .iter()
         .filter(|(_, e)| e.deleted || e.kind != FileKind::Directory)
-        .filter(|(path, _)| out.entries_below(path).any(FileEntry::is_live))
+        .filter(|(path, _)| above_live.contains(path.as_str()))
         .map(|(path, _)| *path)
         .collect();
     for path in blocked {
@@ -262,17 +293,18 @@ fn beats(candidate: &FileEntry, current: &FileEntry) -> bool {
     if cd != ud {
         return cd;
     }
-    key(candidate) > key(current)
+    crate::conflict::compare_winners(
+        candidate,
+        last_changer(candidate),
+        current,
+        last_changer(current),
+    )
+    .is_gt()
 }
 
-fn key(e: &FileEntry) -> WinnerKey {
-    let device = e
-        .version
-        .counters()
-        .iter()
-        .max_by_key(|(d, c)| (*c, *d))
-        .map_or(ShortId(0), |(d, _)| *d);
-    crate::conflict::winner_key(e, device)
+/// The device whose change `e` is, for the winner rule.
+fn last_changer(e: &FileEntry) -> ShortId {
+    crate::plan::last_changer(&e.version).unwrap_or(ShortId(0))
 }
 
 /// Which peers announced holding each chunk (any index, authoritative or

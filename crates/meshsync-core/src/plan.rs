@@ -349,15 +349,22 @@ enum Decision {
 
 /// Plans the actions that bring both trees in line (see the module docs).
 pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let paths: BTreeSet<&RelPath> = input
-        .a
-        .entries()
-        .chain(input.b.entries())
-        .map(|e| &e.path)
-        .collect();
     let mut out = Plan::default();
-    for path in paths {
-        let (a, b) = (input.a.entry(path), input.b.entry(path));
+    // Both sides walked side by side in path order (`EntryMap::entries`):
+    // every path once, with no lookups.
+    let (mut walk_a, mut walk_b) = (input.a.entries().peekable(), input.b.entries().peekable());
+    loop {
+        let (a, b) = match (walk_a.peek(), walk_b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => (walk_a.next(), None),
+            (None, Some(_)) => (None, walk_b.next()),
+            (Some(x), Some(y)) => match x.path.cmp(&y.path) {
+                std::cmp::Ordering::Less => (walk_a.next(), None),
+                std::cmp::Ordering::Greater => (None, walk_b.next()),
+                std::cmp::Ordering::Equal => (walk_a.next(), walk_b.next()),
+            },
+        };
+        let path = &a.or(b).expect("one side has the path").path;
         let decision = match input.direction {
             Direction::OneWay { delete } => decide_one_way(a, b, delete, input.compare),
             Direction::TwoWay => decide_two_way(a, b, input),
@@ -599,10 +606,10 @@ fn winner(a: &FileEntry, b: &FileEntry, input: &PlanInput<'_>) -> Side {
         (true, false) => Side::A,
         (false, true) => Side::B,
         _ => {
-            let key = |e: &FileEntry, own: ShortId| {
-                conflict::winner_key(e, last_changer(&e.version).unwrap_or(own))
-            };
-            if key(a, input.a_device) >= key(b, input.b_device) {
+            let device = |e: &FileEntry, own: ShortId| last_changer(&e.version).unwrap_or(own);
+            if conflict::compare_winners(a, device(a, input.a_device), b, device(b, input.b_device))
+                .is_ge()
+            {
                 Side::A
             } else {
                 Side::B
@@ -612,7 +619,7 @@ fn winner(a: &FileEntry, b: &FileEntry, input: &PlanInput<'_>) -> Side {
 }
 
 /// The device with the largest counter: the one that made the latest change.
-fn last_changer(v: &VersionVector) -> Option<ShortId> {
+pub(crate) fn last_changer(v: &VersionVector) -> Option<ShortId> {
     v.counters()
         .iter()
         .max_by_key(|(d, c)| (*c, *d))
