@@ -7,7 +7,7 @@
 //!   (meshsync-proto) over the control stream, and a chunk server
 //!   ([`peer`]);
 //! - per folder, a loop: scan → announce → plan against the swarm → apply
-//!   ([`folder`], [`pull`]), woken by file-system events (notify, debounced),
+//!   ([`folder`], [`pull`]), woken by file-system events ([`watcher`], debounced),
 //!   by index updates from peers, and by a slow periodic rescan;
 //! - the REST API and web UI on a loopback address ([`api`]).
 //!
@@ -25,6 +25,7 @@ pub mod peer;
 pub mod pull;
 pub mod runs;
 pub mod storage;
+pub mod watcher;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -125,7 +126,7 @@ pub struct Daemon {
     /// The transport, once bound.
     pub transport: tokio::sync::OnceCell<Arc<Transport>>,
     /// File-system notifications (folders opened later are added to it).
-    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    watcher: Mutex<Option<watcher::TreeWatcher>>,
 }
 
 fn now_secs() -> i64 {
@@ -560,10 +561,8 @@ impl Daemon {
     /// Watches folder roots and asks for a scan (debounced) when they change.
     fn watch_folders(self: &Arc<Self>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            for p in changed_paths(res) {
-                let _ = tx.send(p);
-            }
+        let watcher = watcher::TreeWatcher::start(move |p| {
+            let _ = tx.send(p);
         })
         .map_err(|e| {
             tracing::warn!(
@@ -571,9 +570,9 @@ impl Daemon {
             )
         })
         .ok();
-        let Some(mut watcher) = watcher else { return };
+        let Some(watcher) = watcher else { return };
         for rt in self.all_folders() {
-            watch_folder(&mut watcher, &rt.folder.root);
+            watcher.watch(&rt.folder.root);
         }
         *self.watcher.lock().expect("poisoned") = Some(watcher);
         let d = Arc::clone(self);
@@ -627,8 +626,8 @@ impl Daemon {
 
     /// Adds a folder opened after start to the file-system watch.
     fn watch(&self, root: &Path) {
-        if let Some(w) = self.watcher.lock().expect("poisoned").as_mut() {
-            watch_folder(w, root);
+        if let Some(w) = self.watcher.lock().expect("poisoned").as_ref() {
+            w.watch(root);
         }
     }
 
@@ -781,36 +780,6 @@ const SETTLE_QUIET: Duration = Duration::from_millis(40);
 /// The longest a burst of index batches delays the folder.
 const SETTLE_MAX: Duration = Duration::from_millis(500);
 
-/// The paths a file-system notification says may have changed. Reads (our
-/// own scans, chunks served to peers) change nothing. A notification that
-/// events were lost (the kernel's inotify queue overflowed, which a peer
-/// reading thousands of files can cause: every open is queued) yields the
-/// empty path, which asks every folder for a full scan.
-fn changed_paths(res: notify::Result<notify::Event>) -> Vec<PathBuf> {
-    match res {
-        Ok(ev) if ev.need_rescan() => vec![PathBuf::new()],
-        Ok(ev) if !ev.kind.is_access() => ev.paths,
-        Ok(_) => Vec::new(),
-        // The watcher failed to report something: treat it as lost events.
-        Err(_) => vec![PathBuf::new()],
-    }
-}
-
-/// Watches a folder's tree, except its `.meshsync` directory: every write
-/// to a partial download there would otherwise raise an inotify event (a
-/// wake-up per chunk written, measured at several per cent of a pull's CPU).
-fn watch_folder(watcher: &mut notify::RecommendedWatcher, root: &Path) {
-    use notify::{RecursiveMode, Watcher};
-    if let Err(e) = watcher.watch(root, RecursiveMode::Recursive) {
-        tracing::warn!("cannot watch {}: {e}", root.display());
-        return;
-    }
-    // Removes the watches of `.meshsync` and everything below it; the
-    // directories made in it later are not picked up (their parent is no
-    // longer watched).
-    let _ = watcher.unwatch(&root.join(meshsync_core::path::META_DIR));
-}
-
 /// Hands the allocator's free memory back to the system. A scan or a
 /// plan of a large folder frees tens of MiB in small pieces, which glibc
 /// keeps (fragmented) and the next phase then adds to; trimming between
@@ -924,9 +893,7 @@ pub async fn run(home: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{SETTLE_MAX, SETTLE_QUIET, changed_paths, settle};
-    use notify::event::{AccessKind, CreateKind, Event, EventKind, Flag};
-    use std::path::PathBuf;
+    use super::{SETTLE_MAX, SETTLE_QUIET, settle};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
     use tokio::sync::Notify;
@@ -980,18 +947,5 @@ mod tests {
         );
         // Batches that never stop coming: bounded.
         assert_eq!(settled_after(&wake, &burst, 40, false).await, SETTLE_MAX);
-    }
-
-    #[test]
-    fn lost_notifications_ask_for_a_full_scan_and_reads_for_nothing() {
-        let created = Event::new(EventKind::Create(CreateKind::File)).add_path("/f/a".into());
-        assert_eq!(changed_paths(Ok(created)), vec![PathBuf::from("/f/a")]);
-        let opened = Event::new(EventKind::Access(AccessKind::Any)).add_path("/f/a".into());
-        assert!(changed_paths(Ok(opened)).is_empty());
-        // What notify reports when the kernel's queue overflowed.
-        let overflow = Event::new(EventKind::Other).set_flag(Flag::Rescan);
-        assert_eq!(changed_paths(Ok(overflow)), vec![PathBuf::new()]);
-        let failed = notify::Error::generic("watch limit reached");
-        assert_eq!(changed_paths(Err(failed)), vec![PathBuf::new()]);
     }
 }
