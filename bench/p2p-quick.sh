@@ -7,6 +7,8 @@
 # (drop_caches; NODROP=1 keeps the page cache; HOOK=cmd runs at T0 with
 # $PA set, e.g. a perf record -p $PA; B starts after it: PERF=... for B).
 #   bench/p2p-quick.sh bench/_data/small      (BIN=... for another binary,
+#   UPDATE=1 to time the dataset's mutation as well (polled at 50 Hz;
+#   UHOOK=cmd runs before it, with $PA and $PB set),
 #   PERF="perf record -g -o b.perf" / PERFA=... to profile B / A)
 set -euo pipefail
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/meshsync}
@@ -48,5 +50,36 @@ echo "converged in $(echo "$T1 - $T0" | bc) s"
 grep -E "VmHWM|RssAnon|RssFile" /proc/$PA/status /proc/$PB/status
 echo "CPU while syncing: A $(echo "$(cpu $PA) - $A0" | bc) s, B $(cpu $PB) s"
 KEYB=$(sed -n 's/^api_key = "\([0-9a-f]*\)"/\1/p' $W/b/config.toml)
+if [ -n "${UPDATE:-}" ]; then
+  # The harness's update phase, outside it: A paused, the dataset's mutation
+  # applied, the page cache dropped, then rescan + resume on A; timed until B
+  # is idle with every byte and has run a sync round since.
+  KEYA=$(sed -n 's/^api_key = "\([0-9a-f]*\)"/\1/p' $W/a/config.toml)
+  post() { curl -s -o /dev/null -H "X-API-Key: $KEYA" -H 'Content-Type: application/json' -d "{\"folder\":\"$W/a/data\"}" http://127.0.0.1:23011/rest/$1; }
+  post pause
+  python3 "$(dirname "$0")/../../shared/bench/gen_dataset.py" mutate "$(basename "$SRC")" $W/a/data --seed 1001 >/dev/null
+  sync; [ -n "${NODROP:-}" ] || echo 3 > /proc/sys/vm/drop_caches
+  SYNCED0=$(curl -s -H "X-API-Key: $KEYB" http://127.0.0.1:23012/metrics | sed -n 's/^meshsync_files_synced_total //p')
+  A0=$(cpu $PA); B0=$(cpu $PB)
+  if [ -n "${UHOOK:-}" ]; then eval "$UHOOK"; fi
+  T0=$(date +%s.%N)
+  post rescan; post resume
+  python3 - "$KEYB" $(find $W/a/data -path '*/.meshsync' -prune -o -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}') "$SYNCED0" <<'PY'
+import json, sys, time, urllib.request
+key, want, synced0 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3] or 0)
+def get(path):
+    r = urllib.request.Request(f"http://127.0.0.1:23012{path}", headers={"X-API-Key": key})
+    return urllib.request.urlopen(r, timeout=2).read().decode()
+while True:
+    f = json.loads(get("/rest/status"))["folders"][0]
+    if f["state"] == "idle" and f["local_bytes"] == want and f["need_files"] == 0:
+        synced = [l for l in get("/metrics").splitlines() if l.startswith("meshsync_files_synced_total ")]
+        if synced and float(synced[0].split()[1]) > synced0:
+            break
+    time.sleep(0.02)
+PY
+  T1=$(date +%s.%N)
+  echo "update converged in $(echo "$T1 - $T0" | bc) s (CPU: A $(echo "$(cpu $PA) - $A0" | bc) s, B $(echo "$(cpu $PB) - $B0" | bc) s)"
+fi
 echo "B's scans: $(curl -s -H "X-API-Key: $KEYB" http://127.0.0.1:23012/metrics | sed -n 's/^meshsync_scans_total //p')"
 kill $PA $PB; pkill -f "home $W/" || true; wait 2>/dev/null || true
