@@ -210,7 +210,7 @@ pub fn global_view<'a>(indexes: &[&'a dyn EntryMap]) -> GlobalView<'a> {
         }
         kept.push((&best.path, entry));
     }
-    // In path order already: the map is built without sorting.
+    // In path order already: collecting into the map sorts nothing.
     let map = kept.into_iter().collect();
     let mut out = GlobalView { map };
     keep_directories_with_live_children(indexes, &mut out);
