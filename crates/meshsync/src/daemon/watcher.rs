@@ -191,6 +191,10 @@ impl Shared {
     /// Watches `top` and the directories below it.
     fn watch_tree(&self, top: &Path) {
         let mut todo = vec![top.to_path_buf()];
+        // Directories the kernel would not watch, and its first reason (one
+        // warning for a whole tree: past `fs.inotify.max_user_watches`
+        // every directory fails alike).
+        let mut refused: Option<(usize, io::Error)> = None;
         while let Some(dir) = todo.pop() {
             if self.excluded.lock().expect("poisoned").contains(&dir) {
                 continue;
@@ -208,11 +212,10 @@ impl Shared {
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(
-                        "cannot watch {}: {e}; changes there are found by full scans",
-                        dir.display()
-                    );
-                    (self.report)(PathBuf::new());
+                    match refused.as_mut() {
+                        Some((count, _)) => *count += 1,
+                        None => refused = Some((1, e)),
+                    }
                     continue;
                 }
             }
@@ -225,6 +228,16 @@ impl Shared {
                     todo.push(entry.path());
                 }
             }
+        }
+        if let Some((count, first)) = refused {
+            tracing::warn!(
+                "cannot watch {count} director{} in {} ({first}; if that is the \
+                 per-user limit, raise fs.inotify.max_user_watches): changes \
+                 there are found by full scans",
+                if count == 1 { "y" } else { "ies" },
+                top.display()
+            );
+            (self.report)(PathBuf::new());
         }
     }
 
