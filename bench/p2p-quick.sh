@@ -57,7 +57,8 @@ if [ -n "${UPDATE:-}" ]; then
   KEYA=$(sed -n 's/^api_key = "\([0-9a-f]*\)"/\1/p' $W/a/config.toml)
   post() { curl -s -o /dev/null -H "X-API-Key: $KEYA" -H 'Content-Type: application/json' -d "{\"folder\":\"$W/a/data\"}" http://127.0.0.1:23011/rest/$1; }
   post pause
-  python3 "$(dirname "$0")/../../shared/bench/gen_dataset.py" mutate "$(basename "$SRC")" $W/a/data --seed 1001 >/dev/null
+  SHARED=${BENCH_SHARED:-$(cd "$(dirname "$0")/.." && pwd)/../shared/bench}
+  python3 "$SHARED/gen_dataset.py" mutate "$(basename "$SRC")" $W/a/data >/dev/null
   sync; [ -n "${NODROP:-}" ] || echo 3 > /proc/sys/vm/drop_caches
   SYNCED0=$(curl -s -H "X-API-Key: $KEYB" http://127.0.0.1:23012/metrics | sed -n 's/^meshsync_files_synced_total //p')
   A0=$(cpu $PA); B0=$(cpu $PB)
