@@ -56,41 +56,31 @@ pub struct WinnerKey {
 /// without a new version, so two devices holding the same version of a
 /// directory could disagree on its key, and each pick itself.
 pub fn winner_key(e: &crate::entry::FileEntry, device: ShortId) -> WinnerKey {
+    let (mtime, device, content, size) = leading_key(e, device);
     WinnerKey {
-        mtime: winner_mtime(e),
+        mtime,
         device,
-        content: e.content.as_ref().map(|c| c.hash),
-        size: e.size,
+        content,
+        size,
         state: state_digest(e),
     }
 }
 
 /// `winner_key(a, a_device).cmp(&winner_key(b, b_device))`, with each
 /// side's state digest (a BLAKE3 hash) taken only when everything before it
-/// ties and the states differ. Folding a global view compares two equal versions at every path
-/// that two devices hold: the digests were a third of its time.
+/// ties and the states differ. Folding a global view compares two equal
+/// versions at every path that two devices hold: the digests were a third
+/// of its time.
 pub fn compare_winners(
     a: &crate::entry::FileEntry,
     a_device: ShortId,
     b: &crate::entry::FileEntry,
     b_device: ShortId,
 ) -> std::cmp::Ordering {
-    let leading = |e: &crate::entry::FileEntry, device| {
-        (
-            winner_mtime(e),
-            device,
-            e.content.as_ref().map(|c| c.hash),
-            e.size,
-        )
-    };
-    let same_state = |a: &crate::entry::FileEntry, b: &crate::entry::FileEntry| {
-        (a.kind, a.deleted, a.permissions, &a.symlink_target)
-            == (b.kind, b.deleted, b.permissions, &b.symlink_target)
-    };
-    leading(a, a_device)
-        .cmp(&leading(b, b_device))
+    leading_key(a, a_device)
+        .cmp(&leading_key(b, b_device))
         .then_with(|| {
-            if same_state(a, b) {
+            if state_facts(a) == state_facts(b) {
                 std::cmp::Ordering::Equal
             } else {
                 state_digest(a).cmp(&state_digest(b))
@@ -98,21 +88,39 @@ pub fn compare_winners(
         })
 }
 
-fn winner_mtime(e: &crate::entry::FileEntry) -> Timestamp {
-    if e.kind == crate::entry::FileKind::Directory {
+/// The fields of [`WinnerKey`] before its state digest, in its order.
+fn leading_key(
+    e: &crate::entry::FileEntry,
+    device: ShortId,
+) -> (Timestamp, ShortId, Option<crate::ids::Hash>, u64) {
+    let mtime = if e.kind == crate::entry::FileKind::Directory {
         Timestamp::default()
     } else {
         e.mtime
-    }
+    };
+    (mtime, device, e.content.as_ref().map(|c| c.hash), e.size)
 }
 
-/// [`WinnerKey::state`]: a digest of kind, deleted flag, permissions and
-/// symlink target.
+/// What [`WinnerKey::state`] digests: kind, deleted flag, permissions and
+/// symlink target (the digest reads none as empty; kept an `Option` here,
+/// as comparing two empty strings calls `memcmp`: 2 ms more per view of
+/// 20,000 paths in `cargo bench -p meshsync-core --bench plan`).
+fn state_facts(e: &crate::entry::FileEntry) -> (crate::entry::FileKind, bool, u32, Option<&str>) {
+    (
+        e.kind,
+        e.deleted,
+        e.permissions,
+        e.symlink_target.as_deref(),
+    )
+}
+
+/// [`WinnerKey::state`].
 fn state_digest(e: &crate::entry::FileEntry) -> crate::ids::Hash {
+    let (kind, deleted, permissions, target) = state_facts(e);
     let mut h = blake3::Hasher::new();
-    h.update(&[e.kind as u8, u8::from(e.deleted)]);
-    h.update(&e.permissions.to_le_bytes());
-    h.update(e.symlink_target.as_deref().unwrap_or("").as_bytes());
+    h.update(&[kind as u8, u8::from(deleted)]);
+    h.update(&permissions.to_le_bytes());
+    h.update(target.unwrap_or("").as_bytes());
     h.finalize().into()
 }
 

@@ -265,6 +265,15 @@ impl Action {
             Action::RecordVersion { .. } => 6,
         }
     }
+
+    /// Whether this action may run while file writes of `writes_phase` are
+    /// still in flight. One of the writes' own phase touches another path
+    /// (the plan gives a path at most one action per phase); one of a later
+    /// phase waits for them (a delete may remove a file they take chunks
+    /// from).
+    pub fn may_run_among_writes(&self, writes_phase: u8) -> bool {
+        self.phase() == writes_phase
+    }
 }
 
 /// A path the planner would not touch, and why.
@@ -913,6 +922,33 @@ mod tests {
         e.deleted = true;
         e.version.bump(by);
         e
+    }
+
+    #[test]
+    fn only_actions_of_the_writes_phase_run_among_them() {
+        let f = file("f", "body", 5, &[(ShortId(1), 1)]);
+        let copy = Action::Copy {
+            from: Side::B,
+            source: Box::new(f.clone()),
+            replaces: None,
+            version: f.version.clone(),
+        };
+        let mut touched = f.clone();
+        touched.mtime.secs = 6;
+        let metadata = Action::SetMetadata {
+            side: Side::A,
+            entry: Box::new(touched),
+            expected: Box::new(f.clone()),
+        };
+        let delete = Action::Delete {
+            side: Side::A,
+            expected: Box::new(f.clone()),
+            version: f.version.clone(),
+            making_room: false,
+        };
+        let writes = copy.phase();
+        assert!(metadata.may_run_among_writes(writes));
+        assert!(!delete.may_run_among_writes(writes));
     }
 
     fn index(entries: Vec<FileEntry>) -> Index {

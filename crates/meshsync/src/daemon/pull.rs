@@ -247,14 +247,14 @@ pub async fn apply<S: ChunkSource>(
     // The phase of the file writes in flight, if any.
     let mut writes_phase = None;
     for action in actions {
-        // Writes run concurrently; an action of a later phase waits for
-        // them (a delete may remove a file they take chunks from). The
-        // symlinks and metadata changes among the writes, in their phase,
-        // touch other paths and need not wait: draining before each of them
-        // cut a `small` update's 150 writes, mixed with 50 metadata
+        // Writes run concurrently; what may not run among them waits
+        // (`Action::may_run_among_writes`). Draining before every other
+        // action cut a `small` update's 150 writes, mixed with 50 metadata
         // changes, to a few at a time.
         let phase = action.phase();
-        if !matches!(action, Action::Copy { .. }) && writes_phase != Some(phase) {
+        if !matches!(action, Action::Copy { .. })
+            && !writes_phase.is_some_and(|p| action.may_run_among_writes(p))
+        {
             batch.drain(&mut copies).await;
         }
         let result: Result<(), WriteError> = (|| -> Result<(), WriteError> {
