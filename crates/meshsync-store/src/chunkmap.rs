@@ -31,7 +31,9 @@ use crate::scan::disk_path;
 
 #[derive(Debug, Clone)]
 struct Holder {
-    path: PathBuf,
+    /// Exactly as long as the path (a joined `PathBuf` keeps up to twice
+    /// that): a daemon's map holds one per file.
+    path: Box<Path>,
     inode: u64,
     size: u64,
     mtime: Timestamp,
@@ -46,7 +48,7 @@ struct Location {
 }
 
 /// Chunks available on a local disk, by hash.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ChunkMap {
     holders: Vec<Holder>,
     by_hash: HashMap<Hash, Location>,
@@ -60,7 +62,10 @@ impl ChunkMap {
         index: &StoredIndex,
         disk_names: &BTreeMap<RelPath, PathBuf>,
     ) -> Self {
-        let mut map = ChunkMap::default();
+        let mut map = ChunkMap {
+            holders: Vec::with_capacity(index.len()),
+            by_hash: HashMap::with_capacity(index.len()),
+        };
         for (path, stored) in index {
             let e = &stored.entry;
             if let (true, FileKind::File, Some(content), Some(local)) = (
@@ -92,17 +97,21 @@ impl ChunkMap {
     ) {
         let holder = self.holders.len() as u32;
         self.holders.push(Holder {
-            path,
+            path: path.into_boxed_path(),
             inode: local.inode,
             size,
             mtime,
         });
+        // The newest holder wins: an older one may have changed since.
         for (offset, c) in content.offsets() {
-            self.by_hash.entry(c.hash).or_insert(Location {
-                holder,
-                offset,
-                len: c.len,
-            });
+            self.by_hash.insert(
+                c.hash,
+                Location {
+                    holder,
+                    offset,
+                    len: c.len,
+                },
+            );
         }
     }
 

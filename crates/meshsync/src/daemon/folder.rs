@@ -32,6 +32,7 @@ use meshsync_core::keys::{FolderKey, KeyKind};
 use meshsync_core::path::{META_DIR, RelPath};
 use meshsync_core::plan::{Action, EntryMap, Index};
 use meshsync_core::pull::{PullInput, Stagger};
+use meshsync_store::chunkmap::ChunkMap;
 use meshsync_store::db::{IndexDb, StoredEntry, StoredIndex, TreeMeta, TreeUpdate};
 use meshsync_store::scan::{self, HashPolicy, ScanChanges, ScanOptions};
 use serde::Serialize;
@@ -132,6 +133,16 @@ pub struct Folder {
     pub state: std::sync::Mutex<FolderState>,
     /// Who holds which chunk (locked after `state` when both are).
     sources: LiveSources,
+    /// Where the local index's chunks are on disk, for serving peers and
+    /// for copies that reuse local data (locked after `state` when both
+    /// are). Rebuilt by every scan that finds a change; between scans,
+    /// each batch a pull records is added in place, copied first only if
+    /// a reader still holds the map. A full rebuild per batch held the
+    /// folder's lock for 7–20 ms with 20,000 files and kept two maps in
+    /// memory meanwhile. Entries that a later record made stale only cost
+    /// a miss: every chunk read checks the file's stat and the chunk's
+    /// hash.
+    chunks: std::sync::RwLock<Arc<ChunkMap>>,
     /// Chunks of big files being downloaded that this device holds.
     pub held: super::held::HeldChunks,
 }
@@ -156,6 +167,7 @@ impl Folder {
             last_counter: 0,
         });
         let stored = db.load(&tree_id)?;
+        let chunks = ChunkMap::from_index(&root, &stored, &BTreeMap::new());
         let paused = config.paused;
         Ok(Arc::new(Folder {
             config,
@@ -180,6 +192,7 @@ impl Folder {
                 refused: Vec::new(),
             }),
             sources: Arc::new(std::sync::RwLock::new(ChunkSources::new())),
+            chunks: std::sync::RwLock::new(Arc::new(chunks)),
             held: Default::default(),
         }))
     }
@@ -196,8 +209,9 @@ impl Folder {
         meshsync_store::write::marker_present(&self.root)
     }
 
-    /// Scans the folder (blocking) and stores the changes. Returns how many
-    /// entries changed. Without the marker, nothing is scanned.
+    /// Scans the folder (blocking) and stores the changes, and builds the
+    /// chunk map again if anything moved. Returns how many entries changed.
+    /// Without the marker, nothing is scanned.
     pub fn scan(&self, db: &IndexDb, now_unix_secs: i64) -> Result<usize> {
         if !self.marker_present() {
             let mut st = self.state.lock().expect("poisoned");
@@ -259,8 +273,14 @@ impl Folder {
             disk_names,
             ..
         } = outcome;
+        let moved = changed > 0 || !forgotten.is_empty() || st.local.disk_names != disk_names;
         ScanChanges::apply_to(updates, &forgotten, st.local.index_mut());
         st.local.disk_names = disk_names;
+        if moved {
+            // Also drops what records since the last scan made stale.
+            let map = ChunkMap::from_index(&self.root, &st.local.index, &st.local.disk_names);
+            *self.chunks.write().expect("poisoned") = Arc::new(map);
+        }
         Ok(changed)
     }
 
@@ -556,6 +576,17 @@ impl Folder {
             upserts: &upserts,
             removals: &[],
         }])?;
+        let mut served = self.chunks.write().expect("poisoned");
+        let map = Arc::make_mut(&mut served);
+        for stored in upserts {
+            let e = &stored.entry;
+            if let (true, FileKind::File, Some(content), Some(local)) =
+                (e.is_live(), e.kind, &e.content, &stored.local)
+            {
+                let at = meshsync_store::scan::disk_path(&self.root, &st.local.disk_names, &e.path);
+                map.add(at, local, e.size, e.mtime, content);
+            }
+        }
         Ok(())
     }
 
@@ -569,13 +600,9 @@ impl Folder {
             .fold((0, 0), |(n, b), s| (n + 1, b + s.entry.size))
     }
 
-    /// A snapshot of the local index's entries (for the chunk server).
-    pub fn local_chunk_map(&self) -> meshsync_store::chunkmap::ChunkMap {
-        let st = self.state.lock().expect("poisoned");
-        meshsync_store::chunkmap::ChunkMap::from_index(
-            &self.root,
-            &st.local.index,
-            &st.local.disk_names,
-        )
+    /// Where the local index's chunks are now (a snapshot: hold it only
+    /// while reading, or the next recorded batch copies the map).
+    pub fn chunk_map(&self) -> Arc<ChunkMap> {
+        Arc::clone(&self.chunks.read().expect("poisoned"))
     }
 }

@@ -36,7 +36,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use meshsync_core::ids::{DeviceId, ShareId};
 use meshsync_net::{Transport, TransportOptions};
-use meshsync_store::chunkmap::ChunkMap;
 use meshsync_store::db::IndexDb;
 use meshsync_store::identity::DeviceIdentity;
 use tokio::sync::{Notify, broadcast, watch};
@@ -71,8 +70,6 @@ pub struct FolderRuntime {
     /// The folder's latest local sequence number (connections send what
     /// peers have not seen when it moves).
     pub sequence: watch::Sender<u64>,
-    /// Where this device's chunks are, for serving peers.
-    pub chunks: RwLock<Arc<ChunkMap>>,
     /// What storage-only links need (the whole folder, if it is one).
     pub storage: storage::FolderStorage,
 }
@@ -223,7 +220,6 @@ impl Daemon {
                     }
                     let rt = Arc::new(FolderRuntime {
                         sequence: watch::channel(folder.max_sequence()).0,
-                        chunks: RwLock::new(Arc::new(folder.local_chunk_map())),
                         folder: Arc::clone(&folder),
                         wake: Notify::new(),
                         scan_requested: AtomicBool::new(true),
@@ -367,20 +363,18 @@ impl Daemon {
         let f = Arc::clone(&folder);
         let result = tokio::task::spawn_blocking(move || {
             let r = f.scan(&db, now);
-            let map = f.local_chunk_map();
             release_free_memory();
-            (r, map)
+            r
         })
         .await;
         self.counters.scans.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok((Ok(_changed), map)) => {
-                *rt.chunks.write().expect("poisoned") = Arc::new(map);
+            Ok(Ok(_changed)) => {
                 let _ = rt.sequence.send(folder.max_sequence());
                 self.index_moved.notify_waiters();
                 self.set_state(&folder, FolderStateKind::Idle);
             }
-            Ok((Err(e), _)) => {
+            Ok(Err(e)) => {
                 tracing::warn!("folder {}: {e:#}", folder.config.path.display());
                 self.set_state(&folder, FolderStateKind::Error);
             }
@@ -388,10 +382,9 @@ impl Daemon {
         }
     }
 
-    /// After a pull recorded changes: serves the new files' chunks, then
-    /// sends the new entries to every peer.
+    /// After a pull recorded changes (whose chunks are served from then
+    /// on, see `Folder::record`): sends the new entries to every peer.
     fn local_index_moved(&self, rt: &FolderRuntime) {
-        *rt.chunks.write().expect("poisoned") = Arc::new(rt.folder.local_chunk_map());
         let _ = rt.sequence.send(rt.folder.max_sequence());
         self.index_moved.notify_waiters();
     }

@@ -165,7 +165,6 @@ pub async fn apply<S: ChunkSource>(
 ) -> ApplyReport {
     let report = Arc::new(Mutex::new(ApplyReport::default()));
     let fail = |r: &Mutex<ApplyReport>, e: String| r.lock().expect("poisoned").errors.push(e);
-    let local_map = Arc::new(folder.local_chunk_map());
     let inflight: Arc<Mutex<HashMap<DeviceId, usize>>> = Arc::default();
     let bad: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
     let stalled: Arc<Mutex<HashSet<DeviceId>>> = Arc::default();
@@ -232,7 +231,6 @@ pub async fn apply<S: ChunkSource>(
         replacing,
         entry,
         stagger,
-        local_map: Arc::clone(&local_map),
         fetched_map: Arc::clone(fetched_map),
         known_dirs: Arc::clone(&known_dirs),
         partial_dir: partial_dir.clone(),
@@ -726,7 +724,6 @@ struct CopyJob<S> {
     entry: FileEntry,
     /// Where this device starts in the file's chunks.
     stagger: Stagger,
-    local_map: Arc<ChunkMap>,
     /// Files this round fetched already (for copies of the same content).
     fetched_map: Arc<ChunkMap>,
     /// Directories this round made sure of.
@@ -771,7 +768,9 @@ impl<S: ChunkSource> CopyJob<S> {
         } else {
             None
         };
-        let (root, map) = (self.folder.root.clone(), Arc::clone(&self.local_map));
+        // The local map as it is now (files this round recorded included),
+        // held only while the file is started.
+        let (root, map) = (self.folder.root.clone(), self.folder.chunk_map());
         let fetched = Arc::clone(&self.fetched_map);
         let partial_dir = self.partial_dir.clone();
         let content_for_start = content.clone();
@@ -1336,5 +1335,55 @@ mod tests {
         assert!(asked.contains(&(late, Hash::of(&two))), "{asked:?}");
         assert!(recorded.load(Ordering::SeqCst) >= 1);
         assert!(folder.stored(&RelPath::new("two").unwrap()).is_some());
+    }
+
+    #[tokio::test]
+    async fn recorded_files_are_served_at_once_and_held_maps_stay_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, folder, db) = test_folder(dir.path());
+        std::fs::write(root.join("here"), b"a local file").unwrap();
+        folder.scan(&db, 1_700_000_000).unwrap();
+        let body = b"fetched from a peer".to_vec();
+        let entry = file("fetched", &body);
+        let hash = Hash::of(&body);
+        let peer = DeviceId::from_bytes([1; 32]);
+        let mut sources = ChunkSources::new();
+        sources.add_entries(peer, std::slice::from_ref(&entry));
+        let sources = Arc::new(RwLock::new(sources));
+        let peers = Arc::new(TwoPeers {
+            chunks: [(hash, body.clone())].into(),
+            early: peer,
+            late: DeviceId::from_bytes([2; 32]),
+            gone: Hash::of(b"nothing"),
+            sources: Arc::clone(&sources),
+            asked: Mutex::default(),
+        });
+        // A reader (the chunk server, say) holds the map through the round.
+        let held = folder.chunk_map();
+        assert!(held.contains(&Hash::of(b"a local file")));
+        let action = Action::Copy {
+            from: Side::B,
+            source: Box::new(entry.clone()),
+            replaces: None,
+            version: entry.version.clone(),
+        };
+        let report = apply(
+            Arc::clone(&folder),
+            vec![action],
+            sources,
+            Stagger::NONE,
+            peers,
+            db,
+            || {},
+        )
+        .await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let served = folder.chunk_map();
+        assert_eq!(served.read_chunk(&hash, body.len() as u32), Some(body));
+        assert!(served.contains(&Hash::of(b"a local file")));
+        assert!(
+            !held.contains(&hash),
+            "a held map was changed under its reader"
+        );
     }
 }

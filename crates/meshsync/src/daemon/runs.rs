@@ -250,7 +250,7 @@ pub(super) fn read_group(
     rt: &super::FolderRuntime,
     chunks: &[ChunkRef],
 ) -> tokio::task::JoinHandle<Vec<Served>> {
-    let map = Arc::clone(&rt.chunks.read().expect("poisoned"));
+    let map = rt.folder.chunk_map();
     let folder = Arc::clone(&rt.folder);
     let chunks = chunks.to_vec();
     tokio::task::spawn_blocking(move || {

@@ -229,7 +229,7 @@ pub async fn serve_chunk(
         }
         FolderStorage::Reader(sealer) => {
             let sealer = Arc::clone(sealer);
-            let map = Arc::clone(&rt.chunks.read().expect("poisoned"));
+            let map = rt.folder.chunk_map();
             tokio::task::spawn_blocking(move || sealer.serve(&request.hash, request.len, &map))
                 .await?
         }

@@ -166,7 +166,7 @@ async fn serve_reader(
             entries.retain(|e| e.sequence <= max);
             for (group, last) in groups(entries, max) {
                 let (s, db) = (Arc::clone(sealer), Arc::clone(&daemon.db));
-                let chunks = Arc::clone(&rt.chunks.read().expect("poisoned"));
+                let chunks = rt.folder.chunk_map();
                 let started = std::time::Instant::now();
                 let count = group.len();
                 let tx = hints.clone();
