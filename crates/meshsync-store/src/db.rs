@@ -170,10 +170,17 @@ impl IndexDb {
         let mut out = StoredIndex::new();
         for row in table.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
-            let path = RelPath::new(k.value()).map_err(|e| self.corrupt(e))?;
             let entry: StoredEntry =
                 postcard::from_bytes(v.value()).map_err(|e| self.corrupt(e))?;
-            out.insert(path, entry);
+            if entry.entry.path.as_str() != k.value() {
+                return Err(self.corrupt(format!(
+                    "the row {:?} holds the entry of {:?}",
+                    k.value(),
+                    entry.entry.path.as_str()
+                )));
+            }
+            // The key shares the entry's path.
+            out.insert(entry.entry.path.clone(), entry);
         }
         Ok(out)
     }
