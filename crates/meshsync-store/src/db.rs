@@ -167,7 +167,8 @@ impl IndexDb {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(StoredIndex::new()),
             Err(e) => return Err(self.err(e)),
         };
-        let mut out = StoredIndex::new();
+        // Collected, then built in bulk: full nodes (see `insert_batch`).
+        let mut rows = Vec::new();
         for row in table.iter().map_err(|e| self.err(e))? {
             let (k, v) = row.map_err(|e| self.err(e))?;
             let entry: StoredEntry =
@@ -180,9 +181,9 @@ impl IndexDb {
                 )));
             }
             // The key shares the entry's path.
-            out.insert(entry.entry.path.clone(), entry);
+            rows.push((entry.entry.path.clone(), entry));
         }
-        Ok(out)
+        Ok(rows.into_iter().collect())
     }
 
     /// Writes a batch of changes to trees in one transaction (one fsync).

@@ -262,9 +262,10 @@ pub struct ScanChanges {
 impl ScanChanges {
     /// Applies the changes to the index they were computed against.
     pub fn apply_to(updates: Vec<StoredEntry>, forgotten: &[RelPath], index: &mut StoredIndex) {
-        for u in updates {
-            index.insert(u.entry.path.clone(), u);
-        }
+        meshsync_core::plan::insert_batch(
+            index,
+            updates.into_iter().map(|u| (u.entry.path.clone(), u)),
+        );
         for path in forgotten {
             index.remove(path);
         }

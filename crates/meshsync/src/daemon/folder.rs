@@ -334,9 +334,10 @@ impl Folder {
         let remote = st.remotes.entry(peer).or_default();
         remote.authoritative = signed;
         remote.max_sequence = remote.max_sequence.max(last_sequence);
-        for e in entries {
-            remote.entries.insert(e.path.clone(), e);
-        }
+        meshsync_core::plan::insert_batch(
+            &mut remote.entries,
+            entries.into_iter().map(|e| (e.path.clone(), e)),
+        );
         news
     }
 
@@ -562,12 +563,14 @@ impl Folder {
         }
         let mut st = self.state.lock().expect("poisoned");
         let mut paths = Vec::with_capacity(changes.len());
+        let mut batch = Vec::with_capacity(changes.len());
         for mut c in changes {
             st.meta.sequence += 1;
             c.entry.sequence = st.meta.sequence;
             paths.push(c.entry.path.clone());
-            st.local.index_mut().insert(c.entry.path.clone(), c);
+            batch.push((c.entry.path.clone(), c));
         }
+        meshsync_core::plan::insert_batch(st.local.index_mut(), batch);
         let upserts: Vec<&StoredEntry> =
             paths.iter().filter_map(|p| st.local.index.get(p)).collect();
         db.commit(&[TreeUpdate {
