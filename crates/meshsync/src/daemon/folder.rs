@@ -582,13 +582,7 @@ impl Folder {
         let mut served = self.chunks.write().expect("poisoned");
         let map = Arc::make_mut(&mut served);
         for stored in upserts {
-            let e = &stored.entry;
-            if let (true, FileKind::File, Some(content), Some(local)) =
-                (e.is_live(), e.kind, &e.content, &stored.local)
-            {
-                let at = meshsync_store::scan::disk_path(&self.root, &st.local.disk_names, &e.path);
-                map.add(at, local, e.size, e.mtime, content);
-            }
+            map.add_stored(stored, &st.local.disk_names);
         }
         Ok(())
     }
