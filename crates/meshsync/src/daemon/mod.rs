@@ -553,9 +553,9 @@ impl Daemon {
 
     /// Watches folder roots and asks for a scan (debounced) when they change.
     fn watch_folders(self: &Arc<Self>) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-        let watcher = watcher::TreeWatcher::start(move |p| {
-            let _ = tx.send(p);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
+        let watcher = watcher::TreeWatcher::start(move |paths| {
+            let _ = tx.send(paths);
         })
         .map_err(|e| {
             tracing::warn!(
@@ -572,10 +572,10 @@ impl Daemon {
         tokio::spawn(async move {
             // Debounce: collect events for a moment, then wake the folders.
             while let Some(first) = rx.recv().await {
-                let mut paths = vec![first];
+                let mut paths: Vec<PathBuf> = first;
                 let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-                while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                    paths.push(p);
+                while let Ok(Some(more)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                    paths.extend(more);
                 }
                 paths.sort_unstable();
                 paths.dedup();

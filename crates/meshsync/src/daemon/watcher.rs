@@ -17,6 +17,12 @@
 //! no event of their own, but the directory's path is reported: it is not
 //! in the index, so the daemon scans the folder, and finds them.
 //!
+//! Paths are reported in batches, one per read of the kernel's queue, and
+//! the reader pauses [`COALESCE`] after each, so that a burst (a pull
+//! renaming 20,000 files into place) makes a few dozen reports, not one
+//! thread wake-up and one message per event. A lone change is still
+//! reported at once.
+//!
 //! Lost events are reported as the empty path, which asks the daemon for a
 //! full scan of every folder: the kernel's queue overflowed, a watch could
 //! not be added (the per-user limit, `fs.inotify.max_user_watches`), or
@@ -35,6 +41,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+
+/// How long the reader waits after a batch before it reads again.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What every directory is watched for: changes, never reads.
 const WATCHED: WatchMask = WatchMask::CREATE
@@ -63,14 +72,15 @@ struct Shared {
     dirs: Mutex<HashMap<i32, (PathBuf, WatchDescriptor)>>,
     /// Directories never watched (each folder's `.meshsync`).
     excluded: Mutex<Vec<PathBuf>>,
-    report: Box<dyn Fn(PathBuf) + Send + Sync>,
+    report: Box<dyn Fn(Vec<PathBuf>) + Send + Sync>,
     stopping: AtomicBool,
 }
 
 impl TreeWatcher {
-    /// Starts the watcher; `report` gets every path that may have changed
+    /// Starts the watcher; `report` gets, in batches, every path that may
+    /// have changed
     /// (the empty path: events were lost).
-    pub fn start(report: impl Fn(PathBuf) + Send + Sync + 'static) -> io::Result<TreeWatcher> {
+    pub fn start(report: impl Fn(Vec<PathBuf>) + Send + Sync + 'static) -> io::Result<TreeWatcher> {
         let inotify = Inotify::init()?;
         let shared = Arc::new(Shared {
             watches: Mutex::new(inotify.watches()),
@@ -138,40 +148,42 @@ fn read_events(mut inotify: Inotify, shared: &Shared) {
                 tracing::warn!(
                     "file-system notifications stopped: {e}; relying on periodic rescans"
                 );
-                (shared.report)(PathBuf::new());
+                (shared.report)(vec![PathBuf::new()]);
                 return;
             }
         };
         if shared.stopping.load(Ordering::SeqCst) {
             return;
         }
-        for event in events {
-            shared.handle(event.wd.get_watch_descriptor_id(), event.mask, event.name);
+        let batch: Vec<PathBuf> = events
+            .filter_map(|event| {
+                shared.handle(event.wd.get_watch_descriptor_id(), event.mask, event.name)
+            })
+            .collect();
+        if !batch.is_empty() {
+            (shared.report)(batch);
         }
+        std::thread::sleep(COALESCE);
     }
 }
 
 impl Shared {
-    /// One event from the watch `id`.
-    fn handle(&self, id: i32, mask: EventMask, name: Option<&OsStr>) {
+    /// One event from the watch `id`: the path to report, if any.
+    fn handle(&self, id: i32, mask: EventMask, name: Option<&OsStr>) -> Option<PathBuf> {
         if mask.contains(EventMask::Q_OVERFLOW) {
-            (self.report)(PathBuf::new());
-            return;
+            return Some(PathBuf::new());
         }
         if mask.contains(EventMask::IGNORED) {
             // The watch is gone (its directory deleted, or unwatched).
             self.dirs.lock().expect("poisoned").remove(&id);
-            return;
+            return None;
         }
-        let Some(dir) = self
+        let dir = self
             .dirs
             .lock()
             .expect("poisoned")
             .get(&id)
-            .map(|(dir, _)| dir.clone())
-        else {
-            return;
-        };
+            .map(|(dir, _)| dir.clone())?;
         let path = match name {
             Some(name) => dir.join(name),
             None => dir,
@@ -185,7 +197,7 @@ impl Shared {
                 self.unwatch_tree(&path);
             }
         }
-        (self.report)(path);
+        Some(path)
     }
 
     /// Watches `top` and the directories below it.
@@ -237,7 +249,7 @@ impl Shared {
                 if count == 1 { "y" } else { "ies" },
                 top.display()
             );
-            (self.report)(PathBuf::new());
+            (self.report)(vec![PathBuf::new()]);
         }
     }
 
@@ -283,8 +295,10 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("outside"), root.join("a/link")).unwrap();
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
-        let watcher = TreeWatcher::start(move |path| {
-            let _ = tx.lock().unwrap().send(path);
+        let watcher = TreeWatcher::start(move |paths| {
+            for path in paths {
+                let _ = tx.lock().unwrap().send(path);
+            }
         })
         .unwrap();
         watcher.watch(&root);
@@ -339,8 +353,9 @@ mod tests {
 
     #[test]
     fn an_overflowed_queue_asks_for_a_full_scan() {
-        let (_dir, watcher, rx) = watched();
-        watcher.shared.handle(-1, EventMask::Q_OVERFLOW, None);
-        assert_eq!(reported(&rx), vec![PathBuf::new()]);
+        let (_dir, watcher, _rx) = watched();
+        // The read loop reports what `handle` returns, in the batch of its read.
+        let asked = watcher.shared.handle(-1, EventMask::Q_OVERFLOW, None);
+        assert_eq!(asked, Some(PathBuf::new()));
     }
 }
