@@ -661,13 +661,7 @@ mod tests {
     #[test]
     fn chunk_sources_agree_with_a_list_per_chunk() {
         // Seeded random adds and departures, against the obvious model.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = crate::testing::seeded(0x9e37_79b9_7f4a_7c15u64);
         let hashes: Vec<Hash> = (0..40u32).map(|i| Hash::of(&i.to_le_bytes())).collect();
         let mut s = ChunkSources::new();
         let mut model: HashMap<Hash, Vec<u64>> = HashMap::new();

@@ -32,3 +32,19 @@ pub mod path;
 pub mod plan;
 pub mod pull;
 pub mod version;
+
+/// Helpers for this crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A seeded xorshift64 that draws numbers below its argument: the same
+    /// sequence on every run, so a failing case replays.
+    pub fn seeded(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut state = seed.max(1);
+        move |below| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        }
+    }
+}

@@ -915,13 +915,7 @@ mod tests {
     fn a_batch_lands_as_if_inserted_one_by_one() {
         // Batches small and large against the map, unsorted, with repeats
         // (inside a batch and of earlier batches): the later value wins.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = crate::testing::seeded(0x2545_f491_4f6c_dd1du64);
         let (mut packed, mut plain) = (BTreeMap::new(), BTreeMap::new());
         for round in 0..60u64 {
             let size = if round % 7 == 0 { 500 } else { next(40) };

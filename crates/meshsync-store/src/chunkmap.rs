@@ -250,7 +250,6 @@ impl ChunkMap {
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .ok()?;
-
         // SAFETY: a valid descriptor; advice only.
         unsafe {
             libc::posix_fadvise(
