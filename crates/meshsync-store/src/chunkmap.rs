@@ -175,6 +175,40 @@ impl ChunkMap {
         file.read_exact_at(&mut buf, loc.offset).ok()?;
         (Hash::of(&buf) == *hash).then_some(buf)
     }
+
+    /// Opens a chunk holder's file if it is still what was hashed.
+    fn open_checked(&self, holder: u32) -> Option<File> {
+        let h = &self.holders[holder as usize];
+        let joined;
+        let path: &Path = match (&h.path, &self.root) {
+            (HolderPath::InRoot(rel), Some(root)) => {
+                joined = root.join(rel.as_str());
+                &joined
+            }
+            (HolderPath::InRoot(_), None) => return None,
+            (HolderPath::Elsewhere(path), _) => path,
+        };
+        let f = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .ok()?;
+        // SAFETY: a valid descriptor; advice only.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::POSIX_FADV_SEQUENTIAL,
+            );
+        }
+        let md = f.metadata().ok()?;
+        let same = md.ino() == h.inode
+            && md.size() == h.size
+            && md.mtime() == h.mtime.secs
+            && md.mtime_nsec() as u32 == h.mtime.nanos;
+        same.then_some(f)
+    }
 }
 
 /// Copies chunks out of the files of one or more [`ChunkMap`]s (tried in
@@ -229,41 +263,5 @@ impl<'m, const N: usize> ChunkReader<'m, N> {
         }
         to.write_all_at(&self.buf, to_offset)?;
         Ok(true)
-    }
-}
-
-impl ChunkMap {
-    /// Opens a chunk holder's file if it is still what was hashed.
-    fn open_checked(&self, holder: u32) -> Option<File> {
-        let h = &self.holders[holder as usize];
-        let joined;
-        let path: &Path = match (&h.path, &self.root) {
-            (HolderPath::InRoot(rel), Some(root)) => {
-                joined = root.join(rel.as_str());
-                &joined
-            }
-            (HolderPath::InRoot(_), None) => return None,
-            (HolderPath::Elsewhere(path), _) => path,
-        };
-        let f = File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .ok()?;
-        // SAFETY: a valid descriptor; advice only.
-        unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-                0,
-                libc::POSIX_FADV_SEQUENTIAL,
-            );
-        }
-        let md = f.metadata().ok()?;
-        let same = md.ino() == h.inode
-            && md.size() == h.size
-            && md.mtime() == h.mtime.secs
-            && md.mtime_nsec() as u32 == h.mtime.nanos;
-        same.then_some(f)
     }
 }
