@@ -116,6 +116,10 @@ pub struct DeviceConfig {
     /// stops answering).
     #[serde(default = "default_chunk_stall_secs")]
     pub chunk_stall_secs: u64,
+    /// Seconds a new connection may take to say hello; then it is closed
+    /// (a stranger that connects and stays silent).
+    #[serde(default = "default_hello_timeout_secs")]
+    pub hello_timeout_secs: u64,
 }
 
 fn default_rescan_secs() -> u64 {
@@ -124,6 +128,10 @@ fn default_rescan_secs() -> u64 {
 
 fn default_chunk_stall_secs() -> u64 {
     20
+}
+
+fn default_hello_timeout_secs() -> u64 {
+    10
 }
 
 /// How a folder treats changes.
@@ -214,6 +222,7 @@ impl Config {
                 api_key,
                 rescan_interval_secs: default_rescan_secs(),
                 chunk_stall_secs: default_chunk_stall_secs(),
+                hello_timeout_secs: default_hello_timeout_secs(),
             },
             discovery: DiscoveryConfig::default(),
             folders: Vec::new(),

@@ -17,6 +17,8 @@
 //!   `PATH_MAX`, one that fits neither, case-only renames of directories,
 //!   and a conflict on a 255-byte name (whose conflict-copy name cannot
 //!   hold the full name).
+//! * **Strangers**: devices without a key that connect and stay silent, more
+//!   of them from one address than the daemon admits.
 //!
 //! The mount tests need root (CI runs as root); the clock test needs
 //! libfaketime (`apt-get install faketime`; `.ci/run` does). Without them a
@@ -1388,4 +1390,108 @@ fn regression_a_version_counter_at_u64_max_from_a_liar_never_blocks_a_later_edit
     });
     assert!(b.health(), "B died\n{}", b.log_text());
     assert!(!b.log_text().contains("panicked"), "{}", b.log_text());
+}
+
+// Sharing is by key, so any device may connect; one that opens no folder is
+// a stranger, and strangers are bounded (daemon/admission.rs): past 16 such
+// connections from one address the next is closed at once, before it is
+// registered as a peer, and one that never says hello is closed after
+// `hello_timeout_secs`. The real peer syncs through it all.
+#[test]
+fn strangers_are_bounded_per_address_and_silent_ones_time_out() {
+    let dir = Dir::new("faults-strangers");
+    let (mut a, mut b) = pair(&dir, |d| {
+        d.write_with("a/first.txt", "first\n", 0o644, T1);
+    });
+    let config = a.home.join("config.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    let text = text.replacen("hello_timeout_secs = 10\n", "hello_timeout_secs = 5\n", 1);
+    assert!(text.contains("hello_timeout_secs = 5"), "{text}");
+    fs::write(&config, text).unwrap();
+    a.start();
+    b.start();
+    let (pa, pb) = (dir.path("a"), dir.path("b"));
+    eventually("A and B to converge", &[&a, &b], || same_trees(&pa, &pb));
+    let a_id = device_id(&a);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    // Each stranger has its own identity and socket, all on 127.0.0.1; none
+    // opens a stream.
+    let strangers: Vec<_> = (0..17)
+        .map(|n| {
+            let home = dir.mkdir(&format!("home-stranger-{n}"));
+            let identity = DeviceIdentity::load_or_create(&home).expect("an identity");
+            rt.block_on(async {
+                let transport = Transport::bind(
+                    "127.0.0.1:0".parse().unwrap(),
+                    &identity,
+                    TransportOptions::default(),
+                )
+                .expect("a transport");
+                let conn = transport
+                    .connect(a.listen, Some(a_id))
+                    .await
+                    .expect("the handshake");
+                (transport, conn)
+            })
+        })
+        .collect();
+    let closed = |n: usize, within: Duration| -> String {
+        let conn = strangers[n].1.connection.clone();
+        rt.block_on(async move { tokio::time::timeout(within, conn.closed()).await })
+            .unwrap_or_else(|_| panic!("stranger {n} still connected after {within:?}"))
+            .to_string()
+    };
+    // Exactly one of the 17 is refused (the last to be counted: normally
+    // the last to connect), at once, with the reason; the others wait for
+    // their hello timeout.
+    const TOO_MANY: &str = "too many connections without a shared folder from this address";
+    let refused_ones = || -> Vec<usize> {
+        (0..strangers.len())
+            .filter(|&n| {
+                strangers[n]
+                    .1
+                    .connection
+                    .close_reason()
+                    .is_some_and(|r| r.to_string().contains(TOO_MANY))
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refused_ones().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = refused_ones();
+    assert_eq!(refused.len(), 1, "strangers refused: {refused:?}");
+    // The real peer is served while they wait.
+    dir.write_with("a/second.txt", "second\n", 0o644, T1);
+    eventually("B to get second.txt", &[&a, &b], || {
+        has_content(&pb.join("second.txt"), b"second\n")
+    });
+    for n in (0..strangers.len()).filter(|n| *n != refused[0]) {
+        let reason = closed(n, Duration::from_secs(30));
+        assert!(
+            reason.contains("no hello within 5 s"),
+            "stranger {n}: {reason}"
+        );
+    }
+    let status = a.status();
+    assert_eq!(
+        status["peers"].as_array().map(Vec::len),
+        Some(1),
+        "only B is a peer: {status}"
+    );
+    assert_eq!(a.metric("meshsync_connections_refused_total"), 17.0);
+    assert_eq!(a.metric("meshsync_strangers_connected"), 0.0);
+    // Their places are free again: a new device from the same address
+    // connects.
+    let c = Device::new(&dir, "C");
+    c.join(&a.folder_key(0), &dir.path("c"), &[&a], None);
+    let mut c = c;
+    c.start();
+    let pc = dir.path("c");
+    eventually("C to converge", &[&a, &c], || same_trees(&pa, &pc));
 }

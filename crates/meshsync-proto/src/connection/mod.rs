@@ -161,6 +161,12 @@ impl Connection {
         self.folders.get(share).map(FolderState::status)
     }
 
+    /// Whether any folder is open both ways: until one is, the peer has
+    /// proved no key (a stranger, as far as this connection knows).
+    pub fn has_open_folder(&self) -> bool {
+        self.phase != Phase::Closed && self.open_folders > 0
+    }
+
     /// Whether `share` is open both ways. Serve a chunk stream's request only
     /// if this holds for its share (answer [`ChunkStatus::Refused`]
     /// otherwise).

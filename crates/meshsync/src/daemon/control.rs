@@ -188,6 +188,13 @@ pub struct Metrics {
     /// Index entries received as chunk-list patches (protocol version 5).
     #[serde(default)]
     pub entries_patched: u64,
+    /// Incoming connections closed by the bounds on strangers or the hello
+    /// timeout.
+    #[serde(default)]
+    pub connections_refused: u64,
+    /// Incoming connections open now that share no folder yet.
+    #[serde(default)]
+    pub strangers_connected: u64,
 }
 
 /// A command refused, with the HTTP status to answer.

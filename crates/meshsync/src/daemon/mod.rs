@@ -15,6 +15,7 @@
 //! talk to a peer that has not proven the folder key, and never apply a
 //! change to a folder whose marker is missing.
 
+pub mod admission;
 pub mod api;
 pub mod control;
 pub mod deltas;
@@ -89,6 +90,9 @@ pub struct Counters {
     pub scans: AtomicU64,
     /// Index entries that arrived as chunk-list patches.
     pub entries_patched: AtomicU64,
+    /// Incoming connections closed by the bounds on strangers
+    /// ([`admission`]) or the hello timeout.
+    pub connections_refused: AtomicU64,
 }
 
 /// The running daemon.
@@ -107,6 +111,8 @@ pub struct Daemon {
     pub folders: RwLock<HashMap<ShareId, Arc<FolderRuntime>>>,
     /// Connected peers.
     pub peers: Arc<PeerRegistry>,
+    /// Incoming connections that share no folder yet, counted and bounded.
+    pub admission: Arc<admission::Admission>,
     /// Addresses discovery found.
     pub book: Arc<discovery::AddressBook>,
     /// Signalled when a folder's local index moved (a scan or a pull
@@ -150,6 +156,7 @@ impl Daemon {
             db,
             folders: RwLock::new(HashMap::new()),
             peers: Arc::new(peers),
+            admission: Arc::default(),
             book: Arc::new(discovery::AddressBook::default()),
             index_moved: Notify::new(),
             lan_stats: discovery::lan::LanStats::default(),
@@ -740,6 +747,8 @@ impl Control for Daemon {
             folders: self.folders.read().expect("poisoned").len() as u64,
             scans: c.scans.load(Ordering::Relaxed),
             entries_patched: c.entries_patched.load(Ordering::Relaxed),
+            connections_refused: c.connections_refused.load(Ordering::Relaxed),
+            strangers_connected: self.admission.strangers() as u64,
         }
     }
 

@@ -348,11 +348,35 @@ pub async fn run_connection(
         conn.connection.close(0u32.into(), b"connected to itself");
         return;
     }
-    if conn.role == Role::Initiator {
-        daemon
-            .peers
-            .note_dialled(conn.connection.remote_address(), conn.peer);
-    }
+    // An incoming connection counts as a stranger's until a folder opens on
+    // it; past the bounds it is closed before it can displace anyone
+    // (admission.rs).
+    let stranger = match conn.role {
+        Role::Initiator => {
+            daemon
+                .peers
+                .note_dialled(conn.connection.remote_address(), conn.peer);
+            None
+        }
+        Role::Responder => match daemon.admission.admit(conn.connection.remote_address()) {
+            Ok(place) => Some(place),
+            Err(refusal) => {
+                tracing::debug!(
+                    peer = %conn.peer,
+                    remote = %conn.connection.remote_address(),
+                    "connection refused: {}",
+                    refusal.reason()
+                );
+                daemon
+                    .counters
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                conn.connection
+                    .close(0u32.into(), refusal.reason().as_bytes());
+                return;
+            }
+        },
+    };
     let link = Arc::new(PeerLink {
         device: conn.peer,
         name: Mutex::new(String::new()),
@@ -388,7 +412,7 @@ pub async fn run_connection(
         device_id: conn.peer.to_string(),
         address,
     });
-    if let Err(e) = drive_control(&daemon, &link).await {
+    if let Err(e) = drive_control(&daemon, &link, stranger).await {
         tracing::info!("peer {}: {e:#}", conn.peer);
     }
     daemon.peers.remove(&conn.peer, conn.connection.stable_id());
@@ -448,12 +472,48 @@ fn index_id(daemon: &Daemon, share: &ShareId) -> u64 {
 }
 
 /// Drives the control stream: hello, folder opening, index exchange.
-async fn drive_control(daemon: &Arc<Daemon>, link: &Arc<PeerLink>) -> Result<()> {
+/// `stranger` is the connection's place among those that share no folder
+/// yet, given up once one opens. A peer that has not said hello within
+/// `hello_timeout_secs` of the connection is closed (quietly: a stranger's
+/// silence is not worth a log line each).
+async fn drive_control(
+    daemon: &Arc<Daemon>,
+    link: &Arc<PeerLink>,
+    mut stranger: Option<super::admission::StrangerPlace>,
+) -> Result<()> {
     let conn = &link.conn;
-    let (mut send, mut recv) = match conn.role {
-        Role::Initiator => conn.open_control_stream().await?,
-        Role::Responder => conn.accept_control_stream().await?,
+    let hello_secs = daemon
+        .config
+        .lock()
+        .expect("poisoned")
+        .device
+        .hello_timeout_secs
+        .max(1);
+    let hello_deadline = tokio::time::Instant::now() + Duration::from_secs(hello_secs);
+    let no_hello = |proto: Option<&mut Connection>| {
+        let reason = format!("no hello within {hello_secs} s");
+        tracing::debug!(peer = %link.device, "{reason}");
+        daemon
+            .counters
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(proto) = proto {
+            proto.close(CloseCode::Timeout, &reason);
+        }
+        reason
     };
+    let control = async {
+        match conn.role {
+            Role::Initiator => conn.open_control_stream().await,
+            Role::Responder => conn.accept_control_stream().await,
+        }
+    };
+    let Ok(control) = tokio::time::timeout_at(hello_deadline, control).await else {
+        let reason = no_hello(None);
+        conn.connection.close(0u32.into(), reason.as_bytes());
+        return Ok(());
+    };
+    let (mut send, mut recv) = control?;
     // Chunk streams come after the control stream; served while it lives.
     let server = tokio::spawn(run_chunk_server(Arc::clone(daemon), Arc::clone(link)));
     let _stop_server = AbortOnDrop(server);
@@ -486,7 +546,18 @@ async fn drive_control(daemon: &Arc<Daemon>, link: &Arc<PeerLink>) -> Result<()>
         if proto.is_closed() {
             return Ok(());
         }
+        if stranger.is_some() && proto.has_open_folder() {
+            stranger = None;
+        }
         tokio::select! {
+            _ = tokio::time::sleep_until(hello_deadline), if proto.negotiated_version().is_none() => {
+                let reason = no_hello(Some(&mut proto));
+                while let Some(bytes) = proto.poll_transmit() {
+                    let _ = send.write_all(&bytes).await;
+                }
+                conn.connection.close(0u32.into(), reason.as_bytes());
+                return Ok(());
+            }
             read = recv.read(&mut buf) => {
                 let keys = folder_keys(daemon);
                 match read.context("reading the control stream")? {
