@@ -31,6 +31,10 @@
 //! [`Transport::connect_service`], [`TRACKER_ALPN`]) from the device's own
 //! socket, so the tracker sees the address peers will reach it at.
 //!
+//! [`ratelimit`] holds the sans-IO token buckets and source keys that bound
+//! what one address may cost (the tracker's request limits, the daemon's
+//! bandwidth limits and bounds on strangers).
+//!
 //! What it does not do: decide whether a device may sync a folder (the
 //! access-key proof and allowlists belong to the protocol layer), discovery,
 //! or NAT traversal.
@@ -54,6 +58,7 @@
 pub mod cert;
 mod error;
 mod options;
+pub mod ratelimit;
 mod transport;
 mod verify;
 

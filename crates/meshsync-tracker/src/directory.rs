@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use meshsync_core::ids::DeviceId;
 use meshsync_proto::tracker::{LookupKey, MAX_ADDRS, MAX_PEERS, PeerInfo};
 
-use crate::ratelimit::SourceKey;
+use meshsync_net::ratelimit::SourceKey;
 
 /// The bounds of a [`Directory`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,8 @@
 //! - [`directory`]: the only thing it stores — per lookup key, the devices
 //!   that announced it, their observed and announced addresses, with a TTL;
 //!   bounded per key, per device, per source address and in total.
-//! - [`ratelimit`]: token buckets per source address (IPv4 address, IPv6
-//!   /64) and for bytes.
+//! - [`ratelimit`] (meshsync-net's, shared with the daemon): token buckets
+//!   per source address (IPv4 address, IPv6 /64) and for bytes.
 //! - [`relay`]: pairs two devices' relay streams and forwards their bytes
 //!   under per-session and total rate caps.
 //! - [`server`]: the QUIC shell ([`Tracker`]).
@@ -32,7 +32,7 @@
 
 pub mod client;
 pub mod directory;
-pub mod ratelimit;
+pub use meshsync_net::ratelimit;
 pub mod relay;
 pub mod server;
 

@@ -34,7 +34,7 @@ use meshsync_proto::tracker::{
 use quinn::{RecvStream, SendStream, VarInt};
 use tracing::{debug, info};
 
-use crate::ratelimit::TokenBucket;
+use meshsync_net::ratelimit::TokenBucket;
 
 /// Stream error code: the other device left (or the session ended).
 pub const RELAY_CLOSED: u32 = 0;

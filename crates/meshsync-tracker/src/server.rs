@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::directory::{Directory, DirectoryLimits};
-use crate::ratelimit::{SourceKey, SourceLimiter};
 use crate::relay::{Relay, RelayOptions};
+use meshsync_net::ratelimit::{SourceKey, SourceLimiter};
 
 /// Connection close code: the client broke the protocol.
 pub const CLOSE_BAD_MESSAGE: u32 = 16;

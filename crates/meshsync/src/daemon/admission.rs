@@ -6,8 +6,9 @@
 //! stranger. A stranger's connection is cheap (the protocol holds it to 64
 //! KiB frames and 1024 refused offers), but its number was unbounded. Here:
 //! - at most [`PER_ADDRESS`] incoming connections without an open folder
-//!   from one address (an IPv6 address counts by its /64 prefix, what one
-//!   host usually holds), and at most [`TOTAL`] from everywhere;
+//!   from one address (a [`SourceKey`]: an IPv6 address counts by its /64
+//!   prefix, what one host usually holds), and at most [`TOTAL`] from
+//!   everywhere;
 //! - the connection that would go over either bound is closed before it is
 //!   registered as a peer, so it displaces nobody;
 //! - a connection leaves the count once a folder opens on it (a real peer
@@ -21,37 +22,15 @@
 //! bounds, nor hold a count after its connection is gone.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+
+use meshsync_net::ratelimit::SourceKey;
 
 /// Incoming connections without an open folder, per address.
 pub const PER_ADDRESS: usize = 16;
 /// Incoming connections without an open folder, in all.
 pub const TOTAL: usize = 256;
-
-/// Where a connection comes from, as far as the bounds are concerned: an
-/// IPv4 address, or an IPv6 /64 prefix (an IPv4-mapped IPv6 address is its
-/// IPv4 address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AddressBucket(IpAddr);
-
-impl AddressBucket {
-    /// The bucket of `addr`.
-    pub fn of(addr: SocketAddr) -> Self {
-        match addr.ip() {
-            IpAddr::V4(v4) => AddressBucket(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => AddressBucket(IpAddr::V4(v4)),
-                None => {
-                    let s = v6.segments();
-                    AddressBucket(IpAddr::V6(Ipv6Addr::new(
-                        s[0], s[1], s[2], s[3], 0, 0, 0, 0,
-                    )))
-                }
-            },
-        }
-    }
-}
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +61,7 @@ pub struct Admission {
 
 #[derive(Debug, Default)]
 struct Counts {
-    by_bucket: HashMap<AddressBucket, usize>,
+    by_source: HashMap<SourceKey, usize>,
     total: usize,
 }
 
@@ -105,12 +84,12 @@ impl Admission {
     /// Counts an incoming connection from `addr` as a stranger until the
     /// returned place is dropped; refuses it if that would pass a bound.
     pub fn admit(self: &Arc<Self>, addr: SocketAddr) -> Result<StrangerPlace, Refusal> {
-        let bucket = AddressBucket::of(addr);
+        let source = SourceKey::of(addr.ip());
         let mut held = self.held.lock().expect("poisoned");
         if held.total >= self.total {
             return Err(Refusal::Total);
         }
-        let n = held.by_bucket.entry(bucket).or_default();
+        let n = held.by_source.entry(source).or_default();
         if *n >= self.per_address {
             return Err(Refusal::Address);
         }
@@ -118,7 +97,7 @@ impl Admission {
         held.total += 1;
         Ok(StrangerPlace {
             admission: Arc::clone(self),
-            bucket,
+            source,
         })
     }
 
@@ -133,17 +112,17 @@ impl Admission {
 #[derive(Debug)]
 pub struct StrangerPlace {
     admission: Arc<Admission>,
-    bucket: AddressBucket,
+    source: SourceKey,
 }
 
 impl Drop for StrangerPlace {
     fn drop(&mut self) {
         let mut held = self.admission.held.lock().expect("poisoned");
         held.total -= 1;
-        if let Some(n) = held.by_bucket.get_mut(&self.bucket) {
+        if let Some(n) = held.by_source.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {
-                held.by_bucket.remove(&self.bucket);
+                held.by_source.remove(&self.source);
             }
         }
     }
@@ -155,26 +134,6 @@ mod tests {
 
     fn at(s: &str) -> SocketAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn an_ipv6_host_counts_by_its_64_prefix_and_mapped_ipv4_as_ipv4() {
-        assert_eq!(
-            AddressBucket::of(at("[2001:db8:1:2:aaaa::1]:1")),
-            AddressBucket::of(at("[2001:db8:1:2:bbbb::9]:2"))
-        );
-        assert_ne!(
-            AddressBucket::of(at("[2001:db8:1:2::1]:1")),
-            AddressBucket::of(at("[2001:db8:1:3::1]:1"))
-        );
-        assert_eq!(
-            AddressBucket::of(at("[::ffff:192.0.2.7]:1")),
-            AddressBucket::of(at("192.0.2.7:9"))
-        );
-        assert_ne!(
-            AddressBucket::of(at("192.0.2.7:1")),
-            AddressBucket::of(at("192.0.2.8:1"))
-        );
     }
 
     #[test]
@@ -195,6 +154,6 @@ mod tests {
         drop(a1);
         assert_eq!(admission.strangers(), 2);
         let _a3 = admission.admit(at("192.0.2.1:3")).unwrap();
-        assert_eq!(admission.held.lock().unwrap().by_bucket.len(), 2);
+        assert_eq!(admission.held.lock().unwrap().by_source.len(), 2);
     }
 }

@@ -368,6 +368,7 @@ impl Daemon {
         let db = Arc::clone(&self.db);
         let now = now_secs();
         let f = Arc::clone(&folder);
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let r = f.scan(&db, now);
             release_free_memory();
@@ -376,7 +377,12 @@ impl Daemon {
         .await;
         self.counters.scans.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(Ok(_changed)) => {
+            Ok(Ok(changed)) => {
+                tracing::debug!(
+                    changed,
+                    elapsed_s = started.elapsed().as_secs_f64(),
+                    "scan done"
+                );
                 let _ = rt.sequence.send(folder.max_sequence());
                 self.index_moved.notify_waiters();
                 self.set_state(&folder, FolderStateKind::Idle);
