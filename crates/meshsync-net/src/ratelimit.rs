@@ -63,6 +63,11 @@ impl TokenBucket {
         self.last = now;
     }
 
+    /// Tokens added per second (0: unlimited).
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
     /// Spends `cost` tokens (going into debt if need be) and returns how
     /// long the caller must wait before the spending is covered.
     pub fn spend(&mut self, now: Instant, cost: f64) -> Duration {

@@ -120,6 +120,14 @@ pub struct DeviceConfig {
     /// (a stranger that connects and stays silent).
     #[serde(default = "default_hello_timeout_secs")]
     pub hello_timeout_secs: u64,
+    /// Chunk data sent to all peers together, at most this many KiB/s (0:
+    /// no limit).
+    #[serde(default)]
+    pub max_send_kibps: u64,
+    /// Chunk data fetched from all peers together, at most this many KiB/s
+    /// (0: no limit).
+    #[serde(default)]
+    pub max_recv_kibps: u64,
 }
 
 fn default_rescan_secs() -> u64 {
@@ -223,6 +231,8 @@ impl Config {
                 rescan_interval_secs: default_rescan_secs(),
                 chunk_stall_secs: default_chunk_stall_secs(),
                 hello_timeout_secs: default_hello_timeout_secs(),
+                max_send_kibps: 0,
+                max_recv_kibps: 0,
             },
             discovery: DiscoveryConfig::default(),
             folders: Vec::new(),

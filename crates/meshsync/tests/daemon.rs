@@ -2032,3 +2032,55 @@ fn peers_share_parts_of_a_big_file_they_are_still_downloading() {
         "neither B nor C served a chunk of big.bin while downloading it"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Bandwidth limits
+
+/// Sets `[device] key = value` in a device's config (before it starts).
+fn set_device_option(device: &Device, key: &str, value: u64) {
+    let config = device.home.join("config.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    let text = text.replacen(&format!("{key} = 0\n"), &format!("{key} = {value}\n"), 1);
+    assert!(text.contains(&format!("{key} = {value}\n")), "{text}");
+    fs::write(&config, text).unwrap();
+}
+
+/// `max_send_kibps` holds a device's uploads to its rate, and
+/// `max_recv_kibps` a device's downloads: 2 MiB at 512 KiB/s cannot arrive
+/// in under 3.5 s (the bucket holds 128 KiB), where without a limit it takes
+/// well under a second here. A lower bound only: a limit can make a
+/// transfer slower, never faster, so the check cannot flake.
+#[test]
+fn bandwidth_limits_hold_uploads_and_downloads_to_their_rate() {
+    let dir = Dir::new("daemon-bandwidth");
+    let body = random_bytes(41, 2 * MIB);
+    // A sends at most 512 KiB/s to B; C fetches at most 512 KiB/s from D.
+    let (mut a, mut b) = pair(&dir, |d| {
+        d.write_with("a/big.bin", &body, 0o644, T1);
+    });
+    dir.write_with("d/big.bin", &body, 0o644, T1);
+    let mut d = Device::new(&dir, "D");
+    let c = Device::new(&dir, "C");
+    let keys = d.share(&dir.path("d"), None);
+    c.join(&keys.read_write, &dir.path("c"), &[&d], None);
+    let mut c = c;
+    set_device_option(&a, "max_send_kibps", 512);
+    set_device_option(&c, "max_recv_kibps", 512);
+    a.start();
+    d.start();
+    let started = std::time::Instant::now();
+    b.start();
+    c.start();
+    let (pa, pb, pc, pd) = (dir.path("a"), dir.path("b"), dir.path("c"), dir.path("d"));
+    converge(&[&a, &b], &pa, &pb);
+    let upload = started.elapsed();
+    converge(&[&c, &d], &pc, &pd);
+    let download = started.elapsed();
+    // (`download` includes any wait for the upload; it is only a lower bound.)
+    for (what, took) in [("upload", upload), ("download", download)] {
+        assert!(
+            took >= Duration::from_millis(3500),
+            "the {what} of 2 MiB at 512 KiB/s took {took:?}"
+        );
+    }
+}

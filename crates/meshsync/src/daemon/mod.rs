@@ -17,6 +17,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod bandwidth;
 pub mod control;
 pub mod deltas;
 pub mod discovery;
@@ -148,6 +149,7 @@ impl Daemon {
         let (events, _) = broadcast::channel(1024);
         let peers = PeerRegistry::default();
         peers.set_stall_after(Duration::from_secs(config.device.chunk_stall_secs.max(1)));
+        peers.set_limits(&config.device);
         let daemon = Arc::new(Daemon {
             home: home.to_path_buf(),
             config: Mutex::new(config),
@@ -639,7 +641,10 @@ impl Daemon {
 
     fn reload_config(self: &Arc<Self>) -> Vec<Arc<FolderRuntime>> {
         match Config::load(&self.home) {
-            Ok(c) => *self.config.lock().expect("poisoned") = c,
+            Ok(c) => {
+                self.peers.set_limits(&c.device);
+                *self.config.lock().expect("poisoned") = c;
+            }
             Err(e) => tracing::warn!("config not reloaded: {e:#}"),
         }
         self.open_new_folders()

@@ -30,6 +30,7 @@ use meshsync_proto::message::ChunkSpan;
 use meshsync_proto::{CloseCode, Connection, Event as ProtoEvent, FolderOffer, LocalInfo};
 
 use super::Daemon;
+use super::bandwidth::Bandwidth;
 use super::control::{Event, PeerStatus};
 use super::discovery::pex::Exchange;
 use super::discovery::{Found, PathKind};
@@ -78,6 +79,10 @@ pub struct PeerRegistry {
     /// How long a chunk request waits for the peer's next bytes, in
     /// milliseconds (0: the default, [`runs::DEFAULT_STALL`]).
     stall_after_ms: AtomicU64,
+    /// Chunk bytes sent to peers, at most `max_send_kibps`.
+    pub send_limit: Bandwidth,
+    /// Chunk bytes fetched from peers, at most `max_recv_kibps`.
+    pub recv_limit: Bandwidth,
 }
 
 impl PeerRegistry {
@@ -117,6 +122,12 @@ impl PeerRegistry {
     pub fn set_stall_after(&self, after: Duration) {
         self.stall_after_ms
             .store(after.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Applies the configured bandwidth limits.
+    pub fn set_limits(&self, device: &crate::config::DeviceConfig) {
+        self.send_limit.set_kibps(device.max_send_kibps);
+        self.recv_limit.set_kibps(device.max_recv_kibps);
     }
 
     /// How long a chunk request waits for the peer's next bytes.
@@ -199,6 +210,7 @@ impl ChunkSource for PeerRegistry {
         let link = self
             .get(&peer)
             .ok_or_else(|| anyhow!("peer {peer} is not connected"))?;
+        self.recv_limit.take(u64::from(chunk.len)).await;
         let bytes = match link.sealed.reader_view(&share) {
             Some(view) => {
                 super::storage::fetch_from_store(&link, share, chunk, &view, self.stall_after())
@@ -233,6 +245,9 @@ impl ChunkSource for PeerRegistry {
         }
         let rebuilt =
             super::deltas::fetch(&link.conn, share, chunk, base, self.stall_after()).await?;
+        // A delta's size is known once it is here: counted after, which
+        // holds back the fetches that follow.
+        self.recv_limit.take(rebuilt.wire).await;
         link.bytes_in.fetch_add(rebuilt.wire, Ordering::Relaxed);
         self.bytes_received
             .fetch_add(rebuilt.wire, Ordering::Relaxed);
@@ -317,7 +332,8 @@ async fn serve_chunk(
         return Ok(());
     };
     if link.sealed.is_sealed(&request.share) {
-        let n = super::storage::serve_chunk(rt, request, &mut send).await?;
+        let n =
+            super::storage::serve_chunk(rt, request, &mut send, &daemon.peers.send_limit).await?;
         link.bytes_out.fetch_add(n, Ordering::Relaxed);
         daemon.counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
         return Ok(());

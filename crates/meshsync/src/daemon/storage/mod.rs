@@ -214,6 +214,7 @@ pub async fn serve_chunk(
     rt: Arc<FolderRuntime>,
     request: ChunkRequest,
     send: &mut quinn::SendStream,
+    limit: &super::bandwidth::Bandwidth,
 ) -> Result<u64> {
     let bytes = match &rt.storage {
         FolderStorage::Store(store) => {
@@ -239,6 +240,7 @@ pub async fn serve_chunk(
             send.write_all(&ChunkResponse::found(&request).encode())
                 .await?;
             let len = bytes.len() as u64;
+            limit.take(len).await;
             send.write_chunk(bytes.into()).await?;
             send.finish()?;
             Ok(len)

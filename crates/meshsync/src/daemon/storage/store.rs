@@ -1003,6 +1003,7 @@ async fn fetch_one(
             continue;
         }
         *inflight.lock().expect("poisoned").entry(peer).or_default() += 1;
+        daemon.peers.recv_limit.take(u64::from(chunk.len)).await;
         let result = super::super::peer::fetch_chunk(
             &link.conn,
             store.share,
