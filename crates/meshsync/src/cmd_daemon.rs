@@ -3,7 +3,9 @@
 //!
 //! Each talks to a running daemon through its REST API when one runs (the
 //! address and key are in the config), and otherwise edits the config file,
-//! which the daemon reads when it starts (or re-reads on `rescan`).
+//! which the daemon reads when it starts. `share` and `join` always write
+//! the config: a running daemon reads it again every 2 s and opens new
+//! folders (then the command asks it to rescan).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -23,7 +23,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use daemon_util::{
-    Device, absent, describe, eventually, has_content, holds_for, names_in, same_trees, snapshot,
+    Device, absent, describe, eventually, eventually_within, has_content, holds_for, names_in,
+    same_trees, snapshot,
 };
 use util::{Dir, MIB, Node, random_bytes};
 
@@ -416,6 +417,62 @@ fn regression_folder_added_while_running_is_watched() {
     dir.write_with("b/back.txt", "and back\n", 0o644, T2);
     converge(&[&a, &b], &pa, &pb);
     has_content(&pa.join("back.txt"), b"and back\n").unwrap();
+}
+
+// Bug: the config was read again only after 2 s without any event, so a
+// folder shared while another folder kept changing (a file written every
+// few hundred milliseconds: scans, state events) was never opened.
+#[test]
+fn regression_folder_shared_while_events_flow_is_opened() {
+    let dir = Dir::new("daemon-join-busy");
+    dir.write_with("busy/log.txt", "0\n", 0o644, T1);
+    let mut a = Device::new(&dir, "A");
+    a.share(&dir.path("busy"), None);
+    a.start();
+    // Events keep flowing: the busy folder changes every 300 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, log) = (std::sync::Arc::clone(&stop), dir.path("busy/log.txt"));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                fs::write(&log, format!("{n}\n")).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let mut events = a.events(Duration::from_secs(10));
+    let mut seen = 0;
+    while seen < 3 {
+        events
+            .next_event()
+            .expect("events while the busy folder changes");
+        seen += 1;
+    }
+    dir.write_with("late/hello.txt", "shared while busy\n", 0o644, T1);
+    a.share(&dir.path("late"), None);
+    let late = fs::canonicalize(dir.path("late")).unwrap();
+    eventually_within(
+        Duration::from_secs(20),
+        "the late folder to be opened",
+        &[&a],
+        || {
+            let status = a.status();
+            let files = status["folders"]
+                .as_array()
+                .expect("folders")
+                .iter()
+                .find(|f| f["path"].as_str().map(Path::new) == Some(late.as_path()))
+                .and_then(|f| f["local_files"].as_u64());
+            match files {
+                Some(1) => Ok(()),
+                other => Err(format!("local_files {other:?}")),
+            }
+        },
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
 }
 
 // ---------------------------------------------------------------------------

@@ -148,8 +148,7 @@ impl Daemon {
         let db = Arc::new(IndexDb::open(home)?);
         let (events, _) = broadcast::channel(1024);
         let peers = PeerRegistry::default();
-        peers.set_stall_after(Duration::from_secs(config.device.chunk_stall_secs.max(1)));
-        peers.set_limits(&config.device);
+        peers.configure(&config.device);
         let daemon = Arc::new(Daemon {
             home: home.to_path_buf(),
             config: Mutex::new(config),
@@ -642,7 +641,7 @@ impl Daemon {
     fn reload_config(self: &Arc<Self>) -> Vec<Arc<FolderRuntime>> {
         match Config::load(&self.home) {
             Ok(c) => {
-                self.peers.set_limits(&c.device);
+                self.peers.configure(&c.device);
                 *self.config.lock().expect("poisoned") = c;
             }
             Err(e) => tracing::warn!("config not reloaded: {e:#}"),
@@ -861,20 +860,23 @@ pub async fn run(home: &Path) -> Result<()> {
     tokio::spawn(api::serve(api_listener, router, async move {
         let _ = stop_api.changed().await;
     }));
-    // Config changes (share/join while running) arrive as a rescan request.
+    // Config changes (share/join while running, edits by hand) are read
+    // every 2 s. (A timer restarted by every event never fired while a busy
+    // folder kept the events coming.)
     let reloader = Arc::clone(&daemon);
     tokio::spawn(async move {
-        let mut events = reloader.events.subscribe();
+        let mut every = tokio::time::interval(Duration::from_secs(2));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await; // the first tick is at once
         let mut stopping = reloader.stopping.subscribe();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                _ = every.tick() => {
                     for rt in reloader.reload_config() {
                         reloader.watch(&rt.folder.root);
                         tokio::spawn(Arc::clone(&reloader).run_folder(rt));
                     }
                 }
-                _ = events.recv() => {}
                 _ = stopping.changed() => return,
             }
         }

@@ -119,13 +119,15 @@ impl PeerRegistry {
     }
 
     /// Sets how long a chunk request waits for the peer's next bytes.
-    pub fn set_stall_after(&self, after: Duration) {
+    fn set_stall_after(&self, after: Duration) {
         self.stall_after_ms
             .store(after.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Applies the configured bandwidth limits.
-    pub fn set_limits(&self, device: &crate::config::DeviceConfig) {
+    /// Applies the device settings chunk transfers use (at start and on
+    /// every config reload): the stall time and the bandwidth limits.
+    pub fn configure(&self, device: &crate::config::DeviceConfig) {
+        self.set_stall_after(Duration::from_secs(device.chunk_stall_secs.max(1)));
         self.send_limit.set_kibps(device.max_send_kibps);
         self.recv_limit.set_kibps(device.max_recv_kibps);
     }
