@@ -2125,15 +2125,15 @@ fn bandwidth_limits_hold_uploads_and_downloads_to_their_rate() {
     set_device_option(&c, "max_recv_kibps", 512);
     a.start();
     d.start();
+    let (pa, pb, pc, pd) = (dir.path("a"), dir.path("b"), dir.path("c"), dir.path("d"));
     let started = std::time::Instant::now();
     b.start();
-    c.start();
-    let (pa, pb, pc, pd) = (dir.path("a"), dir.path("b"), dir.path("c"), dir.path("d"));
     converge(&[&a, &b], &pa, &pb);
     let upload = started.elapsed();
+    let started = std::time::Instant::now();
+    c.start();
     converge(&[&c, &d], &pc, &pd);
     let download = started.elapsed();
-    // (`download` includes any wait for the upload; it is only a lower bound.)
     for (what, took) in [("upload", upload), ("download", download)] {
         assert!(
             took >= Duration::from_millis(3500),

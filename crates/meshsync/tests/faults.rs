@@ -1396,18 +1396,15 @@ fn regression_a_version_counter_at_u64_max_from_a_liar_never_blocks_a_later_edit
 // a stranger, and strangers are bounded (daemon/admission.rs): past 16 such
 // connections from one address the next is closed at once, before it is
 // registered as a peer, and one that never says hello is closed after
-// `hello_timeout_secs`. The real peer syncs through it all.
+// `hello_timeout_secs` (10 s). The real peer syncs through it all.
 #[test]
 fn strangers_are_bounded_per_address_and_silent_ones_time_out() {
     let dir = Dir::new("faults-strangers");
     let (mut a, mut b) = pair(&dir, |d| {
         d.write_with("a/first.txt", "first\n", 0o644, T1);
     });
-    let config = a.home.join("config.toml");
-    let text = fs::read_to_string(&config).unwrap();
-    let text = text.replacen("hello_timeout_secs = 10\n", "hello_timeout_secs = 5\n", 1);
-    assert!(text.contains("hello_timeout_secs = 5"), "{text}");
-    fs::write(&config, text).unwrap();
+    // (The default hello timeout, 10 s: time enough to connect all 17
+    // before the first is due, on a loaded machine too.)
     a.start();
     b.start();
     let (pa, pb) = (dir.path("a"), dir.path("b"));
@@ -1474,7 +1471,7 @@ fn strangers_are_bounded_per_address_and_silent_ones_time_out() {
     for n in (0..strangers.len()).filter(|n| *n != refused[0]) {
         let reason = closed(n, Duration::from_secs(30));
         assert!(
-            reason.contains("no hello within 5 s"),
+            reason.contains("no hello within 10 s"),
             "stranger {n}: {reason}"
         );
     }
@@ -1484,8 +1481,16 @@ fn strangers_are_bounded_per_address_and_silent_ones_time_out() {
         Some(1),
         "only B is a peer: {status}"
     );
+    // (A place is freed just after its connection is closed.)
+    eventually("A to count no strangers", &[&a], || {
+        let n = a.metric("meshsync_strangers_connected");
+        if n == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{n} strangers"))
+        }
+    });
     assert_eq!(a.metric("meshsync_connections_refused_total"), 17.0);
-    assert_eq!(a.metric("meshsync_strangers_connected"), 0.0);
     // Their places are free again: a new device from the same address
     // connects.
     let c = Device::new(&dir, "C");

@@ -568,7 +568,7 @@ fn render_metrics(metrics: &Metrics, status: &Status) -> String {
         (
             "meshsync_connections_refused_total",
             "counter",
-            "Incoming connections closed for sharing no folder past the bounds, or for no hello in time.",
+            "Connections closed for sharing no folder past the bounds on strangers, or for no hello in time.",
             metrics.connections_refused,
         ),
         (

@@ -188,8 +188,8 @@ pub struct Metrics {
     /// Index entries received as chunk-list patches (protocol version 5).
     #[serde(default)]
     pub entries_patched: u64,
-    /// Incoming connections closed by the bounds on strangers or the hello
-    /// timeout.
+    /// Connections closed by the bounds on strangers (incoming) or the
+    /// hello timeout (either way).
     #[serde(default)]
     pub connections_refused: u64,
     /// Incoming connections open now that share no folder yet.

@@ -122,8 +122,11 @@ pub async fn serve(
         return Ok(());
     }
     send.write_all(&request.found(len).encode()).await?;
-    daemon.peers.send_limit.take(u64::from(len)).await;
-    send.write_chunk(made.into()).await?;
+    daemon
+        .peers
+        .send_limit
+        .write_limited(&mut send, made)
+        .await?;
     send.finish()?;
     link.bytes_out.fetch_add(u64::from(len), Ordering::Relaxed);
     daemon

@@ -91,8 +91,8 @@ pub struct Counters {
     pub scans: AtomicU64,
     /// Index entries that arrived as chunk-list patches.
     pub entries_patched: AtomicU64,
-    /// Incoming connections closed by the bounds on strangers
-    /// ([`admission`]) or the hello timeout.
+    /// Connections closed by the bounds on strangers ([`admission`],
+    /// incoming) or the hello timeout (either way).
     pub connections_refused: AtomicU64,
 }
 
@@ -639,12 +639,18 @@ impl Daemon {
     }
 
     fn reload_config(self: &Arc<Self>) -> Vec<Arc<FolderRuntime>> {
-        match Config::load(&self.home) {
-            Ok(c) => {
-                self.peers.configure(&c.device);
-                *self.config.lock().expect("poisoned") = c;
+        {
+            // Read and taken under the lock: a command that changes the
+            // config (pause, resume) saves it under the same lock, so a
+            // read from before it cannot overwrite it.
+            let mut config = self.config.lock().expect("poisoned");
+            match Config::load(&self.home) {
+                Ok(c) => {
+                    self.peers.configure(&c.device);
+                    *config = c;
+                }
+                Err(e) => tracing::warn!("config not reloaded: {e:#}"),
             }
-            Err(e) => tracing::warn!("config not reloaded: {e:#}"),
         }
         self.open_new_folders()
     }

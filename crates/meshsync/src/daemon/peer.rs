@@ -367,8 +367,8 @@ pub async fn run_connection(
         return;
     }
     // An incoming connection counts as a stranger's until a folder opens on
-    // it; past the bounds it is closed before it can displace anyone
-    // (admission.rs).
+    // it; past its address's bound it is closed before it can displace
+    // anyone (admission.rs).
     let stranger = match conn.role {
         Role::Initiator => {
             daemon
@@ -376,24 +376,39 @@ pub async fn run_connection(
                 .note_dialled(conn.connection.remote_address(), conn.peer);
             None
         }
-        Role::Responder => match daemon.admission.admit(conn.connection.remote_address()) {
-            Ok(place) => Some(place),
-            Err(refusal) => {
-                tracing::debug!(
-                    peer = %conn.peer,
-                    remote = %conn.connection.remote_address(),
-                    "connection refused: {}",
-                    refusal.reason()
-                );
-                daemon
-                    .counters
-                    .connections_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                conn.connection
-                    .close(0u32.into(), refusal.reason().as_bytes());
-                return;
+        Role::Responder => {
+            let evict = {
+                let (connection, daemon) = (conn.connection.clone(), Arc::clone(&daemon));
+                move || {
+                    daemon
+                        .counters
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    connection.close(0u32.into(), super::admission::EVICTED.as_bytes());
+                }
+            };
+            match daemon
+                .admission
+                .admit(conn.connection.remote_address(), evict)
+            {
+                Some(place) => Some(place),
+                None => {
+                    tracing::debug!(
+                        peer = %conn.peer,
+                        remote = %conn.connection.remote_address(),
+                        "connection refused: {}",
+                        super::admission::REFUSED
+                    );
+                    daemon
+                        .counters
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    conn.connection
+                        .close(0u32.into(), super::admission::REFUSED.as_bytes());
+                    return;
+                }
             }
-        },
+        }
     };
     let link = Arc::new(PeerLink {
         device: conn.peer,
@@ -508,16 +523,13 @@ async fn drive_control(
         .hello_timeout_secs
         .max(1);
     let hello_deadline = tokio::time::Instant::now() + Duration::from_secs(hello_secs);
-    let no_hello = |proto: Option<&mut Connection>| {
+    let no_hello = || {
         let reason = format!("no hello within {hello_secs} s");
         tracing::debug!(peer = %link.device, "{reason}");
         daemon
             .counters
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
-        if let Some(proto) = proto {
-            proto.close(CloseCode::Timeout, &reason);
-        }
         reason
     };
     let control = async {
@@ -527,7 +539,7 @@ async fn drive_control(
         }
     };
     let Ok(control) = tokio::time::timeout_at(hello_deadline, control).await else {
-        let reason = no_hello(None);
+        let reason = no_hello();
         conn.connection.close(0u32.into(), reason.as_bytes());
         return Ok(());
     };
@@ -557,9 +569,21 @@ async fn drive_control(
     let mut stopping = daemon.stopping.subscribe();
     loop {
         while let Some(bytes) = proto.poll_transmit() {
-            send.write_all(&bytes)
-                .await
-                .context("writing the control stream")?;
+            let write = send.write_all(&bytes);
+            if proto.negotiated_version().is_some() {
+                write.await.context("writing the control stream")?;
+            } else {
+                // Before the hello, a peer that gives the stream no credit
+                // must not hold this write past the deadline.
+                match tokio::time::timeout_at(hello_deadline, write).await {
+                    Ok(written) => written.context("writing the control stream")?,
+                    Err(_) => {
+                        let reason = no_hello();
+                        conn.connection.close(0u32.into(), reason.as_bytes());
+                        return Ok(());
+                    }
+                }
+            }
         }
         if proto.is_closed() {
             return Ok(());
@@ -569,10 +593,9 @@ async fn drive_control(
         }
         tokio::select! {
             _ = tokio::time::sleep_until(hello_deadline), if proto.negotiated_version().is_none() => {
-                let reason = no_hello(Some(&mut proto));
-                while let Some(bytes) = proto.poll_transmit() {
-                    let _ = send.write_all(&bytes).await;
-                }
+                // No flush of a Close: the peer may give the stream no
+                // credit; the QUIC close carries the reason.
+                let reason = no_hello();
                 conn.connection.close(0u32.into(), reason.as_bytes());
                 return Ok(());
             }

@@ -298,9 +298,7 @@ pub(super) async fn send_served(
     send.write_all(&ChunkResponse::found(request).encode())
         .await?;
     let len = bytes.len() as u64;
-    daemon.peers.send_limit.take(len).await;
-    // Handed over, not copied into quinn's send buffer.
-    send.write_chunk(bytes.into()).await?;
+    daemon.peers.send_limit.write_limited(send, bytes).await?;
     if partial {
         daemon
             .counters

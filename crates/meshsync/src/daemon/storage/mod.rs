@@ -240,8 +240,7 @@ pub async fn serve_chunk(
             send.write_all(&ChunkResponse::found(&request).encode())
                 .await?;
             let len = bytes.len() as u64;
-            limit.take(len).await;
-            send.write_chunk(bytes.into()).await?;
+            limit.write_limited(send, bytes).await?;
             send.finish()?;
             Ok(len)
         }
