@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use meshsync_core::ids::DeviceId;
 use meshsync_core::keys::{FolderKey, KeyKind, ReadWriteKey};
 use meshsync_core::path::META_DIR;
 use meshsync_store::identity::DeviceIdentity;
@@ -77,6 +78,10 @@ pub struct ShareArgs {
     /// Static peer addresses to connect to.
     #[arg(long = "peer", value_name = "ADDR:PORT")]
     pub peers: Vec<SocketAddr>,
+    /// Only these devices may open the folder (repeatable; default: any
+    /// device holding a key of it).
+    #[arg(long = "allow", value_name = "DEVICE_ID")]
+    pub allow: Vec<DeviceId>,
     /// Print the keys as JSON.
     #[arg(long)]
     pub json: bool,
@@ -96,6 +101,10 @@ pub struct JoinArgs {
     /// with a read-only key).
     #[arg(long, value_enum)]
     pub mode: Option<FolderMode>,
+    /// Only these devices may open the folder here (repeatable; default:
+    /// any device holding a key of it).
+    #[arg(long = "allow", value_name = "DEVICE_ID")]
+    pub allow: Vec<DeviceId>,
 }
 
 /// Flags of `meshsync status`.
@@ -147,7 +156,14 @@ pub fn share(args: ShareArgs, home: &Path) -> Result<u8> {
         .context("the operating system's random number generator failed")?;
     let key = ReadWriteKey::from_secret(&secret);
     let rw = key.to_key_string();
-    add_folder(home, &args.dir, rw.to_string(), args.mode, args.peers)?;
+    add_folder(
+        home,
+        &args.dir,
+        rw.to_string(),
+        args.mode,
+        args.peers,
+        &args.allow,
+    )?;
     let (ro, enc) = (
         key.read_only().to_key_string(),
         key.encrypted().to_key_string(),
@@ -192,7 +208,14 @@ pub fn join(args: JoinArgs, home: &Path) -> Result<u8> {
     } else {
         FolderMode::SendReceive
     });
-    add_folder(home, &args.dir, text.to_string(), mode, args.peers)?;
+    add_folder(
+        home,
+        &args.dir,
+        text.to_string(),
+        mode,
+        args.peers,
+        &args.allow,
+    )?;
     if key.kind() == KeyKind::Encrypted {
         println!(
             "joined share {} as a storage-only (encrypted) device at {}: it keeps ciphertext only, in {}/.meshsync",
@@ -217,6 +240,7 @@ fn add_folder(
     key: String,
     mode: FolderMode,
     peers: Vec<SocketAddr>,
+    allow: &[DeviceId],
 ) -> Result<()> {
     let mut config = Config::load(home)?;
     std::fs::create_dir_all(dir.join(META_DIR))
@@ -232,6 +256,7 @@ fn add_folder(
         versioning: VersioningConfig::None,
         peers,
         paused: false,
+        allowed_devices: allow.iter().map(ToString::to_string).collect(),
     });
     config.save(home)?;
     if let Some(client) = running_daemon(&config) {

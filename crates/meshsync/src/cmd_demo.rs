@@ -180,6 +180,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
             versioning: VersioningConfig::None,
             peers,
             paused: false,
+            allowed_devices: Vec::new(),
         });
         config.save(&d.home)?;
     }

@@ -217,6 +217,22 @@ pub struct FolderConfig {
     /// Held: not scanned, not synced.
     #[serde(default)]
     pub paused: bool,
+    /// Devices (ids) that may open the folder; empty: any device that
+    /// proves it holds a key of it. Read by the daemon for every new
+    /// connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_devices: Vec<String>,
+}
+
+impl FolderConfig {
+    /// Whether `device` may open this folder.
+    pub fn allows(&self, device: &meshsync_core::ids::DeviceId) -> bool {
+        self.allowed_devices.is_empty()
+            || self
+                .allowed_devices
+                .iter()
+                .any(|d| d.parse::<meshsync_core::ids::DeviceId>().ok() == Some(*device))
+    }
 }
 
 impl Config {
@@ -261,6 +277,16 @@ impl Config {
 
     /// Rejects configurations that would do harm.
     pub fn check(&self) -> Result<()> {
+        for folder in &self.folders {
+            for device in &folder.allowed_devices {
+                if let Err(e) = device.parse::<meshsync_core::ids::DeviceId>() {
+                    bail!(
+                        "folder {}: allowed device {device:?} is not a device id: {e}",
+                        folder.path.display()
+                    );
+                }
+            }
+        }
         if !self.device.api.ip().is_loopback() {
             bail!(
                 "the API address {} is not a loopback address; the API is for this machine only",
@@ -330,6 +356,7 @@ mod tests {
             versioning: VersioningConfig::Simple { keep: 3 },
             peers: vec!["127.0.0.1:22001".parse().unwrap()],
             paused: false,
+            allowed_devices: Vec::new(),
         });
         let text = toml::to_string_pretty(&c).unwrap();
         assert!(text.contains("mode = \"backup\""), "{text}");
@@ -355,8 +382,42 @@ mod tests {
                 versioning: VersioningConfig::default(),
                 peers: vec![],
                 paused: false,
+                allowed_devices: Vec::new(),
             });
         }
         assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn an_allowlist_names_device_ids_and_admits_only_them() {
+        let mut c = Config::new(
+            "d".into(),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:8384".parse().unwrap(),
+            "k".into(),
+        );
+        let device = |seed: u8| meshsync_core::ids::DeviceId::from_public_key(&[seed; 32]);
+        let mut folder = FolderConfig {
+            path: "/a".into(),
+            key: String::new(),
+            mode: FolderMode::default(),
+            versioning: VersioningConfig::default(),
+            peers: vec![],
+            paused: false,
+            allowed_devices: Vec::new(),
+        };
+        assert!(folder.allows(&device(1)), "empty: anyone with a key");
+        folder.allowed_devices = vec![device(1).to_string()];
+        assert!(folder.allows(&device(1)));
+        assert!(!folder.allows(&device(2)));
+        c.folders.push(folder.clone());
+        c.check().unwrap();
+        let text = toml::to_string_pretty(&c).unwrap();
+        assert!(text.contains(&device(1).to_string()), "{text}");
+        c.folders[0]
+            .allowed_devices
+            .push("ABCDEFG-not-an-id".into());
+        let err = c.check().unwrap_err().to_string();
+        assert!(err.contains("is not a device id"), "{err}");
     }
 }

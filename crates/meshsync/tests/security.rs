@@ -676,6 +676,77 @@ fn a_key_opens_its_own_folder_and_nothing_else() {
     });
 }
 
+/// A folder shared with `--allow B` opens for B and for no other device,
+/// even one holding the read-write key; a device that joined with
+/// `--allow A` does the same the other way. A bad id is refused at the
+/// command line.
+#[test]
+fn a_folder_allowlist_admits_only_the_devices_it_names() {
+    let dir = Dir::new("sec-allowlist");
+    let secret = random_bytes(8, 200_000);
+    dir.write_with("a/plans.bin", &secret, 0o644, T1);
+    let mut a = Device::new(&dir, "A");
+    let mut b = Device::new(&dir, "B");
+    let mut c = Device::new(&dir, "C");
+    let id = |d: &Device| d.status_cli()["device_id"].as_str().unwrap().to_string();
+    let (a_id, b_id) = (id(&a), id(&b));
+    let bad = a.cli(&[
+        "share",
+        dir.path("x").to_str().unwrap(),
+        "--allow",
+        "not-a-device",
+    ]);
+    assert_ne!(bad.code, 0, "a bad --allow was taken: {}", bad.stdout);
+    let out = a
+        .cli(&[
+            "share",
+            dir.path("a").to_str().unwrap(),
+            "--allow",
+            &b_id,
+            "--json",
+        ])
+        .ok();
+    let key = serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap()["read_write"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (pa, pb, pc) = (dir.path("a"), dir.path("b"), dir.path("c"));
+    for (device, at) in [(&b, &pb), (&c, &pc)] {
+        let out = device.cli(&[
+            "join",
+            &key,
+            at.to_str().unwrap(),
+            "--peer",
+            &a.listen.to_string(),
+            "--allow",
+            &a_id,
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    a.start();
+    b.start();
+    c.start();
+    // The positive barrier: B, allowed, converges.
+    converge(&[&a, &b], &pa, &pb);
+    holds_for(QUIET, "C getting nothing", &[&a, &c], || {
+        if !holders_of(&pc, &secret).is_empty() {
+            return Err("C holds the file".into());
+        }
+        if c.bytes_in() > 0 {
+            return Err(format!("C fetched {} bytes", c.bytes_in()));
+        }
+        let f = c.folder_status(&pc);
+        if f["peers"] != 0 || f["local_files"] != 0 {
+            return Err(format!("C opened the folder: {f}"));
+        }
+        Ok(())
+    });
+    assert!(
+        a.log_text().contains("is not in its allowed_devices"),
+        "A does not say why it refused C"
+    );
+}
+
 /// A read-only device's edits reach nobody: not the read-write device it
 /// syncs from, and not a read-write device that syncs only through it (its
 /// batches are unsigned, so they are availability, never instructions).

@@ -26,7 +26,7 @@ use meshsync_core::keys::{FolderKey, KeyKind, ProofRole};
 use meshsync_net::{PeerConnection, Role};
 use meshsync_proto::chunk::{ChunkRequest, ChunkResponse, ChunkStatus};
 use meshsync_proto::limits::{MAX_BATCH_ENTRIES, MAX_HELD_SPANS};
-use meshsync_proto::message::ChunkSpan;
+use meshsync_proto::message::{ChunkSpan, RefuseReason};
 use meshsync_proto::{CloseCode, Connection, Event as ProtoEvent, FolderOffer, LocalInfo};
 
 use super::Daemon;
@@ -652,7 +652,7 @@ async fn drive_control(
 fn offer_new_folders(daemon: &Daemon, proto: &mut Connection) -> Result<()> {
     use meshsync_proto::connection::{FolderStatus, Side};
     for rt in daemon.all_folders() {
-        if rt.folder.paused.load(Ordering::SeqCst) {
+        if rt.folder.paused.load(Ordering::SeqCst) || !allowed(daemon, &rt, &proto.peer()) {
             continue;
         }
         let share = rt.folder.share;
@@ -671,6 +671,17 @@ fn offer_new_folders(daemon: &Daemon, proto: &mut Connection) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the folder's allowlist (`allowed_devices`, read from the config
+/// as it is now) lets `device` open it.
+fn allowed(daemon: &Daemon, rt: &super::FolderRuntime, device: &DeviceId) -> bool {
+    let config = daemon.config.lock().expect("poisoned");
+    config
+        .folders
+        .iter()
+        .find(|f| f.path == rt.folder.config.path)
+        .is_none_or(|f| f.allows(device))
 }
 
 /// Aborts a task when dropped.
@@ -711,6 +722,17 @@ fn handle_event(
             // A peer without the data key gets the folder too, sealed
             // (storage module): plaintext only ever goes to a read-proven peer.
             if let Some(rt) = daemon.folder(&share) {
+                if !allowed(daemon, &rt, &link.device) {
+                    tracing::info!(
+                        "peer {} holds a key of {} but is not in its allowed_devices: refused",
+                        link.device,
+                        rt.folder.config.path.display()
+                    );
+                    if let Err(e) = proto.refuse_folder(share, RefuseReason::NotAllowed) {
+                        tracing::debug!("refusing {share}: {e}");
+                    }
+                    return Ok(());
+                }
                 let offer = FolderOffer::fresh(index_id(daemon, &share), rt.folder.max_sequence());
                 if let Err(e) = proto.open_folder(&offered_key(&rt), offer) {
                     tracing::debug!("answering {share}: {e}");

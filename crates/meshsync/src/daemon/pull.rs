@@ -1118,6 +1118,7 @@ mod tests {
             versioning: VersioningConfig::None,
             peers: Vec::new(),
             paused: false,
+            allowed_devices: Vec::new(),
         };
         let folder = Folder::open(config, DeviceId::from_bytes([9; 32]), &db).unwrap();
         (root, folder, db)
