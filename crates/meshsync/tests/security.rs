@@ -745,6 +745,26 @@ fn a_folder_allowlist_admits_only_the_devices_it_names() {
         a.log_text().contains("is not in its allowed_devices"),
         "A does not say why it refused C"
     );
+    // The list changes while both are connected: B is taken off, C put on.
+    // B is disconnected (the folder was open) and refused from then on; C
+    // gets in on its next connection.
+    let c_id = id(&c);
+    let config = a.home.join("config.toml");
+    let text = fs::read_to_string(&config).unwrap().replace(&b_id, &c_id);
+    fs::write(&config, text).unwrap();
+    eventually("A to drop B", &[&a, &b], || {
+        a.log_text()
+            .contains("no longer in the allowed_devices")
+            .then_some(())
+            .ok_or("not yet".to_string())
+    });
+    dir.write_with("a/later.txt", "after the change\n", 0o644, T2);
+    eventually("C to get the folder", &[&a, &c], || {
+        has_content(&pc.join("later.txt"), b"after the change\n")
+    });
+    holds_for(QUIET, "B getting nothing new", &[&a, &b], || {
+        absent(&pb.join("later.txt"))
+    });
 }
 
 /// A read-only device's edits reach nobody: not the read-write device it

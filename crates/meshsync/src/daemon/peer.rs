@@ -627,6 +627,16 @@ async fn drive_control(
                 if proto.negotiated_version().is_some() {
                     offer_new_folders(daemon, &mut proto)?;
                 }
+                // A folder this peer has open but may no longer open (its
+                // allowlist changed): the protocol closes no single folder,
+                // so the connection goes; the next one is refused.
+                if let Some(share) = no_longer_allowed(daemon, link) {
+                    proto.close(CloseCode::Normal, "a folder's allowlist changed; reconnect");
+                    while let Some(bytes) = proto.poll_transmit() {
+                        let _ = send.write_all(&bytes).await;
+                    }
+                    bail!("no longer in the allowed_devices of folder {share}: disconnected");
+                }
                 send_index_updates(daemon, &mut proto, &mut sent);
                 send_held_chunks(daemon, link, &mut proto, &sent, &mut held);
                 pex.send_due(daemon, link, &mut proto, std::time::Instant::now());
@@ -674,14 +684,31 @@ fn offer_new_folders(daemon: &Daemon, proto: &mut Connection) -> Result<()> {
 }
 
 /// Whether the folder's allowlist (`allowed_devices`, read from the config
-/// as it is now) lets `device` open it.
+/// as it is now) lets `device` open it. A folder no longer in the config
+/// lets nobody in.
 fn allowed(daemon: &Daemon, rt: &super::FolderRuntime, device: &DeviceId) -> bool {
     let config = daemon.config.lock().expect("poisoned");
     config
         .folders
         .iter()
         .find(|f| f.path == rt.folder.config.path)
-        .is_none_or(|f| f.allows(device))
+        .is_some_and(|f| f.allows(device))
+}
+
+/// A folder open with `link` whose allowlist no longer lets its device in.
+fn no_longer_allowed(daemon: &Daemon, link: &PeerLink) -> Option<ShareId> {
+    let open: Vec<ShareId> = link
+        .folders
+        .lock()
+        .expect("poisoned")
+        .iter()
+        .copied()
+        .collect();
+    open.into_iter().find(|share| {
+        daemon
+            .folder(share)
+            .is_some_and(|rt| !allowed(daemon, &rt, &link.device))
+    })
 }
 
 /// Aborts a task when dropped.
@@ -745,6 +772,15 @@ fn handle_event(
             peer,
             ..
         } => {
+            // Offered while the peer was allowed, opened after a reload left
+            // it out: nothing is sent, and the connection goes.
+            if daemon
+                .folder(&share)
+                .is_some_and(|rt| !allowed(daemon, &rt, &link.device))
+            {
+                proto.close(CloseCode::Normal, "a folder's allowlist changed; reconnect");
+                bail!("opened folder {share}, whose allowed_devices no longer name the peer");
+            }
             if !peer.read_proven {
                 if super::storage::open_link(daemon, link, share, peer.kind) {
                     link.folders.lock().expect("poisoned").insert(share);
