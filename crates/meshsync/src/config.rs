@@ -341,22 +341,38 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// A device's config with its API on `api`.
+    fn config(api: &str) -> Config {
+        Config::new(
+            "d".into(),
+            "127.0.0.1:22000".parse().unwrap(),
+            api.parse().unwrap(),
+            "k".into(),
+        )
+    }
+
+    /// A send-receive folder at `path`, no key, nothing else set.
+    fn folder(path: &str) -> FolderConfig {
+        FolderConfig {
+            path: path.into(),
+            key: String::new(),
+            mode: FolderMode::default(),
+            versioning: VersioningConfig::default(),
+            peers: vec![],
+            paused: false,
+            allowed_devices: Vec::new(),
+        }
+    }
+
     #[test]
     fn round_trips_through_toml() {
-        let mut c = Config::new(
-            "dev".into(),
-            "127.0.0.1:22000".parse().unwrap(),
-            "127.0.0.1:8384".parse().unwrap(),
-            "k".into(),
-        );
+        let mut c = config("127.0.0.1:8384");
         c.folders.push(FolderConfig {
-            path: "/tmp/x".into(),
             key: "W...".into(),
             mode: FolderMode::Backup,
             versioning: VersioningConfig::Simple { keep: 3 },
             peers: vec!["127.0.0.1:22001".parse().unwrap()],
-            paused: false,
-            allowed_devices: Vec::new(),
+            ..folder("/tmp/x")
         });
         let text = toml::to_string_pretty(&c).unwrap();
         assert!(text.contains("mode = \"backup\""), "{text}");
@@ -366,46 +382,20 @@ mod tests {
 
     #[test]
     fn refuses_public_api_and_nested_folders() {
-        let mut c = Config::new(
-            "d".into(),
-            "127.0.0.1:1".parse().unwrap(),
-            "0.0.0.0:8384".parse().unwrap(),
-            "k".into(),
-        );
+        let mut c = config("0.0.0.0:8384");
         assert!(c.check().is_err());
         c.device.api = "127.0.0.1:8384".parse().unwrap();
         for p in ["/a", "/a/b"] {
-            c.folders.push(FolderConfig {
-                path: p.into(),
-                key: String::new(),
-                mode: FolderMode::default(),
-                versioning: VersioningConfig::default(),
-                peers: vec![],
-                paused: false,
-                allowed_devices: Vec::new(),
-            });
+            c.folders.push(folder(p));
         }
         assert!(c.check().is_err());
     }
 
     #[test]
     fn an_allowlist_names_device_ids_and_admits_only_them() {
-        let mut c = Config::new(
-            "d".into(),
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:8384".parse().unwrap(),
-            "k".into(),
-        );
+        let mut c = config("127.0.0.1:8384");
         let device = |seed: u8| meshsync_core::ids::DeviceId::from_public_key(&[seed; 32]);
-        let mut folder = FolderConfig {
-            path: "/a".into(),
-            key: String::new(),
-            mode: FolderMode::default(),
-            versioning: VersioningConfig::default(),
-            peers: vec![],
-            paused: false,
-            allowed_devices: Vec::new(),
-        };
+        let mut folder = folder("/a");
         assert!(folder.allows(&device(1)), "empty: anyone with a key");
         folder.allowed_devices = vec![device(1).to_string()];
         assert!(folder.allows(&device(1)));

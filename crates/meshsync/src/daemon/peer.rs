@@ -68,6 +68,18 @@ pub struct PeerLink {
     pub runs: Arc<RunQueue>,
 }
 
+impl PeerLink {
+    /// The folders open with it now.
+    pub fn open_folders(&self) -> Vec<ShareId> {
+        self.folders
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
 /// Every connected peer, by device id.
 #[derive(Default)]
 pub struct PeerRegistry {
@@ -697,14 +709,7 @@ fn allowed(daemon: &Daemon, rt: &super::FolderRuntime, device: &DeviceId) -> boo
 
 /// A folder open with `link` whose allowlist no longer lets its device in.
 fn no_longer_allowed(daemon: &Daemon, link: &PeerLink) -> Option<ShareId> {
-    let open: Vec<ShareId> = link
-        .folders
-        .lock()
-        .expect("poisoned")
-        .iter()
-        .copied()
-        .collect();
-    open.into_iter().find(|share| {
+    link.open_folders().into_iter().find(|share| {
         daemon
             .folder(share)
             .is_some_and(|rt| !allowed(daemon, &rt, &link.device))

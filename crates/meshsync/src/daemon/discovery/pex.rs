@@ -210,13 +210,7 @@ impl Exchange {
         if !proto.has_peer_exchange() || !daemon.config.lock().expect("poisoned").discovery.pex {
             return;
         }
-        let open: Vec<ShareId> = link
-            .folders
-            .lock()
-            .expect("poisoned")
-            .iter()
-            .copied()
-            .collect();
+        let open = link.open_folders();
         self.sent.retain(|share, _| open.contains(share));
         for share in open {
             let list = peers_for(daemon, &share, link);
