@@ -106,7 +106,7 @@ impl Admission {
         total: usize,
     ) -> Option<StrangerPlace> {
         let source = SourceKey::of(addr.ip());
-        let evicted = {
+        let (evicted, id) = {
             let mut places = self.held.lock().expect("poisoned");
             if places.by_source.get(&source).copied().unwrap_or(0) >= per_address {
                 return None;
@@ -120,17 +120,16 @@ impl Admission {
             places.next_id += 1;
             places.by_id.insert(id, (source, evict));
             *places.by_source.entry(source).or_default() += 1;
-            let place = StrangerPlace {
-                admission: Arc::clone(self),
-                id,
-            };
-            (evicted, place)
+            (evicted, id)
         };
-        let (evicted, place) = evicted;
+        // Closed outside the lock: a closer holds a connection handle.
         if let Some(close) = evicted {
             close();
         }
-        Some(place)
+        Some(StrangerPlace {
+            admission: Arc::clone(self),
+            id,
+        })
     }
 
     /// Strangers counted now (all addresses).

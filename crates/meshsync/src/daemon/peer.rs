@@ -535,14 +535,17 @@ async fn drive_control(
         .hello_timeout_secs
         .max(1);
     let hello_deadline = tokio::time::Instant::now() + Duration::from_secs(hello_secs);
-    let no_hello = || {
+    // Closes a connection whose hello did not come in time (no Close on the
+    // control stream: the peer may give it no credit; the QUIC close
+    // carries the reason).
+    let hang_up_no_hello = || {
         let reason = format!("no hello within {hello_secs} s");
         tracing::debug!(peer = %link.device, "{reason}");
         daemon
             .counters
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
-        reason
+        conn.connection.close(0u32.into(), reason.as_bytes());
     };
     let control = async {
         match conn.role {
@@ -551,8 +554,7 @@ async fn drive_control(
         }
     };
     let Ok(control) = tokio::time::timeout_at(hello_deadline, control).await else {
-        let reason = no_hello();
-        conn.connection.close(0u32.into(), reason.as_bytes());
+        hang_up_no_hello();
         return Ok(());
     };
     let (mut send, mut recv) = control?;
@@ -590,8 +592,7 @@ async fn drive_control(
                 match tokio::time::timeout_at(hello_deadline, write).await {
                     Ok(written) => written.context("writing the control stream")?,
                     Err(_) => {
-                        let reason = no_hello();
-                        conn.connection.close(0u32.into(), reason.as_bytes());
+                        hang_up_no_hello();
                         return Ok(());
                     }
                 }
@@ -605,10 +606,7 @@ async fn drive_control(
         }
         tokio::select! {
             _ = tokio::time::sleep_until(hello_deadline), if proto.negotiated_version().is_none() => {
-                // No flush of a Close: the peer may give the stream no
-                // credit; the QUIC close carries the reason.
-                let reason = no_hello();
-                conn.connection.close(0u32.into(), reason.as_bytes());
+                hang_up_no_hello();
                 return Ok(());
             }
             read = recv.read(&mut buf) => {
